@@ -1,0 +1,3 @@
+from fdpush.cli import main
+
+main()

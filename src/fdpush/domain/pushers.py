@@ -1,0 +1,186 @@
+"""Pushers: the rules of ``pushers/set`` and ``GET pushers``.
+
+- Identity is (user, ``app_id``, ``pushkey``); the caller's own pusher is updated in place.
+- ``append: false`` removes the same ``app_id`` + ``pushkey`` of *other* users, in the same
+  transaction as the upsert; ``append: true`` keeps them.
+- ``kind: null`` deletes only the caller's pusher, idempotently; a device's channel choices go
+  with its last pusher.
+- ``data.url`` must pass the operator's allow-list; a bounded number of pushers per user.
+- ``encryption``: the first key generation is derived at registration and stored sealed; the iss
+  is dropped with the request (concept: "After the first derivation the FD deletes the iss").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from fdpush import crypto
+from fdpush.domain.errors import InvalidParam, MissingParam, ResourceLimitExceeded
+from fdpush.domain.gateway_url import GatewayUrlPolicy
+from fdpush.domain.keys import BERLIN, KeyVault, current_period
+from fdpush.domain.models import Pusher, PusherRegistration
+from fdpush.logs import user_ref
+from fdpush.storage import queries
+from fdpush.storage.database import Database
+
+__all__ = ["PusherService", "device_lock", "user_lock"]
+
+log = logging.getLogger(__name__)
+
+# How far from today an iss's month may lie. Apps create the iss when they register, so its
+# month is the current one; older months (re-registrations, the concept's test vector) are
+# derived forward at send time, which costs one HKDF per month.
+MAX_ISS_AGE_MONTHS = 120
+MAX_ISS_FUTURE_MONTHS = 1
+
+
+def user_lock(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def device_lock(pushkey: str) -> str:
+    """Every write that touches pushers or channel states of a pushkey, of any user, takes it."""
+    return f"pushkey:{pushkey}"
+
+
+class PusherService:
+    """Creates, updates, deletes and lists the pushers of a user."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        url_policy: GatewayUrlPolicy,
+        encryption_mode: str,
+        max_pushers_per_user: int,
+        vault: KeyVault,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._url_policy = url_policy
+        self._encryption_mode = encryption_mode
+        self._max_pushers = max_pushers_per_user
+        self._vault = vault
+        self._clock = clock
+
+    async def list(self, user_id: str) -> list[Pusher]:
+        async with self._db.read() as conn:
+            rows = await queries.list_pushers(conn, user_id)
+        return [
+            Pusher(
+                app_id=r.app_id,
+                pushkey=r.pushkey,
+                kind=r.kind,
+                app_display_name=r.app_display_name,
+                device_display_name=r.device_display_name,
+                profile_tag=r.profile_tag,
+                lang=r.lang,
+                data=r.data,
+            )
+            for r in rows
+        ]
+
+    def _first_generation(self, reg: PusherRegistration) -> crypto.KeyGeneration | None:
+        enc = reg.encryption
+        if enc is None:
+            if self._encryption_mode == "required":
+                raise MissingParam(["encryption"])
+            return None
+        if self._encryption_mode == "forbidden":
+            raise InvalidParam("encryption is not accepted by this service")
+        if enc.method != crypto.METHOD:
+            raise InvalidParam(f"encryption.method must be {crypto.METHOD!r}")
+        today = current_period(datetime.fromtimestamp(self._clock(), BERLIN))
+        age = crypto.periods_between(enc.time_iss_created, today)
+        if age < -MAX_ISS_FUTURE_MONTHS:
+            raise InvalidParam("encryption.time_iss_created lies in the future")
+        if age > MAX_ISS_AGE_MONTHS:
+            raise InvalidParam(
+                f"encryption.time_iss_created is more than {MAX_ISS_AGE_MONTHS} months old"
+            )
+        return crypto.derive_generation(enc.iss, enc.time_iss_created)
+
+    async def register(self, user_id: str, reg: PusherRegistration) -> None:
+        """Create or update the caller's pusher (``kind`` not null)."""
+        self._url_policy.check(str(reg.data["url"]))
+        generation = self._first_generation(reg)
+        sealed = (
+            None
+            if generation is None
+            else (generation.period, self._vault.seal(user_id, reg.app_id, reg.pushkey, generation))
+        )
+        values = {
+            "kind": reg.kind,
+            "app_display_name": reg.app_display_name,
+            "device_display_name": reg.device_display_name,
+            "profile_tag": reg.profile_tag,
+            "lang": reg.lang,
+            "data": reg.data,
+            "pushkey_ts": int(self._clock()),
+            "encryption_method": None if reg.encryption is None else reg.encryption.method,
+            "key_identifier": None if reg.encryption is None else reg.encryption.key_identifier,
+        }
+        async with self._db.write(user_lock(user_id), device_lock(reg.pushkey)) as conn:
+            existing = await queries.get_pusher(conn, user_id, reg.app_id, reg.pushkey)
+            if existing is None and await queries.count_pushers(conn, user_id) >= self._max_pushers:
+                raise ResourceLimitExceeded(
+                    f"Too many pushers: at most {self._max_pushers} per user; delete one first"
+                )
+            removed: list[str] = []
+            if not reg.append:
+                removed = await queries.remove_other_users_pushers(
+                    conn, user_id, reg.app_id, reg.pushkey
+                )
+                for other in removed:
+                    if not await queries.device_exists(conn, other, reg.pushkey):
+                        await queries.delete_device_states(conn, other, reg.pushkey)
+                    await queries.record_audit(
+                        conn,
+                        action="pusher.removed_by_append",
+                        actor=user_id,
+                        user_id=other,
+                        app_id=reg.app_id,
+                        pushkey=reg.pushkey,
+                    )
+            pusher_id, created = await queries.upsert_pusher(
+                conn, user_id=user_id, app_id=reg.app_id, pushkey=reg.pushkey, values=values
+            )
+            await queries.replace_keys(conn, pusher_id, [sealed] if sealed else [])
+            await queries.record_audit(
+                conn,
+                action="pusher.created" if created else "pusher.updated",
+                actor=user_id,
+                user_id=user_id,
+                app_id=reg.app_id,
+                pushkey=reg.pushkey,
+                detail={
+                    "encrypted": generation is not None,
+                    "append": reg.append,
+                    "removed_from_other_users": len(removed),
+                },
+            )
+        log.info(
+            "pusher %s",
+            "created" if created else "updated",
+            extra={"user": user_ref(user_id), "app_id": reg.app_id, "removed": len(removed)},
+        )
+
+    async def delete(self, user_id: str, app_id: str, pushkey: str) -> None:
+        """Delete the caller's pusher; succeed quietly when there is none (idempotent)."""
+        async with self._db.write(user_lock(user_id), device_lock(pushkey)) as conn:
+            if not await queries.delete_pusher(conn, user_id, app_id, pushkey):
+                return
+            if not await queries.device_exists(conn, user_id, pushkey):
+                await queries.delete_device_states(conn, user_id, pushkey)
+            await queries.record_audit(
+                conn,
+                action="pusher.deleted",
+                actor=user_id,
+                user_id=user_id,
+                app_id=app_id,
+                pushkey=pushkey,
+            )
+        log.info("pusher deleted", extra={"user": user_ref(user_id), "app_id": app_id})

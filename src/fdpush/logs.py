@@ -1,0 +1,89 @@
+"""Logging for operators: useful, and never a secret or health data.
+
+User ids (an insured person's KVNR) and pushkeys appear in logs only as keyed hashes
+(:func:`user_ref`, :func:`pushkey_ref`): stable across the service's processes (the key comes
+from the master key), useless for guessing the id behind them without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import sys
+from typing import Any
+
+import orjson
+
+__all__ = ["configure_logging", "pushkey_ref", "set_reference_key", "user_ref"]
+
+_reference_key = os.urandom(32)
+
+# Attributes every LogRecord has; anything else on a record came in through ``extra=``.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI-coloured copy of the message
+}
+
+
+def set_reference_key(master_key: bytes) -> None:
+    """Key the log references with a key derived from the master key."""
+    global _reference_key
+    _reference_key = hmac.new(master_key, b"fdpush/log-reference/v1", hashlib.sha256).digest()
+
+
+def _ref(kind: str, value: str) -> str:
+    mac = hmac.new(_reference_key, f"{kind}\x00{value}".encode(), hashlib.sha256)
+    return mac.hexdigest()[:16]
+
+
+def user_ref(user_id: str) -> str:
+    """How a user appears in logs."""
+    return "u:" + _ref("user", user_id)
+
+
+def pushkey_ref(pushkey: str) -> str:
+    """How a pushkey appears in logs."""
+    return "pk:" + _ref("pushkey", pushkey)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extra = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+        if extra:
+            base += " " + " ".join(f"{k}={v}" for k, v in extra.items())
+        return base
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(level: str = "info", fmt: str = "text") -> None:
+    """Send logs to stderr in ``text`` or ``json`` lines, at ``level``."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's access log prints raw paths, and paths carry pushkeys: we log requests ourselves.
+    logging.getLogger("uvicorn.access").disabled = True
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

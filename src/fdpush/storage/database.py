@@ -1,0 +1,146 @@
+"""The connection to SQLite or PostgreSQL, transactions, named locks and migrations.
+
+Write transactions serialise on *named locks* so that a rule spanning several rows (the
+``append`` removal with the upsert, the per-user pusher limit) holds under concurrent writers:
+PostgreSQL takes transaction-scoped advisory locks, in the order given; SQLite writes one
+transaction at a time anyway (``BEGIN IMMEDIATE``), so its locks are implicit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+__all__ = ["Database", "lock_id"]
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK = "fdpush:migrations"
+
+
+def lock_id(name: str) -> int:
+    """A stable signed 64-bit id for a lock name (PostgreSQL advisory locks take bigint)."""
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _async_url(url: str) -> str:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    parsed = make_url(url)
+    if parsed.drivername == "sqlite":
+        return str(parsed.set(drivername="sqlite+aiosqlite"))
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
+class Database:
+    """One engine and the ways the service uses it."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = _async_url(url)
+        self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
+        kwargs: dict[str, Any] = {}
+        if self.dialect == "postgresql":
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        else:
+            database = make_url(self.url).database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a read transaction."""
+        async with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @asynccontextmanager
+    async def write(self, *locks: str) -> AsyncIterator[AsyncConnection]:
+        """A write transaction holding the named locks (taken in the order given) until commit."""
+        async with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                conn = await conn.execution_options(fdpush_begin="BEGIN IMMEDIATE")
+            async with conn.begin():
+                if self.dialect == "postgresql":
+                    for name in locks:
+                        await conn.execute(
+                            text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id(name)}
+                        )
+                yield conn
+
+    async def ping(self) -> None:
+        """Raise unless the database answers a trivial query."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def migrate(self) -> str | None:
+        """Bring the schema to the newest migration; return the revision now in place.
+
+        Several processes may start at once on one PostgreSQL: a session advisory lock lets one
+        migrate while the others wait, then find nothing left to do.
+        """
+        async with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_lock(:id)"), {"id": lock_id(_MIGRATION_LOCK)}
+                )
+                await conn.commit()
+            try:
+                await conn.run_sync(_upgrade)
+                await conn.commit()
+                return await conn.run_sync(_current_revision)
+            finally:
+                if self.dialect == "postgresql":
+                    await conn.execute(
+                        text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id(_MIGRATION_LOCK)}
+                    )
+                    await conn.commit()
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    command.upgrade(alembic_config(connection), "head")
+
+
+def _current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN, so writes can BEGIN IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=15000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get("fdpush_begin", "BEGIN"))

@@ -1,0 +1,266 @@
+"""The SQL of the Client-FD API: pushers, their key generations, channel states, the audit log.
+
+Every function takes an open connection, so the domain layer decides what runs in one
+transaction. Nothing here enforces a rule of the concept; it only stores and fetches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fdpush.storage.schema import audit_log, channel_states, pusher_keys, pushers
+
+__all__ = [
+    "PusherRow",
+    "count_pushers",
+    "delete_device_states",
+    "delete_pusher",
+    "device_exists",
+    "get_pusher",
+    "get_states",
+    "list_pushers",
+    "pushkey_hash",
+    "record_audit",
+    "remove_other_users_pushers",
+    "replace_keys",
+    "set_states",
+    "upsert_pusher",
+]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def pushkey_hash(pushkey: str) -> str:
+    """What the audit log and the logs keep of a pushkey: enough to correlate, not to send."""
+    return hashlib.sha256(pushkey.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class PusherRow:
+    id: int
+    user_id: str
+    app_id: str
+    pushkey: str
+    kind: str
+    app_display_name: str
+    device_display_name: str
+    profile_tag: str | None
+    lang: str
+    data: dict[str, Any]
+    pushkey_ts: int
+    encryption_method: str | None
+    key_identifier: str | None
+
+
+def _row(row: Any) -> PusherRow:
+    return PusherRow(
+        id=row.id,
+        user_id=row.user_id,
+        app_id=row.app_id,
+        pushkey=row.pushkey,
+        kind=row.kind,
+        app_display_name=row.app_display_name,
+        device_display_name=row.device_display_name,
+        profile_tag=row.profile_tag,
+        lang=row.lang,
+        data=orjson.loads(row.data),
+        pushkey_ts=row.pushkey_ts,
+        encryption_method=row.encryption_method,
+        key_identifier=row.key_identifier,
+    )
+
+
+_PUSHER_COLUMNS = [c for c in pushers.c if c.name not in ("created_at", "updated_at")]
+
+
+async def list_pushers(conn: AsyncConnection, user_id: str) -> list[PusherRow]:
+    """A user's pushers in the order they were first registered."""
+    result = await conn.execute(
+        select(*_PUSHER_COLUMNS).where(pushers.c.user_id == user_id).order_by(pushers.c.id)
+    )
+    return [_row(r) for r in result]
+
+
+async def get_pusher(
+    conn: AsyncConnection, user_id: str, app_id: str, pushkey: str
+) -> PusherRow | None:
+    result = await conn.execute(
+        select(*_PUSHER_COLUMNS).where(
+            pushers.c.user_id == user_id, pushers.c.app_id == app_id, pushers.c.pushkey == pushkey
+        )
+    )
+    row = result.first()
+    return None if row is None else _row(row)
+
+
+async def count_pushers(conn: AsyncConnection, user_id: str) -> int:
+    result = await conn.execute(
+        select(func.count()).select_from(pushers).where(pushers.c.user_id == user_id)
+    )
+    return int(result.scalar_one())
+
+
+async def device_exists(conn: AsyncConnection, user_id: str, pushkey: str) -> bool:
+    """Whether the user has any pusher (of any app) with this pushkey."""
+    result = await conn.execute(
+        select(pushers.c.id)
+        .where(pushers.c.user_id == user_id, pushers.c.pushkey == pushkey)
+        .limit(1)
+    )
+    return result.first() is not None
+
+
+async def remove_other_users_pushers(
+    conn: AsyncConnection, user_id: str, app_id: str, pushkey: str
+) -> list[str]:
+    """Delete the pushers with this app_id and pushkey of every *other* user; return those users."""
+    result = await conn.execute(
+        delete(pushers)
+        .where(pushers.c.app_id == app_id, pushers.c.pushkey == pushkey, pushers.c.user_id != user_id)
+        .returning(pushers.c.user_id)
+    )
+    return sorted({row.user_id for row in result})
+
+
+async def upsert_pusher(
+    conn: AsyncConnection,
+    *,
+    user_id: str,
+    app_id: str,
+    pushkey: str,
+    values: Mapping[str, Any],
+) -> tuple[int, bool]:
+    """Create the pusher or update it in place; return ``(id, created)``.
+
+    The caller holds the locks that make select-then-write safe (see ``Database.write``).
+    """
+    now = _now()
+    stored = {**values, "data": orjson.dumps(values["data"]).decode("utf-8"), "updated_at": now}
+    existing = await conn.execute(
+        select(pushers.c.id).where(
+            pushers.c.user_id == user_id, pushers.c.app_id == app_id, pushers.c.pushkey == pushkey
+        )
+    )
+    pusher_id = existing.scalar_one_or_none()
+    if pusher_id is not None:
+        await conn.execute(update(pushers).where(pushers.c.id == pusher_id).values(**stored))
+        return int(pusher_id), False
+    result = await conn.execute(
+        insert(pushers)
+        .values(user_id=user_id, app_id=app_id, pushkey=pushkey, created_at=now, **stored)
+        .returning(pushers.c.id)
+    )
+    return int(result.scalar_one()), True
+
+
+async def delete_pusher(conn: AsyncConnection, user_id: str, app_id: str, pushkey: str) -> bool:
+    """Delete the user's pusher (its key generations go with it); whether there was one."""
+    result = await conn.execute(
+        delete(pushers)
+        .where(
+            pushers.c.user_id == user_id, pushers.c.app_id == app_id, pushers.c.pushkey == pushkey
+        )
+        .returning(pushers.c.id)
+    )
+    return result.first() is not None
+
+
+async def replace_keys(
+    conn: AsyncConnection, pusher_id: int, generations: Iterable[tuple[str, bytes]]
+) -> None:
+    """Replace a pusher's stored key generations with ``(period, sealed material)`` pairs."""
+    await conn.execute(delete(pusher_keys).where(pusher_keys.c.pusher_id == pusher_id))
+    rows = [{"pusher_id": pusher_id, "period": p, "material": m} for p, m in generations]
+    if rows:
+        await conn.execute(insert(pusher_keys), rows)
+
+
+async def get_states(conn: AsyncConnection, user_id: str, pushkey: str) -> dict[str, str]:
+    """A device's explicit channel choices, ``{channel_id: status}``."""
+    result = await conn.execute(
+        select(channel_states.c.channel_id, channel_states.c.status).where(
+            channel_states.c.user_id == user_id, channel_states.c.pushkey == pushkey
+        )
+    )
+    return {row.channel_id: row.status for row in result}
+
+
+async def set_states(
+    conn: AsyncConnection, user_id: str, pushkey: str, changes: Mapping[str, str]
+) -> None:
+    """Set the named channels of a device, leaving the others as they are."""
+    if not changes:
+        return
+    await conn.execute(
+        delete(channel_states).where(
+            and_(
+                channel_states.c.user_id == user_id,
+                channel_states.c.pushkey == pushkey,
+                channel_states.c.channel_id.in_(list(changes)),
+            )
+        )
+    )
+    now = _now()
+    await conn.execute(
+        insert(channel_states),
+        [
+            {
+                "user_id": user_id,
+                "pushkey": pushkey,
+                "channel_id": channel,
+                "status": status,
+                "updated_at": now,
+            }
+            for channel, status in changes.items()
+        ],
+    )
+
+
+async def delete_device_states(conn: AsyncConnection, user_id: str, pushkey: str) -> None:
+    await conn.execute(
+        delete(channel_states).where(
+            channel_states.c.user_id == user_id, channel_states.c.pushkey == pushkey
+        )
+    )
+
+
+async def record_audit(
+    conn: AsyncConnection,
+    *,
+    action: str,
+    actor: str,
+    user_id: str,
+    app_id: str,
+    pushkey: str,
+    detail: Mapping[str, Any] | None = None,
+) -> None:
+    """Append an audit record. Never pass secrets in ``detail``."""
+    await conn.execute(
+        insert(audit_log).values(
+            at=_now(),
+            action=action,
+            actor=actor,
+            user_id=user_id,
+            app_id=app_id,
+            pushkey_hash=pushkey_hash(pushkey),
+            detail=None if detail is None else orjson.dumps(detail).decode("utf-8"),
+        )
+    )
+
+
+async def audit_records(conn: AsyncConnection, user_id: str) -> Sequence[Any]:
+    """A user's audit records, oldest first (for operators and tests)."""
+    result = await conn.execute(
+        select(audit_log).where(audit_log.c.user_id == user_id).order_by(audit_log.c.id)
+    )
+    return list(result)

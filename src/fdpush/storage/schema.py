@@ -1,0 +1,98 @@
+"""The tables, as SQLAlchemy Core metadata shared by the queries and the migrations.
+
+The schema is changed only through a new migration in ``migrations/versions``; this module
+describes the state the newest migration produces (a test checks they agree).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Integer primary keys: BigInteger on PostgreSQL, the rowid alias INTEGER on SQLite.
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+pushers = Table(
+    "pushers",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("user_id", String(255), nullable=False),
+    Column("app_id", String(64), nullable=False),
+    Column("pushkey", String(512), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("app_display_name", String(256), nullable=False),
+    Column("device_display_name", String(256), nullable=False),
+    Column("profile_tag", String(256), nullable=True),
+    Column("lang", String(32), nullable=False),
+    Column("data", Text, nullable=False),  # the client's JSON object, stored whole
+    Column("pushkey_ts", BigInteger, nullable=False),  # seconds; forwarded to the gateway
+    Column("encryption_method", String(32), nullable=True),
+    Column("key_identifier", String(128), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("user_id", "app_id", "pushkey"),
+    Index(None, "app_id", "pushkey"),
+    Index(None, "user_id", "pushkey"),
+)
+
+# One row per month generation of a pusher's key schedule; secret and key sealed together
+# under the master key. The iss itself is never stored (concept: the FD deletes it).
+pusher_keys = Table(
+    "pusher_keys",
+    metadata,
+    Column(
+        "pusher_id",
+        _ID,
+        ForeignKey("pushers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("period", String(7), primary_key=True),
+    Column("material", LargeBinary, nullable=False),
+)
+
+# Explicit channel choices of a device (user + pushkey); a channel without a row has the
+# catalog default.
+channel_states = Table(
+    "channel_states",
+    metadata,
+    Column("user_id", String(255), primary_key=True),
+    Column("pushkey", String(512), primary_key=True),
+    Column("channel_id", String(128), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("actor", String(255), nullable=False),  # the user (or "system") that caused it
+    Column("user_id", String(255), nullable=False),  # whose pusher it was
+    Column("app_id", String(64), nullable=False),
+    Column("pushkey_hash", String(64), nullable=False),  # sha256 of the pushkey, not the key
+    Column("detail", Text, nullable=True),
+    Index(None, "user_id", "at"),
+)

@@ -1,0 +1,152 @@
+"""The ASGI application: the client API, health, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from fdpush.web.responses import JsonResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from fdpush import __version__
+from fdpush.config import Settings, resolve_master_key
+from fdpush.domain.channels import ChannelService
+from fdpush.domain.gateway_url import GatewayUrlPolicy
+from fdpush.domain.keys import KeyVault
+from fdpush.domain.pushers import PusherService
+from fdpush.logs import set_reference_key
+from fdpush.storage.database import Database
+from fdpush.web.auth import Authenticator
+from fdpush.web.client_api import ClientApi, client_router, request_body_models
+from fdpush.web.errors import install_error_handlers
+from fdpush.web.middleware import BodyLimitMiddleware, HttpMetrics, ObserveMiddleware
+from fdpush.web.ratelimit import UserRateLimiter
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, access_log: bool = True) -> FastAPI:
+    """Build the service. Configuration problems raise ``ConfigError`` here, before serving."""
+    master_key = resolve_master_key(settings)
+    set_reference_key(master_key)
+    authenticator = Authenticator(settings)
+    db = Database(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.migrate_on_start:
+            revision = await db.migrate()
+            log.info("database schema at revision %s (%s)", revision, db.dialect)
+        if authenticator.mode == "dev":
+            log.warning(
+                "DEV AUTHENTICATION: any holder of FDPUSH_AUTH_DEV_SECRET can act as any user. "
+                "Never run this way in production."
+            )
+        if not settings.gateway_allowlist:
+            log.warning("FDPUSH_GATEWAY_ALLOWLIST is empty: no pusher can be registered")
+        if not settings.channels:
+            log.warning("FDPUSH_CHANNELS is empty: devices have no channel to subscribe to")
+        try:
+            yield
+        finally:
+            await db.close()
+
+    app = FastAPI(
+        title="fdpush: Client-FD Push API",
+        version=__version__,
+        description="The push part of a Fachdienst: pushers, channels and key registration. "
+        "Both published layouts are served: the seed layout (/pushers/v1, /channels/v1) and "
+        "the current one (/push/v1/pushers, /push/v1/channels).",
+        lifespan=lifespan,
+        redirect_slashes=False,
+        default_response_class=JsonResponse,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.database = db
+    app.state.client_api = ClientApi(
+        pushers=PusherService(
+            db,
+            url_policy=GatewayUrlPolicy(
+                settings.gateway_allowlist, allow_http=settings.gateway_allow_http
+            ),
+            encryption_mode=settings.encryption,
+            max_pushers_per_user=settings.max_pushers_per_user,
+            vault=KeyVault(master_key),
+        ),
+        channels=ChannelService(db, settings.channels),
+        authenticator=authenticator,
+        limiter=UserRateLimiter(settings.rate_limit),
+        encryption_required=settings.encryption == "required",
+    )
+    install_error_handlers(app)
+    app.include_router(client_router(settings.base_path))
+    _add_operations_routes(app, db)
+    _document_request_bodies(app)
+
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    app.state.metrics_registry = registry
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        ObserveMiddleware, metrics=HttpMetrics(registry), access_log_enabled=access_log
+    )
+    return app
+
+
+def _add_operations_routes(app: FastAPI, db: Database) -> None:
+    @app.get("/health/live", tags=["Operations"], summary="The process is up")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/ready", tags=["Operations"], summary="The database answers")
+    async def ready() -> JsonResponse:
+        try:
+            await db.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+            log.warning("readiness check failed: %s", type(exc).__name__)
+            return JsonResponse({"status": "unavailable", "database": "down"}, status_code=503)
+        return JsonResponse({"status": "ok", "database": "up"})
+
+    @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
+    async def metrics(request: Request) -> Response:
+        body = generate_latest(request.app.state.metrics_registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _document_request_bodies(app: FastAPI) -> None:
+    """Handlers read raw bodies (to answer Matrix errors); document the models they expect."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in request_body_models():
+                model_schema = model.model_json_schema(
+                    ref_template="#/components/schemas/{model}", mode="validation"
+                )
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,241 @@
+"""The Client-FD Push API: one set of handlers, mounted in both published layouts.
+
+Handlers are thin: authenticate, parse, call one method of the domain layer, shape the answer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Security
+from fdpush.web.responses import JsonResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from fdpush.domain.channels import ChannelService
+from fdpush.domain.errors import NotFound
+from fdpush.domain.pushers import PusherService
+from fdpush.web.auth import Authenticator
+from fdpush.web.ratelimit import UserRateLimiter
+from fdpush.web.schemas import (
+    ChannelsBody,
+    ChannelsResponse,
+    EmptyResponse,
+    ErrorBody,
+    PusherSetBody,
+    PushersResponse,
+    RateLimitedBody,
+    parse_channel_changes,
+    parse_json_object,
+    parse_pusher_set,
+)
+
+__all__ = ["LAYOUTS", "ClientApi", "client_router", "request_body_models"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientApi:
+    """What the client API's handlers need, kept on ``app.state.client_api``."""
+
+    pushers: PusherService
+    channels: ChannelService
+    authenticator: Authenticator
+    limiter: UserRateLimiter
+    encryption_required: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    name: str
+    pushers: str
+    pushers_set: str
+    channels: str
+    device_channels: str
+
+
+# The seed API (Client-FD Push API 1.0.0 as first published) and the current one.
+LAYOUTS = (
+    Layout("seed", "/pushers/v1", "/pushers/v1/set", "/channels/v1", "/channels/v1/{pushkey:path}"),
+    Layout(
+        "current",
+        "/push/v1/pushers",
+        "/push/v1/pushers/set",
+        "/push/v1/channels",
+        "/push/v1/channels/{pushkey:path}",
+    ),
+)
+
+_bearer = HTTPBearer(auto_error=False, description="The identity provider's access token")
+_PUSHKEY = re.compile(r"^[^\x00-\x1f\x7f]+$")
+
+
+def _api(request: Request) -> ClientApi:
+    api: ClientApi = request.app.state.client_api
+    return api
+
+
+async def current_user(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> str:
+    return _api(request).authenticator.authenticate(request.headers.get("authorization"))
+
+
+async def writing_user(request: Request, user: Annotated[str, Depends(current_user)]) -> str:
+    await _api(request).limiter.hit(user)
+    return user
+
+
+User = Annotated[str, Depends(current_user)]
+WritingUser = Annotated[str, Depends(writing_user)]
+
+
+def _device_pushkey(pushkey: str) -> str:
+    """A pushkey from the path that could name a device; otherwise there is no such device."""
+    if not _PUSHKEY.fullmatch(pushkey) or len(pushkey.encode("utf-8", "replace")) > 512:
+        raise NotFound("No pusher with this pushkey")
+    return pushkey
+
+
+async def get_pushers(request: Request, user: User) -> JsonResponse:
+    pushers = await _api(request).pushers.list(user)
+    return JsonResponse(
+        {
+            "pushers": [
+                {
+                    "pushkey": p.pushkey,
+                    "kind": p.kind,
+                    "app_id": p.app_id,
+                    "app_display_name": p.app_display_name,
+                    "device_display_name": p.device_display_name,
+                    "profile_tag": p.profile_tag,
+                    "lang": p.lang,
+                    "data": p.data,
+                }
+                for p in pushers
+            ]
+        }
+    )
+
+
+async def set_pusher(request: Request, user: WritingUser) -> JsonResponse:
+    api = _api(request)
+    raw = parse_json_object(await request.body())
+    parsed = parse_pusher_set(raw, encryption_required=api.encryption_required)
+    if isinstance(parsed, tuple):
+        await api.pushers.delete(user, *parsed)
+    else:
+        await api.pushers.register(user, parsed)
+    return JsonResponse({})
+
+
+async def get_channels(request: Request, _user: User) -> JsonResponse:
+    catalog = _api(request).channels.catalog()
+    return JsonResponse({"channels": [{"id": c.id, "status": c.status} for c in catalog]})
+
+
+async def get_device_channels(request: Request, user: User, pushkey: str) -> JsonResponse:
+    states = await _api(request).channels.device_channels(user, _device_pushkey(pushkey))
+    return JsonResponse({"channels": [{"id": c.id, "status": c.status} for c in states]})
+
+
+async def set_device_channels(request: Request, user: WritingUser, pushkey: str) -> JsonResponse:
+    api = _api(request)
+    pushkey = _device_pushkey(pushkey)
+    changes = parse_channel_changes(parse_json_object(await request.body()))
+    await api.channels.update(user, pushkey, changes)
+    return JsonResponse({})
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        }
+    }
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Invalid request"},
+    401: {"model": ErrorBody, "description": "Missing or unrecognised access token"},
+    403: {"model": ErrorBody, "description": "The token's holder may not use this service"},
+}
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    413: {"model": ErrorBody, "description": "Body too large"},
+    429: {"model": RateLimitedBody, "description": "Rate limited"},
+}
+_DEVICE_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No pusher of the caller has this pushkey"}
+}
+
+
+def request_body_models() -> list[type[BaseModel]]:
+    """Models referenced by the handlers' documented request bodies."""
+    return [PusherSetBody, ChannelsBody]
+
+
+def client_router(base_path: str) -> APIRouter:
+    """Both layouts, each under ``base_path``."""
+    router = APIRouter()
+    for layout in LAYOUTS:
+        tags = [f"Client-FD Push API ({layout.name} layout)"]
+        suffix = "" if layout.name == "current" else "_seed"
+        router.add_api_route(
+            base_path + layout.pushers,
+            get_pushers,
+            methods=["GET"],
+            tags=tags,
+            summary="The caller's pushers",
+            operation_id="getPushers" + suffix,
+            response_model=PushersResponse,
+            responses=_ERRORS,
+        )
+        router.add_api_route(
+            base_path + layout.pushers_set,
+            set_pusher,
+            methods=["POST"],
+            tags=tags,
+            summary="Create, update (kind 'http') or delete (kind null) a pusher",
+            operation_id="postPusher" + suffix,
+            response_model=EmptyResponse,
+            responses=_WRITE_ERRORS,
+            openapi_extra=_body(PusherSetBody),
+        )
+        router.add_api_route(
+            base_path + layout.channels,
+            get_channels,
+            methods=["GET"],
+            tags=tags,
+            summary="The channel catalog with each channel's default status",
+            operation_id="getChannels" + suffix,
+            response_model=ChannelsResponse,
+            responses=_ERRORS,
+        )
+        router.add_api_route(
+            base_path + layout.device_channels,
+            get_device_channels,
+            methods=["GET"],
+            tags=tags,
+            summary="Every catalog channel with this device's status",
+            operation_id="getChannelsOfDevice" + suffix,
+            response_model=ChannelsResponse,
+            responses={**_ERRORS, **_DEVICE_ERRORS},
+        )
+        router.add_api_route(
+            base_path + layout.device_channels,
+            set_device_channels,
+            methods=["POST"],
+            tags=tags,
+            summary="Change the named channels of this device",
+            operation_id="postChannelsOfDevice" + suffix,
+            response_model=EmptyResponse,
+            responses={**_WRITE_ERRORS, **_DEVICE_ERRORS},
+            openapi_extra=_body(ChannelsBody),
+        )
+    return router
