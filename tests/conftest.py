@@ -1,0 +1,257 @@
+"""Shared fixtures: the real service in its own process, over real HTTP, on SQLite and PostgreSQL.
+
+- ``backend`` is ``sqlite`` or ``postgresql``; every test that uses a service runs on both.
+  PostgreSQL comes from ``FDPUSH_TEST_POSTGRES_URL`` (default: the local server). Without one
+  the PostgreSQL variants are skipped with a notice — except on CI (``CI=true``), where a
+  missing PostgreSQL fails the run.
+- ``service`` is a running ``fdpush serve`` with the default test configuration;
+  ``start_service(**overrides)`` starts another one with other settings. Each service has a
+  fresh database of its own. Tests keep out of each other's way by using fresh user ids
+  (``new_user()``), so one service can serve a whole module.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+DEV_SECRET = "test-secret-0123456789abcdef0123456789"
+ALLOWLIST = "gateway.test;gw2.test:8443;127.0.0.1:8443"
+CHANNELS = "erp.task.activate=enabled,erp.communication.new,erp.task.close=disabled"
+DEFAULT_ENV = {
+    "FDPUSH_AUTH_MODE": "dev",
+    "FDPUSH_AUTH_DEV_SECRET": DEV_SECRET,
+    "FDPUSH_GATEWAY_ALLOWLIST": ALLOWLIST,
+    "FDPUSH_CHANNELS": CHANNELS,
+    "FDPUSH_RATE_LIMIT": "0",
+    "FDPUSH_LOG_LEVEL": "info",
+}
+POSTGRES_ADMIN_URL = os.environ.get(
+    "FDPUSH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+STARTUP_DEADLINE = 30.0
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+_postgres_state: dict[str, Any] = {}
+
+
+def postgres_available() -> str | None:
+    """None when PostgreSQL answers, else why not (cached)."""
+    if "reason" not in _postgres_state:
+        try:
+            import psycopg
+
+            with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3) as conn:
+                conn.execute("SELECT 1")
+            _postgres_state["reason"] = None
+        except Exception as exc:
+            _postgres_state["reason"] = f"{type(exc).__name__}: {exc}".strip()
+    return _postgres_state["reason"]
+
+
+def create_postgres_database() -> str:
+    """A fresh, empty database; returns its URL."""
+    import psycopg
+
+    name = f"fdpush_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = POSTGRES_ADMIN_URL.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_postgres_database(url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    reason = postgres_available()
+    if reason is None:
+        return [f"PostgreSQL: {POSTGRES_ADMIN_URL} (the postgresql variants run)"]
+    return [
+        f"NOTICE: PostgreSQL unreachable at {POSTGRES_ADMIN_URL} ({reason}); "
+        + ("this fails on CI" if ON_CI else "the postgresql variants are SKIPPED")
+    ]
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql":
+        reason = postgres_available()
+        if reason is not None:
+            if ON_CI:
+                pytest.fail(f"CI must run the PostgreSQL tests, but PostgreSQL is down: {reason}")
+            pytest.skip(f"PostgreSQL unreachable ({reason}); set FDPUSH_TEST_POSTGRES_URL")
+    return str(request.param)
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dev_token(user_id: str, *, ttl: int = 3600, secret: str = DEV_SECRET, **claims: Any) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": user_id, "iat": now, "exp": now + ttl, **claims}, secret, "HS256")
+
+
+def new_user() -> str:
+    return f"user-{uuid.uuid4().hex[:12]}"
+
+
+class Service:
+    """A running ``fdpush serve`` process and ways to talk to it and to look at its database."""
+
+    def __init__(self, env: dict[str, str], database_url: str, workdir: Path) -> None:
+        self.env = env
+        self.database_url = database_url
+        self.workdir = workdir
+        self.port = int(env["FDPUSH_PORT"])
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "service.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fdpush", "serve"],
+            env=env,
+            cwd=workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"fdpush serve exited early:\n{self.logs()}")
+            try:
+                if httpx.get(self.base_url + "/health/ready", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"fdpush serve not ready within {STARTUP_DEADLINE}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+
+    def client(self, user_id: str | None = None, **kwargs: Any) -> httpx.Client:
+        """An HTTP client, authenticated as ``user_id`` when one is given."""
+        headers = {"Authorization": f"Bearer {dev_token(user_id)}"} if user_id else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30.0, **kwargs)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run SQL on the service's database (``?`` placeholders) with a driver of its own."""
+        if self.database_url.startswith("sqlite"):
+            path = self.database_url.removeprefix("sqlite:///")
+            with sqlite3.connect(path) as conn:
+                return list(conn.execute(sql, params))
+        import psycopg
+
+        with psycopg.connect(self.database_url) as conn:
+            return list(conn.execute(sql.replace("?", "%s"), params))
+
+    def master_key(self) -> bytes:
+        return base64.b64decode((self.workdir / "master.key").read_text())
+
+
+@pytest.fixture(scope="module")
+def start_service(
+    backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Service]]:
+    """Start ``fdpush serve`` with the test defaults plus ``overrides`` (FDPUSH_* names)."""
+    started: list[Service] = []
+    databases: list[str] = []
+
+    def start(**overrides: str) -> Service:
+        workdir = tmp_path_factory.mktemp("service")
+        if backend == "postgresql":
+            database_url = create_postgres_database()
+            databases.append(database_url)
+        else:
+            database_url = f"sqlite:///{workdir / 'fdpush.db'}"
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FDPUSH_")},
+            **DEFAULT_ENV,
+            "FDPUSH_DATABASE_URL": database_url,
+            "FDPUSH_MASTER_KEY_FILE": str(workdir / "master.key"),
+            "FDPUSH_PORT": str(free_port()),
+            **overrides,
+        }
+        service = Service(env, database_url, workdir)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+    for url in databases:
+        drop_postgres_database(url)
+
+
+@pytest.fixture(scope="module")
+def service(start_service: Callable[..., Service]) -> Service:
+    """The service with the default test configuration, shared by a test module."""
+    return start_service()
+
+
+# --- requests --------------------------------------------------------------------------------
+
+GATEWAY_URL = "https://gateway.test/push/v1/"
+
+
+def registration(pushkey: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """A valid ``pushers/set`` body with a fresh iss; ``overrides`` replace or add fields."""
+    body: dict[str, Any] = {
+        "kind": "http",
+        "app_id": "de.gematik.test.apns",
+        "pushkey": pushkey or f"pk-{uuid.uuid4().hex}",
+        "app_display_name": "Test App",
+        "device_display_name": "Test Phone",
+        "lang": "de",
+        "data": {"url": GATEWAY_URL, "format": "event_id_only"},
+        "encryption": {
+            "method": "aes-hmac-sha256",
+            "iss": os.urandom(32).hex(),
+            "time_iss_created": time.strftime("%Y-%m"),
+            "key_identifier": str(uuid.uuid4()),
+        },
+    }
+    body.update(overrides)
+    return body
