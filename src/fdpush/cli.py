@@ -34,8 +34,7 @@ class _Context:
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A file of FDPUSH_*=value lines (the environment wins over it). "
-    "Also: FDPUSH_CONFIG_FILE.",
+    help="A file of FDPUSH_*=value lines (the environment wins over it). Also: FDPUSH_CONFIG_FILE.",
 )
 @click.pass_context
 def cli(ctx: click.Context, config_file: Path | None) -> None:

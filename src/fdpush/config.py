@@ -76,7 +76,7 @@ def _parse_channels(value: object) -> object:
         ident, status = ident.strip(), (status.strip() or "not_set")
         if not _CHANNEL_ID.fullmatch(ident):
             raise ValueError(
-                f"channel id {ident!r} must be 1-128 characters of letters, digits, '.', '_', ':', '-'"
+                f"channel id {ident!r} must be 1-128 letters, digits, '.', '_', ':' or '-'"
             )
         if status not in CHANNEL_STATUSES:
             raise ValueError(
@@ -236,7 +236,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None) -> Settings
     if config_file is not None and not Path(config_file).is_file():
         raise ConfigError(f"config file {config_file} does not exist")
     try:
-        settings = Settings(_env_file=config_file)  # type: ignore[call-arg]
+        settings = Settings(_env_file=Path(config_file) if config_file else None)
     except ValidationError as exc:
         error = exc.errors()[0]
         name = ENV_PREFIX + "_".join(str(part) for part in error["loc"][:1]).upper()

@@ -126,7 +126,9 @@ async def remove_other_users_pushers(
     """Delete the pushers with this app_id and pushkey of every *other* user; return those users."""
     result = await conn.execute(
         delete(pushers)
-        .where(pushers.c.app_id == app_id, pushers.c.pushkey == pushkey, pushers.c.user_id != user_id)
+        .where(
+            pushers.c.app_id == app_id, pushers.c.pushkey == pushkey, pushers.c.user_id != user_id
+        )
         .returning(pushers.c.user_id)
     )
     return sorted({row.user_id for row in result})

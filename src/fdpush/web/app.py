@@ -9,7 +9,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
-from fdpush.web.responses import JsonResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -31,6 +30,7 @@ from fdpush.web.client_api import ClientApi, client_router, request_body_models
 from fdpush.web.errors import install_error_handlers
 from fdpush.web.middleware import BodyLimitMiddleware, HttpMetrics, ObserveMiddleware
 from fdpush.web.ratelimit import UserRateLimiter
+from fdpush.web.responses import JsonResponse
 
 __all__ = ["create_app"]
 

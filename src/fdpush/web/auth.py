@@ -131,9 +131,7 @@ class Authenticator:
         return user_id
 
 
-def issue_dev_token(
-    secret: str, user_id: str, ttl_seconds: int = 86400, claim: str = "sub"
-) -> str:
+def issue_dev_token(secret: str, user_id: str, ttl_seconds: int = 86400, claim: str = "sub") -> str:
     """An HS256 token for dev authentication (never for production)."""
     now = int(time.time())
     claims = {claim: user_id, "iat": now, "exp": now + ttl_seconds}

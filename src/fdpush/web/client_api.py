@@ -6,11 +6,12 @@ Handlers are thin: authenticate, parse, call one method of the domain layer, sha
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Security
-from fdpush.web.responses import JsonResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
@@ -19,6 +20,7 @@ from fdpush.domain.errors import NotFound
 from fdpush.domain.pushers import PusherService
 from fdpush.web.auth import Authenticator
 from fdpush.web.ratelimit import UserRateLimiter
+from fdpush.web.responses import JsonResponse
 from fdpush.web.schemas import (
     ChannelsBody,
     ChannelsResponse,
@@ -180,62 +182,60 @@ def request_body_models() -> list[type[BaseModel]]:
     return [PusherSetBody, ChannelsBody]
 
 
+@dataclass(frozen=True, slots=True)
+class _Operation:
+    path: Callable[[Layout], str]
+    method: str
+    endpoint: Callable[..., Awaitable[JsonResponse]]
+    operation_id: str
+    summary: str
+    response_model: type[BaseModel]
+    responses: dict[int | str, dict[str, Any]]
+    body: type[BaseModel] | None = None
+
+
+_OPERATIONS = (
+    _Operation(
+        lambda lay: lay.pushers, "GET", get_pushers, "getPushers",
+        "The caller's pushers", PushersResponse, _ERRORS,
+    ),
+    _Operation(
+        lambda lay: lay.pushers_set, "POST", set_pusher, "postPusher",
+        "Create, update (kind 'http') or delete (kind null) a pusher",
+        EmptyResponse, _WRITE_ERRORS, PusherSetBody,
+    ),
+    _Operation(
+        lambda lay: lay.channels, "GET", get_channels, "getChannels",
+        "The channel catalog with each channel's default status", ChannelsResponse, _ERRORS,
+    ),
+    _Operation(
+        lambda lay: lay.device_channels, "GET", get_device_channels, "getChannelsOfDevice",
+        "Every catalog channel with this device's status", ChannelsResponse,
+        {**_ERRORS, **_DEVICE_ERRORS},
+    ),
+    _Operation(
+        lambda lay: lay.device_channels, "POST", set_device_channels, "postChannelsOfDevice",
+        "Change the named channels of this device", EmptyResponse,
+        {**_WRITE_ERRORS, **_DEVICE_ERRORS}, ChannelsBody,
+    ),
+)  # fmt: skip
+
+
 def client_router(base_path: str) -> APIRouter:
     """Both layouts, each under ``base_path``."""
     router = APIRouter()
     for layout in LAYOUTS:
-        tags = [f"Client-FD Push API ({layout.name} layout)"]
-        suffix = "" if layout.name == "current" else "_seed"
-        router.add_api_route(
-            base_path + layout.pushers,
-            get_pushers,
-            methods=["GET"],
-            tags=tags,
-            summary="The caller's pushers",
-            operation_id="getPushers" + suffix,
-            response_model=PushersResponse,
-            responses=_ERRORS,
-        )
-        router.add_api_route(
-            base_path + layout.pushers_set,
-            set_pusher,
-            methods=["POST"],
-            tags=tags,
-            summary="Create, update (kind 'http') or delete (kind null) a pusher",
-            operation_id="postPusher" + suffix,
-            response_model=EmptyResponse,
-            responses=_WRITE_ERRORS,
-            openapi_extra=_body(PusherSetBody),
-        )
-        router.add_api_route(
-            base_path + layout.channels,
-            get_channels,
-            methods=["GET"],
-            tags=tags,
-            summary="The channel catalog with each channel's default status",
-            operation_id="getChannels" + suffix,
-            response_model=ChannelsResponse,
-            responses=_ERRORS,
-        )
-        router.add_api_route(
-            base_path + layout.device_channels,
-            get_device_channels,
-            methods=["GET"],
-            tags=tags,
-            summary="Every catalog channel with this device's status",
-            operation_id="getChannelsOfDevice" + suffix,
-            response_model=ChannelsResponse,
-            responses={**_ERRORS, **_DEVICE_ERRORS},
-        )
-        router.add_api_route(
-            base_path + layout.device_channels,
-            set_device_channels,
-            methods=["POST"],
-            tags=tags,
-            summary="Change the named channels of this device",
-            operation_id="postChannelsOfDevice" + suffix,
-            response_model=EmptyResponse,
-            responses={**_WRITE_ERRORS, **_DEVICE_ERRORS},
-            openapi_extra=_body(ChannelsBody),
-        )
+        tags: list[str | Enum] = [f"Client-FD Push API ({layout.name} layout)"]
+        for op in _OPERATIONS:
+            router.add_api_route(
+                base_path + op.path(layout),
+                op.endpoint,
+                methods=[op.method],
+                tags=tags,
+                summary=op.summary,
+                operation_id=op.operation_id + ("" if layout.name == "current" else "_seed"),
+                response_model=op.response_model,
+                responses=op.responses,
+                openapi_extra=None if op.body is None else _body(op.body),
+            )
     return router

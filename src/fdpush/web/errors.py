@@ -11,10 +11,10 @@ import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fdpush.web.responses import JsonResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fdpush.domain.errors import FdPushError, LimitExceeded
+from fdpush.web.responses import JsonResponse
 
 __all__ = [
     "BadJson",

@@ -120,6 +120,4 @@ class ObserveMiddleware:
             self.metrics.requests.labels(template, method, str(status)).inc()
             self.metrics.latency.labels(template, method).observe(elapsed)
             if self.access_log_enabled:
-                access_log.info(
-                    "%s %s %d %.1fms", method, template, status, elapsed * 1000.0
-                )
+                access_log.info("%s %s %d %.1fms", method, template, status, elapsed * 1000.0)

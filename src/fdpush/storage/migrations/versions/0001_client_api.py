@@ -49,7 +49,9 @@ def upgrade() -> None:
         sa.Column("period", sa.String(7), nullable=False),
         sa.Column("material", sa.LargeBinary, nullable=False),
         sa.ForeignKeyConstraint(
-            ["pusher_id"], ["pushers.id"], name="fk_pusher_keys_pusher_id_pushers",
+            ["pusher_id"],
+            ["pushers.id"],
+            name="fk_pusher_keys_pusher_id_pushers",
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("pusher_id", "period", name="pk_pusher_keys"),
