@@ -54,7 +54,7 @@ TAG_LENGTH = 16
 CIPHERTEXT_LENGTH = 1404  # len(Base64(12 + 1024 + 16 bytes))
 SECRET_LENGTH = 32
 
-_PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_PERIOD = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")  # ASCII digits only: info is ASCII
 
 
 class CryptoError(ValueError):

@@ -112,7 +112,8 @@ async def get_pushers(request: Request, user: User) -> JsonResponse:
                     "app_id": p.app_id,
                     "app_display_name": p.app_display_name,
                     "device_display_name": p.device_display_name,
-                    "profile_tag": p.profile_tag,
+                    # The spec types profile_tag as a string: omitted when unset, never null.
+                    **({} if p.profile_tag is None else {"profile_tag": p.profile_tag}),
                     "lang": p.lang,
                     "data": p.data,
                 }

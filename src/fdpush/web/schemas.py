@@ -8,6 +8,7 @@ missing field) → ``M_INVALID_PARAM`` (the first field of the wrong type or out
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -19,6 +20,8 @@ from pydantic import (
     Field,
     ValidationError,
 )
+from pydantic.config import JsonDict
+from pydantic.json_schema import SkipJsonSchema
 
 from fdpush.domain.errors import InvalidParam, MissingParam
 from fdpush.domain.models import ChannelState, EncryptionRequest, PusherRegistration
@@ -68,7 +71,7 @@ def _iss(value: str) -> str:
 
 
 def _period(value: str) -> str:
-    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", value):
+    if not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", value):  # ASCII digits, not any \d
         raise ValueError("must be a month as YYYY-MM")
     return value
 
@@ -89,8 +92,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
 
 
+def _also_spelled(aliases: dict[str, str]) -> Callable[[JsonDict], None]:
+    """Document each field's other published spelling (its second ``validation_alias``).
+
+    The schema then accepts what the parser accepts: either name, one of them required.
+    """
+
+    def extra(schema: JsonDict) -> None:
+        properties: Any = schema["properties"]
+        required: Any = schema.get("required", [])
+        either: list[JsonDict] = []
+        for name, alias in aliases.items():
+            properties[alias] = {
+                **properties[name],
+                "title": alias,
+                "description": f"Also accepted for {name}.",
+            }
+            if name in required:
+                required.remove(name)
+                either.append({"anyOf": [{"required": [name]}, {"required": [alias]}]})
+        if either:
+            schema["allOf"] = list(either)
+        if not required:
+            schema.pop("required", None)
+
+    return extra
+
+
 class EncryptionBody(_Strict):
     """The pusher's ``encryption`` object, in either published spelling."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_also_spelled(
+            {"iss": "initial_shared_secret", "time_iss_created": "initial_key_period"}
+        )
+    )
 
     method: str = Field(description="Always 'aes-hmac-sha256'.")
     iss: Annotated[str, AfterValidator(_iss)] = Field(
@@ -134,7 +170,7 @@ class PusherOut(BaseModel):
     app_id: str
     app_display_name: str
     device_display_name: str
-    profile_tag: str | None = None
+    profile_tag: str | SkipJsonSchema[None] = None  # omitted when unset, never null
     lang: str
     data: dict[str, Any]
 
@@ -144,6 +180,8 @@ class PushersResponse(BaseModel):
 
 
 class ChannelChange(_Strict):
+    model_config = ConfigDict(json_schema_extra=_also_spelled({"id": "name", "status": "value"}))
+
     id: Annotated[str, Field(max_length=128)] = Field(
         validation_alias=AliasChoices("id", "name"), description="Channel id (seed: 'name')."
     )
@@ -290,6 +328,25 @@ def parse_pusher_set(
     )
 
 
+def _missing_channel_members(raw: dict[str, Any]) -> list[str]:
+    """Missing (or null) members, named in the spelling the client used (seed: name/value)."""
+    channels = raw.get("channels")
+    if channels is None:
+        return ["channels"]
+    missing: list[str] = []
+    for index, item in enumerate(channels if isinstance(channels, list) else []):
+        if not isinstance(item, dict):
+            continue
+        seed = not ({"id", "status"} & item.keys()) and bool({"name", "value"} & item.keys())
+        for current, seed_name in (("id", "name"), ("status", "value")):
+            if item.get(current) is None and item.get(seed_name) is None:
+                missing.append(f"channels[{index}].{seed_name if seed else current}")
+    return missing
+
+
 def parse_channel_changes(raw: dict[str, Any]) -> list[ChannelState]:
+    missing = _missing_channel_members(raw)
+    if missing:
+        raise MissingParam(missing)
     body: ChannelsBody = _validate(ChannelsBody, raw)
     return [ChannelState(c.id, c.status) for c in body.channels]
