@@ -1,4 +1,4 @@
-"""The ``fdpush`` command: serve, migrate, token."""
+"""The ``fdpush`` command: serve, migrate, token, and the development ``gateway``."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ class _Context:
     def __init__(self, config_file: Path | None) -> None:
         self.config_file = config_file
 
-    def settings(self) -> Settings:
+    def settings(self, *, for_serving: bool = True) -> Settings:
         try:
-            settings = load_settings(self.config_file)
+            settings = load_settings(self.config_file, for_serving=for_serving)
         except ConfigError as exc:
             raise click.ClickException(f"configuration: {exc}") from None
         configure_logging(settings.log_level, settings.log_format)
@@ -58,6 +58,7 @@ def serve(obj: _Context, host: str | None, port: int | None, no_access_log: bool
     from fdpush.web.app import create_app
 
     settings = obj.settings()
+    _check_database(settings.database_url)
     try:
         app = create_app(settings, access_log=not no_access_log)
     except ConfigError as exc:
@@ -77,13 +78,37 @@ def serve(obj: _Context, host: str | None, port: int | None, no_access_log: bool
         sys.exit(3)
 
 
+def _check_database(url: str) -> None:
+    """Stop with one line naming FDPUSH_DATABASE_URL when the database does not answer.
+
+    Otherwise the failure would surface inside the server's start-up as a page of traceback.
+    """
+    from fdpush.storage.database import Database
+
+    async def ping() -> None:
+        db = Database(url)
+        try:
+            await db.ping()
+        finally:
+            await db.close()
+
+    try:
+        asyncio.run(ping())
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the operator must fix the URL
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise click.ClickException(
+            f"configuration: FDPUSH_DATABASE_URL: the database does not answer "
+            f"({type(exc).__name__}: {reason})"
+        ) from None
+
+
 @cli.command()
 @click.pass_obj
 def migrate(obj: _Context) -> None:
     """Bring the database schema to the newest version."""
     from fdpush.storage.database import Database
 
-    settings = obj.settings()
+    settings = obj.settings(for_serving=False)
 
     async def run() -> str | None:
         db = Database(settings.database_url)
@@ -95,7 +120,8 @@ def migrate(obj: _Context) -> None:
     try:
         revision = asyncio.run(run())
     except Exception as exc:  # noqa: BLE001 - say what failed, in one line, and exit non-zero
-        raise click.ClickException(f"migration failed: {type(exc).__name__}: {exc}") from None
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise click.ClickException(f"migration failed: {type(exc).__name__}: {reason}") from None
     click.echo(f"database schema is at revision {revision}")
 
 
@@ -118,6 +144,15 @@ def token(obj: _Context, user_id: str, ttl: int) -> None:
             claim=settings.auth_user_claim,
         )
     )
+
+
+def _add_gateway_command() -> None:
+    from fdpush.gateway.cli import gateway
+
+    cli.add_command(gateway)
+
+
+_add_gateway_command()
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ __all__ = [
 ENV_PREFIX = "FDPUSH_"
 CHANNEL_STATUSES = ("enabled", "disabled", "not_set")
 _CHANNEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(?::(\d{1,5}))?$")
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(?::([0-9]{1,5}))?$")
 
 
 class ConfigError(Exception):
@@ -113,7 +113,7 @@ def _parse_rate_limit(value: object) -> object:
     text = value.strip()
     if text in ("", "0"):
         return None
-    match = re.fullmatch(r"(\d+)\s*/\s*(\d+)", text)
+    match = re.fullmatch(r"([0-9]+)\s*/\s*([0-9]+)", text)
     if match is None or int(match.group(1)) == 0 or int(match.group(2)) == 0:
         raise ValueError("expected N/S (N requests per S seconds, e.g. 10/60) or 0 for off")
     return RateLimit(int(match.group(1)), int(match.group(2)))
@@ -132,7 +132,11 @@ class Settings(BaseSettings):
     """Everything the service can be told. Field ``x`` is the variable ``FDPUSH_X``."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, validate_default=True
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,  # FDPUSH_X= (empty) means "not set", not "empty value"
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
     )
 
     # --- serving
@@ -196,9 +200,8 @@ class Settings(BaseSettings):
             return None
         return decode_master_key(self.master_key.get_secret_value(), "FDPUSH_MASTER_KEY")
 
-    def check(self) -> None:
-        """Cross-field rules that a single field's validator cannot see."""
-        self.master_key_bytes()
+    def check_auth(self) -> None:
+        """The authentication settings are complete (what serving needs, migrating does not)."""
         if self.auth_mode == "jwt":
             if (self.auth_jwt_public_key_file is None) == (self.auth_jwks_file is None):
                 raise ConfigError(
@@ -230,8 +233,14 @@ def decode_master_key(text: str, source: str) -> bytes:
     return key
 
 
-def load_settings(config_file: str | os.PathLike[str] | None = None) -> Settings:
-    """Read the settings once; raise :class:`ConfigError` naming the first bad setting."""
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None, *, for_serving: bool = True
+) -> Settings:
+    """Read the settings once; raise :class:`ConfigError` naming the first bad setting.
+
+    ``for_serving=False`` skips the authentication checks, for commands such as ``migrate``
+    that touch only the database.
+    """
     config_file = config_file or os.environ.get(f"{ENV_PREFIX}CONFIG_FILE") or None
     if config_file is not None and not Path(config_file).is_file():
         raise ConfigError(f"config file {config_file} does not exist")
@@ -242,7 +251,9 @@ def load_settings(config_file: str | os.PathLike[str] | None = None) -> Settings
         name = ENV_PREFIX + "_".join(str(part) for part in error["loc"][:1]).upper()
         message = str(error["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{name}: {message}") from None
-    settings.check()
+    settings.master_key_bytes()
+    if for_serving:
+        settings.check_auth()
     return settings
 
 

@@ -175,6 +175,18 @@ def test_not_set_resets_a_choice(service: Service, layout: Layout) -> None:
         assert statuses(http, device) == defaults()
 
 
+def test_not_set_is_stored_even_where_the_default_is_enabled(
+    service: Service, layout: Layout
+) -> None:
+    """``not_set`` is the device's own choice (and counts as disabled): it does not fall back
+    to an ``enabled`` catalog default (docs/decisions.md)."""
+    with service.client(new_user()) as http:
+        device = layout.device(register(http))
+        assert statuses(http, device)["erp.task.activate"] == "enabled"  # the catalog default
+        change(http, device, ("erp.task.activate", "not_set"))
+        assert statuses(http, device) == {**defaults(), "erp.task.activate": "not_set"}
+
+
 def test_the_layouts_share_one_state(service: Service) -> None:
     """A choice made through one layout is what the other layout reads."""
     with service.client(new_user()) as http:

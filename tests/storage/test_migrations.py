@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import create_postgres_database, drop_postgres_database
 from sqlalchemy import Connection
 
+from conftest import create_postgres_database, drop_postgres_database
 from fdpush.storage.database import Database
 from fdpush.storage.schema import metadata
 

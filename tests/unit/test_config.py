@@ -401,3 +401,11 @@ def test_corrupt_master_key_file_is_refused(
     settings = load_with(monkeypatch, FDPUSH_MASTER_KEY_FILE=str(path))
     with pytest.raises(ConfigError, match=r"^FDPUSH_MASTER_KEY_FILE.*32 bytes"):
         resolve_master_key(settings)
+
+
+@pytest.mark.usefixtures("dev_env")
+def test_an_empty_variable_means_not_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``FDPUSH_RATE_LIMIT=`` (empty, as an env file may leave it) keeps the default."""
+    settings = load_with(monkeypatch, FDPUSH_RATE_LIMIT="", FDPUSH_PORT="")
+    assert settings.rate_limit == RateLimit(30, 60)
+    assert settings.port == 8080

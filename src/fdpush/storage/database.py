@@ -8,6 +8,7 @@ transaction at a time anyway (``BEGIN IMMEDIATE``), so its locks are implicit.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,6 +58,9 @@ class Database:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        # SQLite has one writer at a time; queueing writers here, in order, beats SQLite's
+        # busy handler, which polls with sleeps of up to 100 ms (p99 of over a second under load).
+        self._sqlite_writer = asyncio.Lock()
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
 
@@ -72,16 +76,16 @@ class Database:
     @asynccontextmanager
     async def write(self, *locks: str) -> AsyncIterator[AsyncConnection]:
         """A write transaction holding the named locks (taken in the order given) until commit."""
-        async with self.engine.connect() as conn:
-            if self.dialect == "sqlite":
+        if self.dialect == "sqlite":
+            async with self._sqlite_writer, self.engine.connect() as conn:
                 conn = await conn.execution_options(fdpush_begin="BEGIN IMMEDIATE")
-            async with conn.begin():
-                if self.dialect == "postgresql":
-                    for name in locks:
-                        await conn.execute(
-                            text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id(name)}
-                        )
-                yield conn
+                async with conn.begin():
+                    yield conn
+            return
+        async with self.engine.connect() as conn, conn.begin():
+            for name in locks:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id(name)})
+            yield conn
 
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""

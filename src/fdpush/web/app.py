@@ -39,9 +39,9 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, *, access_log: bool = True) -> FastAPI:
     """Build the service. Configuration problems raise ``ConfigError`` here, before serving."""
+    authenticator = Authenticator(settings)  # first: a bad auth setup must not leave a key file
     master_key = resolve_master_key(settings)
     set_reference_key(master_key)
-    authenticator = Authenticator(settings)
     db = Database(settings.database_url)
 
     @asynccontextmanager
@@ -140,6 +140,12 @@ def _document_request_bodies(app: FastAPI) -> None:
                 routes=app.routes,
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
+            # Handlers answer Matrix errors (400), never FastAPI's 422 validation body.
+            for path_item in schema.get("paths", {}).values():
+                for operation in path_item.values():
+                    operation.get("responses", {}).pop("422", None)
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
             for model in request_body_models():
                 model_schema = model.model_json_schema(
                     ref_template="#/components/schemas/{model}", mode="validation"

@@ -48,6 +48,7 @@ class Authenticator:
     """Turns an ``Authorization`` header into a user id, or raises the matching Matrix error."""
 
     def __init__(self, settings: Settings) -> None:
+        settings.check_auth()
         self._mode = settings.auth_mode
         self._issuer = settings.auth_jwt_issuer
         self._audience = settings.auth_jwt_audience

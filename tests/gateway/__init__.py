@@ -1,0 +1,1 @@
+"""Tests of the development Push Gateway (``fdpush gateway``)."""
