@@ -185,7 +185,8 @@ class Service:
         import psycopg
 
         with psycopg.connect(self.database_url) as conn:
-            return list(conn.execute(sql.replace("?", "%s"), params))
+            cursor = conn.execute(sql.replace("?", "%s"), params)
+            return list(cursor) if cursor.description is not None else []
 
     def master_key(self) -> bytes:
         return base64.b64decode((self.workdir / "master.key").read_text())

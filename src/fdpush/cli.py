@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -63,19 +66,62 @@ def serve(obj: _Context, host: str | None, port: int | None, no_access_log: bool
         app = create_app(settings, access_log=not no_access_log)
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
-    config = uvicorn.Config(
-        app,
-        host=host or settings.host,
-        port=settings.port if port is None else port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    server.run()
-    if not server.started:
+    servers = [
+        uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host or settings.host,
+                port=settings.port if port is None else port,
+                log_config=None,
+                access_log=False,
+                server_header=False,
+                lifespan="on",
+            )
+        )
+    ]
+    if settings.internal_port is not None:
+        from fdpush.web.app import create_internal_app
+
+        internal = create_internal_app(app, settings, access_log=not no_access_log)
+        servers.append(
+            _second_server(
+                uvicorn.Config(
+                    internal,
+                    host=settings.internal_host or settings.host,
+                    port=settings.internal_port,
+                    log_config=None,
+                    access_log=False,
+                    server_header=False,
+                    lifespan="off",
+                )
+            )
+        )
+    asyncio.run(_serve_all(servers))
+    if not servers[0].started:
         sys.exit(3)
+
+
+def _second_server(config: Any) -> Any:
+    """A listener that leaves signal handling to the first one, which stops it."""
+    import uvicorn
+
+    class SecondServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return SecondServer(config)
+
+
+async def _serve_all(servers: list[Any]) -> None:
+    first, *others = servers
+    tasks = [asyncio.create_task(s.serve()) for s in others]
+    try:
+        await first.serve()
+    finally:
+        for server in others:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _check_database(url: str) -> None:
@@ -144,6 +190,85 @@ def token(obj: _Context, user_id: str, ttl: int) -> None:
             claim=settings.auth_user_claim,
         )
     )
+
+
+@cli.command()
+@click.pass_obj
+def worker(obj: _Context) -> None:
+    """Run only the delivery worker (so API and delivery can scale apart).
+
+    Several workers may share one PostgreSQL; they never claim the same notification. With
+    SQLite run the worker inside `fdpush serve` (the default) instead.
+    """
+    import signal
+
+    from fdpush.config import resolve_master_key
+    from fdpush.delivery.setup import make_worker
+    from fdpush.domain.keys import KeyVault
+    from fdpush.logs import set_reference_key
+    from fdpush.storage.database import Database
+
+    settings = obj.settings(for_serving=False)
+    try:
+        settings.check_delivery()
+        master_key = resolve_master_key(settings)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+    set_reference_key(master_key)
+    _check_database(settings.database_url)
+
+    async def run() -> None:
+        db = Database(settings.database_url)
+        if settings.migrate_on_start:
+            await db.migrate()
+        delivery, client = make_worker(settings, db, KeyVault(master_key), None)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, delivery.stop)
+        try:
+            await delivery.run()
+        finally:
+            await client.aclose()
+            await db.close()
+
+    asyncio.run(run())
+
+
+@cli.command()
+@click.option("--limit", default=50, show_default=True, help="How many, newest first.")
+@click.pass_obj
+def failed(obj: _Context, limit: int) -> None:
+    """List notifications that were given up on, with their reasons."""
+    from datetime import UTC, datetime
+
+    from fdpush.config import resolve_master_key
+    from fdpush.logs import pushkey_ref, set_reference_key
+    from fdpush.storage import outbox
+    from fdpush.storage.database import Database
+
+    settings = obj.settings(for_serving=False)
+    set_reference_key(resolve_master_key(settings))
+
+    async def run() -> list[Any]:
+        db = Database(settings.database_url)
+        try:
+            async with db.read() as conn:
+                return await outbox.failed(conn, limit)
+        finally:
+            await db.close()
+
+    rows = asyncio.run(run())
+    if not rows:
+        click.echo("no failed deliveries")
+        return
+    click.echo(f"{'when (UTC)':<20} {'event':<32} {'device':<19} {'gateway':<28} tries  reason")
+    for r in rows:
+        when = datetime.fromtimestamp((r.finished_at or r.created_at) / 1000, UTC)
+        gateway = r.gateway.split("://", 1)[-1].split("/", 1)[0]
+        click.echo(
+            f"{when:%Y-%m-%d %H:%M:%S}  {r.event_id:<32} {pushkey_ref(r.pushkey):<19} "
+            f"{gateway:<28} {r.attempts:>5}  {r.last_error or ''}"
+        )
 
 
 def _add_gateway_command() -> None:

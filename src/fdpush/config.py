@@ -161,6 +161,24 @@ class Settings(BaseSettings):
     max_pushers_per_user: int = Field(20, ge=1, le=10_000)
     rate_limit: Annotated[RateLimit | None, NoDecode] = RateLimit(30, 60)
 
+    # --- events in (the internal API for the Fachdienst's business logic)
+    internal_api_key: SecretStr | None = None
+    internal_host: str | None = None
+    internal_port: int | None = Field(None, ge=0, le=65535)
+    max_events_per_batch: int = Field(100, ge=1, le=1000)
+
+    # --- delivery to the Push Gateways
+    serve_worker: bool = True
+    gateway_ca_file: Path | None = None
+    gateway_client_cert: Path | None = None
+    gateway_client_key: Path | None = None
+    gateway_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    delivery_batch_size: int = Field(100, ge=1, le=100)
+    delivery_concurrency_per_gateway: int = Field(4, ge=1, le=64)
+    delivery_max_age_seconds: int = Field(12 * 3600, ge=60)
+    delivery_lease_seconds: int = Field(10, ge=2, le=600)
+    history_days: int = Field(0, ge=0, le=3650)
+
     # --- authentication
     auth_mode: Literal["jwt", "dev"] = "jwt"
     auth_jwt_public_key_file: Path | None = None
@@ -193,6 +211,20 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return value
+
+    def check_delivery(self) -> None:
+        """The gateway TLS files exist and come as a pair."""
+        if (self.gateway_client_cert is None) != (self.gateway_client_key is None):
+            raise ConfigError(
+                "FDPUSH_GATEWAY_CLIENT_CERT and FDPUSH_GATEWAY_CLIENT_KEY go together (mutual TLS)"
+            )
+        for name, path in (
+            ("FDPUSH_GATEWAY_CA_FILE", self.gateway_ca_file),
+            ("FDPUSH_GATEWAY_CLIENT_CERT", self.gateway_client_cert),
+            ("FDPUSH_GATEWAY_CLIENT_KEY", self.gateway_client_key),
+        ):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{name}: no such file: {path}")
 
     def master_key_bytes(self) -> bytes | None:
         """The configured master key as 32 bytes, or None when it is to come from the key file."""
@@ -254,6 +286,7 @@ def load_settings(
     settings.master_key_bytes()
     if for_serving:
         settings.check_auth()
+        settings.check_delivery()
     return settings
 
 

@@ -84,6 +84,8 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # uvicorn's access log prints raw paths, and paths carry pushkeys: we log requests ourselves.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request it makes at INFO: one line per gateway batch is our metrics' job.
+    logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
     # aiosqlite's debug lines carry every SQL statement's parameters (user ids, pushkeys).
     logging.getLogger("aiosqlite").setLevel(max(root.level, logging.INFO))
     for name in ("uvicorn", "uvicorn.error"):

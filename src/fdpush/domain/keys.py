@@ -50,3 +50,12 @@ class KeyVault:
         context = self._context(user_id, app_id, pushkey, period)
         plain = crypto.unseal_at_rest(self._master_key, material, context)
         return crypto.KeyGeneration(period=period, secret=plain[:32], key=plain[32:])
+
+    def seal_record(self, kind: str, record_id: str, plaintext: bytes) -> bytes:
+        """Seal a stored record (a notification body, an event payload) bound to its id."""
+        context = f"fdpush/{kind}/v1\x00{record_id}".encode()
+        return crypto.seal_at_rest(self._master_key, plaintext, context)
+
+    def open_record(self, kind: str, record_id: str, blob: bytes) -> bytes:
+        context = f"fdpush/{kind}/v1\x00{record_id}".encode()
+        return crypto.unseal_at_rest(self._master_key, blob, context)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -95,4 +96,46 @@ audit_log = Table(
     Column("pushkey_hash", String(64), nullable=False),  # sha256 of the pushkey, not the key
     Column("detail", Text, nullable=True),
     Index(None, "user_id", "at"),
+)
+
+# --- delivery ---------------------------------------------------------------------------------
+# Times here are epoch milliseconds: the outbox does arithmetic on them, on both dialects.
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(255), nullable=False),
+    Column("channel", String(128), nullable=False),
+    Column("prio", String(4), nullable=False),
+    Column("identifier", String(256), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    # The payload, sealed under the master key; kept only while history is on.
+    Column("payload", LargeBinary, nullable=True),
+    Index(None, "created_at"),
+)
+
+# The outbox: one row per (event, pusher); the worker claims rows with a lease.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", String(32), primary_key=True),  # also the gateway batch item id
+    Column("event_id", String(32), ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", String(255), nullable=False),
+    Column("app_id", String(64), nullable=False),
+    Column("pushkey", String(512), nullable=False),
+    Column("gateway", String(1024), nullable=False),  # the gateway API base, …/push/v1/
+    Column("encrypted", Boolean, nullable=False),
+    Column("body", LargeBinary, nullable=False),  # the notification object, sealed at rest
+    Column("status", String(16), nullable=False),  # pending, delivered, rejected, failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", BigInteger, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires_at", BigInteger, nullable=True),
+    Column("last_error", String(512), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("finished_at", BigInteger, nullable=True),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "event_id"),
+    Index(None, "user_id", "pushkey", "created_at"),
 )

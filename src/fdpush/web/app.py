@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,8 +20,11 @@ from prometheus_client import (
 
 from fdpush import __version__
 from fdpush.config import Settings, resolve_master_key
+from fdpush.delivery.setup import make_worker
 from fdpush.domain.channels import ChannelService
+from fdpush.domain.events import EventService
 from fdpush.domain.gateway_url import GatewayUrlPolicy
+from fdpush.domain.history import HistoryService
 from fdpush.domain.keys import KeyVault
 from fdpush.domain.pushers import PusherService
 from fdpush.logs import set_reference_key
@@ -28,21 +32,42 @@ from fdpush.storage.database import Database
 from fdpush.web.auth import Authenticator
 from fdpush.web.client_api import ClientApi, client_router, request_body_models
 from fdpush.web.errors import install_error_handlers
+from fdpush.web.internal_api import internal_body_models, internal_router
 from fdpush.web.middleware import BodyLimitMiddleware, HttpMetrics, ObserveMiddleware
 from fdpush.web.ratelimit import UserRateLimiter
 from fdpush.web.responses import JsonResponse
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_internal_app"]
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, access_log: bool = True) -> FastAPI:
-    """Build the service. Configuration problems raise ``ConfigError`` here, before serving."""
+    """Build the service. Configuration problems raise ``ConfigError`` here, before serving.
+
+    The client API always; the internal (events) API too unless ``FDPUSH_INTERNAL_PORT`` gives
+    it a listener of its own (:func:`create_internal_app`); the delivery worker runs in the
+    app's lifespan unless ``FDPUSH_SERVE_WORKER=0``.
+    """
     authenticator = Authenticator(settings)  # first: a bad auth setup must not leave a key file
+    settings.check_delivery()
     master_key = resolve_master_key(settings)
     set_reference_key(master_key)
     db = Database(settings.database_url)
+    vault = KeyVault(master_key)
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    worker, gateway_client = (
+        make_worker(settings, db, vault, registry) if settings.serve_worker else (None, None)
+    )
+    events = EventService(
+        db,
+        catalog=settings.channels,
+        vault=vault,
+        history_days=settings.history_days,
+        on_new_work=worker.wake if worker is not None else lambda: None,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -58,9 +83,17 @@ def create_app(settings: Settings, *, access_log: bool = True) -> FastAPI:
             log.warning("FDPUSH_GATEWAY_ALLOWLIST is empty: no pusher can be registered")
         if not settings.channels:
             log.warning("FDPUSH_CHANNELS is empty: devices have no channel to subscribe to")
+        if settings.internal_api_key is None:
+            log.warning("FDPUSH_INTERNAL_API_KEY is not set: the events API refuses every call")
+        worker_task = None if worker is None else asyncio.create_task(worker.run())
         try:
             yield
         finally:
+            if worker is not None and worker_task is not None:
+                worker.stop()
+                await worker_task
+            if gateway_client is not None:
+                await gateway_client.aclose()
             await db.close()
 
     app = FastAPI(
@@ -85,25 +118,57 @@ def create_app(settings: Settings, *, access_log: bool = True) -> FastAPI:
             ),
             encryption_mode=settings.encryption,
             max_pushers_per_user=settings.max_pushers_per_user,
-            vault=KeyVault(master_key),
+            vault=vault,
         ),
         channels=ChannelService(db, settings.channels),
         authenticator=authenticator,
         limiter=UserRateLimiter(settings.rate_limit),
         encryption_required=settings.encryption == "required",
+        history=HistoryService(db, vault, enabled=settings.history_days > 0),
     )
+    app.state.worker = worker
+    _set_internal_state(app, settings, events)
     install_error_handlers(app)
     app.include_router(client_router(settings.base_path))
+    if settings.internal_port is None:
+        app.include_router(internal_router())
     _add_operations_routes(app, db)
     _document_request_bodies(app)
-
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
     app.state.metrics_registry = registry
+    app.state.http_metrics = HttpMetrics(registry)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
-        ObserveMiddleware, metrics=HttpMetrics(registry), access_log_enabled=access_log
+        ObserveMiddleware, metrics=app.state.http_metrics, access_log_enabled=access_log
+    )
+    return app
+
+
+def _set_internal_state(app: FastAPI, settings: Settings, events: EventService) -> None:
+    app.state.events = events
+    app.state.internal_api_key = (
+        None if settings.internal_api_key is None else settings.internal_api_key.get_secret_value()
+    )
+    app.state.max_events_per_batch = settings.max_events_per_batch
+
+
+def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool = True) -> FastAPI:
+    """The internal API alone, for its own listener; shares ``main``'s services and lifespan."""
+    app = FastAPI(
+        title="fdpush: internal events API",
+        version=__version__,
+        default_response_class=JsonResponse,
+        redirect_slashes=False,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    _set_internal_state(app, settings, main.state.events)
+    install_error_handlers(app)
+    app.include_router(internal_router())
+    _document_request_bodies(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        ObserveMiddleware, metrics=main.state.http_metrics, access_log_enabled=access_log
     )
     return app
 
@@ -146,7 +211,7 @@ def _document_request_bodies(app: FastAPI) -> None:
                     operation.get("responses", {}).pop("422", None)
             components.pop("HTTPValidationError", None)
             components.pop("ValidationError", None)
-            for model in request_body_models():
+            for model in [*request_body_models(), *internal_body_models()]:
                 model_schema = model.model_json_schema(
                     ref_template="#/components/schemas/{model}", mode="validation"
                 )

@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Security
+from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from fdpush.domain.channels import ChannelService
 from fdpush.domain.errors import NotFound
+from fdpush.domain.history import HistoryService
 from fdpush.domain.pushers import PusherService
 from fdpush.web.auth import Authenticator
+from fdpush.web.errors import Unrecognized
 from fdpush.web.ratelimit import UserRateLimiter
 from fdpush.web.responses import JsonResponse
 from fdpush.web.schemas import (
@@ -26,6 +28,8 @@ from fdpush.web.schemas import (
     ChannelsResponse,
     EmptyResponse,
     ErrorBody,
+    MessageResponse,
+    MessagesResponse,
     PusherSetBody,
     PushersResponse,
     RateLimitedBody,
@@ -46,6 +50,7 @@ class ClientApi:
     authenticator: Authenticator
     limiter: UserRateLimiter
     encryption_required: bool
+    history: HistoryService
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +60,29 @@ class Layout:
     pushers_set: str
     channels: str
     device_channels: str
+    device_history: str
+    history_message: str
 
 
 # The seed API (Client-FD Push API 1.0.0 as first published) and the current one.
 LAYOUTS = (
-    Layout("seed", "/pushers/v1", "/pushers/v1/set", "/channels/v1", "/channels/v1/{pushkey:path}"),
+    Layout(
+        "seed",
+        "/pushers/v1",
+        "/pushers/v1/set",
+        "/channels/v1",
+        "/channels/v1/{pushkey:path}",
+        "/history/v1/device/{pushkey:path}",
+        "/history/v1/{notification_id}",
+    ),
     Layout(
         "current",
         "/push/v1/pushers",
         "/push/v1/pushers/set",
         "/push/v1/channels",
         "/push/v1/channels/{pushkey:path}",
+        "/push/v1/history/device/{pushkey:path}",
+        "/push/v1/history/{notification_id}",
     ),
 )
 
@@ -152,6 +169,36 @@ async def set_device_channels(request: Request, user: WritingUser, pushkey: str)
     return JsonResponse({})
 
 
+def _history(request: Request) -> HistoryService:
+    history = _api(request).history
+    if not history.enabled:
+        raise Unrecognized("This service keeps no notification history")
+    return history
+
+
+async def get_device_history(
+    request: Request,
+    user: User,
+    pushkey: str,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    cursor: Annotated[str | None, Query(alias="from", max_length=80)] = None,
+) -> JsonResponse:
+    page = await _history(request).device(
+        user, _device_pushkey(pushkey), limit=limit, cursor=cursor
+    )
+    body: dict[str, Any] = {
+        "messages": [{"identifier": m.identifier, "payload": m.payload} for m in page.messages]
+    }
+    if page.next_batch is not None:
+        body["next_batch"] = page.next_batch
+    return JsonResponse(body)
+
+
+async def get_history_message(request: Request, user: User, notification_id: str) -> JsonResponse:
+    message = await _history(request).message(user, notification_id)
+    return JsonResponse({"identifier": message.identifier, "payload": message.payload})
+
+
 def _body(model: type[BaseModel]) -> dict[str, Any]:
     return {
         "requestBody": {
@@ -218,6 +265,16 @@ _OPERATIONS = (
         lambda lay: lay.device_channels, "POST", set_device_channels, "postChannelsOfDevice",
         "Change the named channels of this device", EmptyResponse,
         {**_WRITE_ERRORS, **_DEVICE_ERRORS}, ChannelsBody,
+    ),
+    _Operation(
+        lambda lay: lay.device_history, "GET", get_device_history, "getNotifications",
+        "What was sent to this device, newest first (paged with next_batch / from)",
+        MessagesResponse, {**_ERRORS, **_DEVICE_ERRORS},
+    ),
+    _Operation(
+        lambda lay: lay.history_message, "GET", get_history_message, "getNotification",
+        "One sent notification, by the identifier it carried", MessageResponse,
+        {**_ERRORS, 404: {"model": ErrorBody, "description": "No such notification"}},
     ),
 )  # fmt: skip
 

@@ -22,6 +22,7 @@ __all__ = [
     "NotJson",
     "TooLarge",
     "UnknownToken",
+    "Unrecognized",
     "error_response",
     "install_error_handlers",
 ]
@@ -47,6 +48,11 @@ class MissingToken(FdPushError):
 class UnknownToken(FdPushError):
     errcode = "M_UNKNOWN_TOKEN"
     status = 401
+
+
+class Unrecognized(FdPushError):
+    errcode = "M_UNRECOGNIZED"
+    status = 404
 
 
 class TooLarge(FdPushError):

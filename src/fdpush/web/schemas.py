@@ -32,6 +32,8 @@ __all__ = [
     "ChannelsResponse",
     "EmptyResponse",
     "ErrorBody",
+    "MessageResponse",
+    "MessagesResponse",
     "PusherSetBody",
     "PushersResponse",
     "RateLimitedBody",
@@ -203,6 +205,18 @@ class ChannelsResponse(BaseModel):
     channels: list[ChannelOut]
 
 
+class MessageResponse(BaseModel):
+    identifier: str
+    payload: dict[str, Any]
+
+
+class MessagesResponse(BaseModel):
+    messages: list[MessageResponse]
+    next_batch: str | None = Field(
+        None, description="Pass as ?from= to get the next (older) page; absent on the last page"
+    )
+
+
 class EmptyResponse(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -237,7 +251,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _validate(model: type[_Strict], raw: dict[str, Any]) -> Any:
+def validate_body(model: type[BaseModel], raw: dict[str, Any]) -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -293,7 +307,7 @@ def parse_pusher_set(
         missing += _missing_for_registration(raw, encryption_required)
     if missing:
         raise MissingParam(missing)
-    body: PusherSetBody = _validate(PusherSetBody, raw)
+    body: PusherSetBody = validate_body(PusherSetBody, raw)
     if body.kind is None:
         return body.app_id, body.pushkey
     data = raw["data"]
@@ -348,5 +362,5 @@ def parse_channel_changes(raw: dict[str, Any]) -> list[ChannelState]:
     missing = _missing_channel_members(raw)
     if missing:
         raise MissingParam(missing)
-    body: ChannelsBody = _validate(ChannelsBody, raw)
+    body: ChannelsBody = validate_body(ChannelsBody, raw)
     return [ChannelState(c.id, c.status) for c in body.channels]

@@ -1,0 +1,520 @@
+"""The client for the Push Gateways: one batch in, one verdict per notification out.
+
+:meth:`GatewayClient.send` takes notifications for one gateway (its base URL, the pusher's
+``data.url`` ending in ``/push/v1/``) and posts them:
+
+- encrypted ones to ``<base>notifyEncrypted/batch``, plain ones to ``<base>notify/batch`` —
+  or, for a gateway that answers 404/405 there (one that lacks batch), one ``<base>notify``
+  per notification, remembered per base URL for the client's lifetime;
+- results are matched by ``id`` (gateways answer in any order): ``success`` → delivered; any
+  ``rejected`` pushkey → rejected (the caller deletes those pushers); ``failed``/``partial``
+  without one → retry;
+- a whole-request 400 names its reason: "Batch size exceeds maximum limit" and 413 say how big
+  a batch may be (:attr:`BatchOutcome.max_batch_size`); for the other reasons the batch is
+  split in halves until only the bad notification fails;
+- anything else that is not the answer we asked for — 408, 429, 5xx, 401/403, redirects, a
+  200 we cannot read, timeouts, connection and TLS errors — is *gateway trouble*: nothing is
+  decided, and the caller backs off from that gateway (:mod:`fdpush.delivery.circuit`).
+
+TLS: the gateway's certificate is verified (``ca_file``, else the system store), the client
+certificate is presented (mutual TLS), connections are kept alive and shared (HTTP/2 where the
+gateway offers it), and at most ``max_connections_per_gateway`` requests run at once per
+gateway. Redirects are never followed: sends go only to the stored, allowed URL.
+
+Logs name gateways by host:port and never carry pushkeys, payloads or ciphertexts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import orjson
+
+from fdpush import __version__
+
+__all__ = [
+    "ENCRYPTED_BATCH",
+    "MAX_ID_LENGTH",
+    "NOTIFY",
+    "PLAIN_BATCH",
+    "BatchOutcome",
+    "GatewayClient",
+    "ItemResult",
+    "Outcome",
+    "OutgoingItem",
+]
+
+log = logging.getLogger("fdpush.delivery")
+
+ENCRYPTED_BATCH = "notifyEncrypted/batch"
+PLAIN_BATCH = "notify/batch"
+NOTIFY = "notify"
+MAX_ID_LENGTH = 64  # the spec's maxLength of a batch item's id
+
+Outcome = Literal["delivered", "rejected", "retry", "failed"]
+
+_BATCH_TOO_BIG = "Batch size exceeds maximum limit"
+_MAX_REASON_CHARS = 200
+_MAX_ANSWER_BYTES = 1024 * 1024  # a batch answer is a few KB; more is a broken gateway
+# Idle connections are dropped a little before the 5 s idle timeout common servers use, so we
+# do not send on a connection the server is just closing.
+_KEEPALIVE_EXPIRY = 4.0
+_HEADERS = {"content-type": "application/json", "user-agent": f"fdpush/{__version__}"}
+# When one answer names an id twice, the more telling result wins.
+_RANK: dict[Outcome, int] = {"delivered": 0, "retry": 1, "failed": 2, "rejected": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingItem:
+    """One notification to send: a batch item's ``id`` and the spec's notification object.
+
+    ``notification`` is an ``EncryptedNotification`` (``encrypted``) or a ``PlainNotification``
+    with ``"devices": [one device]``. Raises ValueError for an empty id or one over 64 chars.
+    """
+
+    id: str  # the notification id, stable across retries
+    notification: dict[str, Any]
+    encrypted: bool
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.id) <= MAX_ID_LENGTH:
+            raise ValueError(f"an item id has 1 to {MAX_ID_LENGTH} characters")
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The verdict on one notification.
+
+    ``delivered``: the gateway took it. ``rejected``: the gateway listed ``rejected_pushkeys``
+    (delete those pushers). ``retry``: the gateway could not take it this time. ``failed``:
+    the gateway refuses it for good (a 400 naming this notification alone).
+    """
+
+    id: str
+    outcome: Outcome
+    rejected_pushkeys: tuple[str, ...] = ()  # every pushkey the gateway listed for this item
+    error: str | None = None  # short reason (no payload, no secrets)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What one :meth:`GatewayClient.send` achieved.
+
+    Items without an entry in ``results`` were not decided and must be retried by the caller
+    (after backing off when ``gateway_trouble`` is set, with smaller batches when
+    ``max_batch_size`` is set).
+    """
+
+    results: dict[str, ItemResult]  # by item id
+    status_code: int | None  # HTTP status of the (last) request, None when no answer
+    gateway_trouble: str | None = None  # whole-request failure to back off on
+    retry_after_seconds: float | None = None  # from Retry-After (seconds or HTTP date)
+    max_batch_size: int | None = None  # learned from a 400 "Batch size exceeds …" / 413
+
+
+@dataclass
+class _Collected:
+    """What the requests of one ``send`` found out so far."""
+
+    results: dict[str, ItemResult] = field(default_factory=dict)
+    status_code: int | None = None
+    trouble: str | None = None
+    retry_after: float | None = None
+    max_batch_size: int | None = None
+
+    def add(self, result: ItemResult) -> None:
+        current = self.results.get(result.id)
+        if current is None or _RANK[result.outcome] > _RANK[current.outcome]:
+            self.results[result.id] = result
+
+    def learn_batch_size(self, size: int) -> None:
+        if self.max_batch_size is None or size < self.max_batch_size:
+            self.max_batch_size = size
+
+    def outcome(self) -> BatchOutcome:
+        return BatchOutcome(
+            results=self.results,
+            status_code=self.status_code,
+            gateway_trouble=self.trouble,
+            retry_after_seconds=self.retry_after,
+            max_batch_size=self.max_batch_size,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    body: bytes
+    retry_after: float | None
+
+
+class GatewayClient:
+    """Sends notifications to Push Gateways over (mutual) TLS; one per process, shared.
+
+    ``ca_file``: the CA bundle that gateway certificates must chain to (None: the system
+    store). ``client_cert`` / ``client_key``: the client certificate for mutual TLS (both or
+    neither; the key may be inside ``client_cert`` when ``client_key`` is None). Each request
+    must be answered within ``timeout_seconds``. At most ``max_connections_per_gateway``
+    requests run at once per gateway (scheme, host and port).
+    """
+
+    def __init__(
+        self,
+        *,
+        ca_file: Path | None,
+        client_cert: Path | None,
+        client_key: Path | None,
+        timeout_seconds: float = 10.0,
+        max_connections_per_gateway: int = 8,
+        http2: bool = True,
+    ) -> None:
+        """Raises ValueError for a key without a certificate or limits out of range, and
+        OSError / ssl.SSLError when the CA file or client certificate cannot be loaded."""
+        if client_key is not None and client_cert is None:
+            raise ValueError("a client key needs its client certificate")
+        if timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be positive")
+        if max_connections_per_gateway < 1:
+            raise ValueError("max_connections_per_gateway must be at least 1")
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        if client_cert is not None:
+            context.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
+        self._timeout = timeout_seconds
+        self._per_gateway = max_connections_per_gateway
+        self._http = httpx.AsyncClient(
+            verify=context,
+            http2=http2,
+            timeout=httpx.Timeout(timeout_seconds),
+            # The pool itself is unbounded: the bound is per gateway (``_slots``), so a slow
+            # gateway cannot take the connections the others need.
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=None,
+                keepalive_expiry=_KEEPALIVE_EXPIRY,
+            ),
+            follow_redirects=False,
+            trust_env=False,  # no proxies or CA bundles from the environment: settings only
+        )
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._without_batch: set[str] = set()
+
+    async def send(self, base_url: str, items: Sequence[OutgoingItem]) -> BatchOutcome:
+        """Send ``items`` (of one kind or both) to the gateway at ``base_url``.
+
+        Encrypted items go in one ``notifyEncrypted/batch`` request, plain ones in one
+        ``notify/batch`` request (or one ``notify`` each for a gateway without batch); the
+        caller sizes batches. Never raises for anything the gateway or the network does: that
+        is in the outcome. Raises ValueError for a ``base_url`` not ending in ``/`` or two
+        items with the same id.
+        """
+        if not base_url.endswith("/"):
+            raise ValueError("base_url ends with '/' (…/push/v1/)")
+        if len({item.id for item in items}) != len(items):
+            raise ValueError("item ids must be unique within a send")
+        collected = _Collected()
+        encrypted = [item for item in items if item.encrypted]
+        plain = [item for item in items if not item.encrypted]
+        if encrypted:
+            await self._send_batch(base_url, ENCRYPTED_BATCH, encrypted, collected)
+        if plain and collected.trouble is None:
+            if base_url in self._without_batch:
+                await self._notify_each(base_url, plain, collected)
+            else:
+                await self._send_batch(base_url, PLAIN_BATCH, plain, collected)
+        outcome = collected.outcome()
+        if log.isEnabledFor(logging.DEBUG):
+            counts: dict[str, int] = {}
+            for result in outcome.results.values():
+                counts[result.outcome] = counts.get(result.outcome, 0) + 1
+            log.debug(
+                "gateway %s: %d items, %s, undecided %d",
+                _host_port(base_url),
+                len(items),
+                counts,
+                len(items) - len(outcome.results),
+            )
+        return outcome
+
+    def lacks_batch(self, base_url: str) -> bool:
+        """Whether the gateway at ``base_url`` answered 404/405 to ``notify/batch``."""
+        return base_url in self._without_batch
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    # --- requests ------------------------------------------------------------------------------
+
+    async def _send_batch(
+        self,
+        base_url: str,
+        endpoint: str,
+        items: Sequence[OutgoingItem],
+        collected: _Collected,
+    ) -> None:
+        payload = {"notifications": [{"id": i.id, "notification": i.notification} for i in items]}
+        answer = await self._post(base_url + endpoint, payload, collected)
+        if answer is None:
+            return
+        if answer.status == 200:
+            entries = _batch_results(answer.body)
+            if entries is None:
+                self._trouble(base_url, collected, "HTTP 200 without a batch result", answer)
+            else:
+                _match(items, entries, collected)
+        elif answer.status in (404, 405) and endpoint == PLAIN_BATCH:
+            log.info("gateway %s lacks notify/batch: using notify", _host_port(base_url))
+            self._without_batch.add(base_url)
+            await self._notify_each(base_url, items, collected)
+        elif answer.status == 400:
+            await self._refused(base_url, endpoint, items, answer, collected)
+        elif answer.status == 413:
+            if len(items) == 1:
+                self._trouble(base_url, collected, "HTTP 413 for a single notification", answer)
+            collected.learn_batch_size(max(1, len(items) // 2))
+        else:
+            self._trouble(base_url, collected, _status_reason(answer.status), answer)
+
+    async def _refused(
+        self,
+        base_url: str,
+        endpoint: str,
+        items: Sequence[OutgoingItem],
+        answer: _Answer,
+        collected: _Collected,
+    ) -> None:
+        """A whole-request 400: learn the batch size, or split until the bad item stands alone."""
+        error, details = _error_body(answer.body)
+        if error == _BATCH_TOO_BIG:
+            limit = details.get("max_batch_size")
+            if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit < len(items):
+                limit = len(items) // 2
+            if limit < 1:
+                self._trouble(base_url, collected, "HTTP 400: a batch of one is too big", answer)
+                collected.learn_batch_size(1)
+            else:
+                collected.learn_batch_size(limit)
+            return
+        if len(items) > 1:
+            middle = len(items) // 2
+            await self._send_batch(base_url, endpoint, items[:middle], collected)
+            if collected.trouble is None:
+                await self._send_batch(base_url, endpoint, items[middle:], collected)
+            return
+        reason = f"HTTP 400: {error}" if error else "HTTP 400 (answer not JSON)"
+        collected.add(ItemResult(items[0].id, "failed", error=reason))
+
+    async def _notify_each(
+        self, base_url: str, items: Sequence[OutgoingItem], collected: _Collected
+    ) -> None:
+        """One ``notify`` per plain item, for a gateway without ``notify/batch``."""
+
+        async def one(item: OutgoingItem) -> None:
+            if collected.trouble is not None:
+                return  # the gateway is in trouble: leave the rest for later
+            answer = await self._post(
+                base_url + NOTIFY, {"notification": item.notification}, collected
+            )
+            if answer is None:
+                return
+            if answer.status == 200:
+                rejected = _notify_rejected(answer.body)
+                if rejected is None:
+                    self._trouble(base_url, collected, "HTTP 200 without a notify result", answer)
+                elif rejected:
+                    collected.add(ItemResult(item.id, "rejected", rejected))
+                else:
+                    collected.add(ItemResult(item.id, "delivered"))
+            elif answer.status == 400:
+                error, _details = _error_body(answer.body)
+                reason = f"HTTP 400: {error}" if error else "HTTP 400 (answer not JSON)"
+                collected.add(ItemResult(item.id, "failed", error=reason))
+            else:
+                self._trouble(base_url, collected, _status_reason(answer.status), answer)
+
+        await asyncio.gather(*(one(item) for item in items))
+
+    async def _post(
+        self, url: str, payload: dict[str, Any], collected: _Collected
+    ) -> _Answer | None:
+        """POST ``payload`` as JSON; the answer, or None after noting gateway trouble."""
+        origin = _origin(url)
+        slots = self._slots.get(origin)
+        if slots is None:
+            slots = self._slots[origin] = asyncio.Semaphore(self._per_gateway)
+        content = orjson.dumps(payload)
+        async with slots:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    answer = await self._exchange(url, content)
+            except (TimeoutError, httpx.TimeoutException):
+                reason = f"no answer within {self._timeout:g}s"
+            except httpx.ConnectError as exc:
+                reason = f"cannot connect: {_short(str(exc)) or type(exc).__name__}"
+            except _AnswerTooLarge:
+                reason = f"answer larger than {_MAX_ANSWER_BYTES} bytes"
+            except httpx.HTTPError as exc:
+                reason = f"connection failed: {_short(str(exc)) or type(exc).__name__}"
+            else:
+                collected.status_code = answer.status
+                return answer
+        collected.status_code = None
+        self._trouble(url, collected, reason, None)
+        return None
+
+    async def _exchange(self, url: str, content: bytes) -> _Answer:
+        async with self._http.stream("POST", url, content=content, headers=_HEADERS) as response:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > _MAX_ANSWER_BYTES:
+                    raise _AnswerTooLarge
+            return _Answer(
+                response.status_code,
+                bytes(body),
+                _parse_retry_after(response.headers.get("retry-after")),
+            )
+
+    def _trouble(
+        self, url: str, collected: _Collected, reason: str, answer: _Answer | None
+    ) -> None:
+        if collected.trouble is None:
+            collected.trouble = reason
+        if answer is not None and answer.retry_after is not None:
+            collected.retry_after = max(collected.retry_after or 0.0, answer.retry_after)
+        log.warning("gateway %s in trouble: %s", _host_port(url), reason)
+
+
+class _AnswerTooLarge(Exception):
+    pass
+
+
+# --- reading answers ---------------------------------------------------------------------------
+
+
+def _batch_results(body: bytes) -> list[Any] | None:
+    """The ``results`` list of a batch answer; None when the body is not one."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    results = parsed.get("results")
+    return results if isinstance(results, list) else None
+
+
+def _match(items: Sequence[OutgoingItem], entries: list[Any], collected: _Collected) -> None:
+    """Each result to its item by ``id``; unknown ids are ignored, missing items get nothing."""
+    wanted = {item.id for item in items}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        item_id = entry.get("id")
+        if not isinstance(item_id, str) or item_id not in wanted:
+            continue
+        status = entry.get("status")
+        error = entry.get("error")
+        reason = _short(error) if isinstance(error, str) else ""
+        rejected = entry.get("rejected")
+        pushkeys = (
+            tuple(key for key in rejected if isinstance(key, str))
+            if isinstance(rejected, list)
+            else ()
+        )
+        if pushkeys:
+            collected.add(ItemResult(item_id, "rejected", pushkeys, reason or None))
+        elif status == "success":
+            collected.add(ItemResult(item_id, "delivered"))
+        elif status in ("failed", "partial"):
+            collected.add(ItemResult(item_id, "retry", error=reason or f"gateway said {status}"))
+        else:
+            shown = _short(str(status)) if status is not None else "none"
+            collected.add(ItemResult(item_id, "retry", error=f"unknown status {shown}"))
+
+
+def _notify_rejected(body: bytes) -> tuple[str, ...] | None:
+    """The ``rejected`` pushkeys of a ``notify`` answer; None when the body is not one."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    rejected = parsed.get("rejected")
+    if rejected is None:
+        return ()
+    if not isinstance(rejected, list):
+        return None
+    return tuple(key for key in rejected if isinstance(key, str))
+
+
+def _error_body(body: bytes) -> tuple[str | None, dict[str, Any]]:
+    """The ``error`` text and ``details`` of an error answer (None, {} when it has none)."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, {}
+    if not isinstance(parsed, dict):
+        return None, {}
+    error = parsed.get("error")
+    details = parsed.get("details")
+    return (
+        _short(error) if isinstance(error, str) and error else None,
+        details if isinstance(details, dict) else {},
+    )
+
+
+def _status_reason(status: int) -> str:
+    if 300 <= status < 400:
+        return f"HTTP {status}: redirect not followed"
+    return f"HTTP {status}"
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds from now: delay-seconds or an HTTP date; None if unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of ``url``: what the per-gateway connection limit counts."""
+    return f"{httpx.URL(url).scheme}://{_host_port(url)}"
+
+
+def _host_port(url: str) -> str:
+    """``host:port`` of ``url``: how a gateway is named in logs."""
+    parsed = httpx.URL(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    return f"{host}:{port}"
+
+
+def _short(text: str) -> str:
+    """``text`` on one line, at most a couple of hundred characters (for reasons and logs)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= _MAX_REASON_CHARS else flat[: _MAX_REASON_CHARS - 1] + "…"

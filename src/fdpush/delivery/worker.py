@@ -1,0 +1,441 @@
+"""The delivery worker: claims due notifications, sends them in batches, records what happened.
+
+- Claims carry a short lease that this worker renews while it works; a worker that dies leaves
+  leases that run out within ``FDPUSH_DELIVERY_LEASE_SECONDS``, and any worker takes the work
+  again (at-least-once). PostgreSQL workers claim with ``FOR UPDATE SKIP LOCKED`` and never
+  claim the same row; SQLite has one worker.
+- Each gateway has its own circuit, batch size and in-flight cap: a failing or slow gateway
+  backs off alone while the others keep flowing.
+- It sleeps until woken (a new event in this process, or PostgreSQL ``NOTIFY`` from another),
+  until the next retry is due, or at most a few seconds as a safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from fdpush.delivery.circuit import Circuits
+from fdpush.delivery.gateway import BatchOutcome, GatewayClient, OutgoingItem
+from fdpush.domain.events import NOTIFY_CHANNEL
+from fdpush.domain.keys import KeyVault
+from fdpush.domain.rejections import forget_rejected_pushkey
+from fdpush.storage import outbox
+from fdpush.storage.database import Database
+
+__all__ = ["DeliveryMetrics", "DeliveryWorker", "WorkerOptions"]
+
+log = logging.getLogger(__name__)
+
+_IDLE_POLL_SECONDS = 5.0
+_MIN_WAIT_SECONDS = 0.05
+_ITEM_BACKOFF_BASE = 2.0
+_ITEM_BACKOFF_MAX = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    batch_size: int = 100
+    concurrency_per_gateway: int = 4
+    max_age_seconds: float = 12 * 3600
+    lease_seconds: float = 10.0
+    claim_limit: int = 1000
+    history_days: int = 0
+    outbox_retention_days: int = 7
+
+
+class DeliveryMetrics:
+    """The delivery metrics of one process, in the given registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.outcomes = Counter(
+            "fdpush_notifications",
+            "Notifications by outcome: delivered, rejected, failed (gave up), retried",
+            ["outcome"],
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "fdpush_gateway_batch_size",
+            "Notifications per gateway request",
+            registry=registry,
+            buckets=(1, 2, 5, 10, 20, 50, 100),
+        )
+        self.latency = Histogram(
+            "fdpush_gateway_request_duration_seconds",
+            "Gateway request latency",
+            ["gateway"],
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self.responses = Counter(
+            "fdpush_gateway_responses",
+            "Gateway answers by HTTP status ('none' when there was no answer)",
+            ["gateway", "status"],
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "fdpush_outbox_pending", "Notifications waiting to be delivered", registry=registry
+        )
+        self.oldest_age = Gauge(
+            "fdpush_outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending notification",
+            registry=registry,
+        )
+        self.circuit_open = Gauge(
+            "fdpush_gateway_circuit_open",
+            "1 while a gateway's circuit is open (backing off), 0 when closed",
+            ["gateway"],
+            registry=registry,
+        )
+
+
+def _gateway_label(base_url: str) -> str:
+    """host:port of a gateway base URL: bounded by the allow-list, and no path noise."""
+    rest = base_url.split("://", 1)[-1]
+    return rest.split("/", 1)[0]
+
+
+class DeliveryWorker:
+    """Delivers the outbox until stopped."""
+
+    def __init__(
+        self,
+        db: Database,
+        vault: KeyVault,
+        client: GatewayClient,
+        *,
+        options: WorkerOptions,
+        metrics: DeliveryMetrics | None = None,
+        listen_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._db = db
+        self._vault = vault
+        self._client = client
+        self._options = options
+        self._metrics = metrics
+        self._listen_url = listen_url
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - retry jitter, not cryptography
+        self.worker_id = f"{socket.gethostname()[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._circuits = Circuits()
+        self._batch_size: dict[str, int] = {}
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._in_flight: dict[str, set[str]] = defaultdict(set)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._per_gateway_cap = options.batch_size * options.concurrency_per_gateway * 2
+
+    # --- control ------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New work may be due (called by the event API in this process)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Work until :meth:`stop`; in-flight batches finish, unsent claims are left to expire."""
+        helpers = [
+            asyncio.create_task(self._renew_leases()),
+            asyncio.create_task(self._prune()),
+        ]
+        if self._metrics is not None:
+            helpers.append(asyncio.create_task(self._watch_queue()))
+        if self._listen_url is not None:
+            helpers.append(asyncio.create_task(self._listen()))
+        log.info("delivery worker %s started", self.worker_id)
+        try:
+            while not self._stopping:
+                # Cleared before looking for work, so a wake-up during the look is not lost.
+                self._wake.clear()
+                try:
+                    claimed = await self._claim()
+                except Exception:
+                    log.exception("claiming notifications failed; retrying shortly")
+                    claimed = []
+                    await asyncio.sleep(1.0)
+                if claimed:
+                    self._dispatch(claimed)
+                    continue
+                await self._idle()
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=self._options.lease_seconds)
+        finally:
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            log.info("delivery worker %s stopped", self.worker_id)
+
+    # --- claiming -----------------------------------------------------------------------------
+
+    def _busy_gateways(self) -> list[str]:
+        full = [gw for gw, ids in self._in_flight.items() if len(ids) >= self._per_gateway_cap]
+        return sorted(set(full) | set(self._circuits.blocked()))
+
+    async def _claim(self) -> list[outbox.Claimed]:
+        in_flight = sum(len(ids) for ids in self._in_flight.values())
+        limit = min(self._options.claim_limit, self._per_gateway_cap * 8 - in_flight)
+        if limit <= 0:
+            return []
+        now_ms = int(self._clock() * 1000)
+        async with self._db.write() as conn:
+            return await outbox.claim(
+                conn,
+                owner=self.worker_id,
+                now_ms=now_ms,
+                lease_ms=int(self._options.lease_seconds * 1000),
+                limit=limit,
+                skip_gateways=self._busy_gateways(),
+            )
+
+    async def _idle(self) -> None:
+        timeout = _IDLE_POLL_SECONDS
+        try:
+            async with self._db.read() as conn:
+                due = await outbox.next_due(conn)
+        except Exception:  # noqa: BLE001
+            due = None
+        if due is not None:
+            timeout = min(timeout, max(due / 1000 - self._clock(), _MIN_WAIT_SECONDS))
+        blocked = [self._circuits.get(gw).reopens_in() for gw in self._circuits.blocked()]
+        if blocked:
+            timeout = min(timeout, max(min(blocked), _MIN_WAIT_SECONDS))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _dispatch(self, claimed: Sequence[outbox.Claimed]) -> None:
+        by_gateway: dict[str, list[outbox.Claimed]] = defaultdict(list)
+        for row in claimed:
+            by_gateway[row.gateway].append(row)
+        for gateway, rows in by_gateway.items():
+            size = self._batch_size.get(gateway, self._options.batch_size)
+            for kind in (True, False):  # encrypted and plain go to different endpoints
+                same = [r for r in rows if r.encrypted is kind]
+                for start in range(0, len(same), size):
+                    batch = same[start : start + size]
+                    self._in_flight[gateway].update(r.id for r in batch)
+                    task = asyncio.create_task(self._send(gateway, batch))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, gateway: str, batch: list[outbox.Claimed]) -> None:
+        label = _gateway_label(gateway)
+        try:
+            semaphore = self._semaphores.setdefault(
+                gateway, asyncio.Semaphore(self._options.concurrency_per_gateway)
+            )
+            async with semaphore:
+                circuit = self._circuits.get(gateway)
+                if not circuit.allows():
+                    await self._release(batch, delay=circuit.reopens_in(), error=None, count=False)
+                    return
+                items = [
+                    OutgoingItem(
+                        id=row.id,
+                        notification=orjson.loads(
+                            self._vault.open_record("notification", row.id, row.body)
+                        ),
+                        encrypted=row.encrypted,
+                    )
+                    for row in batch
+                ]
+                started = time.perf_counter()
+                outcome = await self._client.send(gateway, items)
+                if self._metrics is not None:
+                    self._metrics.latency.labels(label).observe(time.perf_counter() - started)
+                    self._metrics.batch_size.observe(len(items))
+                    self._metrics.responses.labels(label, str(outcome.status_code or "none")).inc()
+                await self._record(gateway, batch, outcome)
+        except Exception:
+            log.exception("sending a batch to %s failed unexpectedly", label)
+            with contextlib.suppress(Exception):
+                await self._release(batch, delay=30.0, error="internal error", count=True)
+        finally:
+            self._in_flight[gateway].difference_update(r.id for r in batch)
+            self._wake.set()
+
+    async def _record(
+        self, gateway: str, batch: list[outbox.Claimed], outcome: BatchOutcome
+    ) -> None:
+        """Apply a gateway's verdicts; items without one go back, after a backoff."""
+        circuit = self._circuits.get(gateway)
+        label = _gateway_label(gateway)
+        if outcome.max_batch_size is not None:
+            smaller = max(1, min(outcome.max_batch_size, len(batch) - 1 or 1))
+            self._batch_size[gateway] = smaller
+            log.warning("gateway %s takes at most %d per batch; resending smaller", label, smaller)
+        if outcome.gateway_trouble is None:
+            circuit.record_success()
+        if self._metrics is not None:
+            self._metrics.circuit_open.labels(label).set(0 if circuit.state == "closed" else 1)
+        delivered: list[str] = []
+        rejected: list[str] = []
+        failed: dict[str, str] = {}
+        unanswered: list[outbox.Claimed] = []
+        dead_pushkeys: set[str] = set()
+        for row in batch:
+            result = outcome.results.get(row.id)
+            if result is None or result.outcome == "retry":
+                unanswered.append(row)
+            elif result.outcome == "delivered":
+                delivered.append(row.id)
+            elif result.outcome == "rejected":
+                dead_pushkeys.update(result.rejected_pushkeys)
+                if row.pushkey in result.rejected_pushkeys:
+                    rejected.append(row.id)
+                else:
+                    unanswered.append(row)
+            else:
+                failed[row.id] = result.error or "refused by the gateway"
+        for pushkey in sorted(dead_pushkeys):
+            rejected.extend(await forget_rejected_pushkey(self._db, gateway, pushkey))
+        now_ms = int(self._clock() * 1000)
+        async with self._db.write() as conn:
+            await outbox.finish(conn, delivered, status="delivered", now_ms=now_ms, error=None)
+            await outbox.finish(
+                conn, sorted(set(rejected)), status="rejected", now_ms=now_ms, error="rejected"
+            )
+            for ident, error in failed.items():
+                await outbox.finish(conn, [ident], status="failed", now_ms=now_ms, error=error)
+        if self._metrics is not None:
+            self._metrics.outcomes.labels("delivered").inc(len(delivered))
+            self._metrics.outcomes.labels("rejected").inc(len(set(rejected)))
+            self._metrics.outcomes.labels("failed").inc(len(failed))
+        if not unanswered:
+            return
+        if outcome.gateway_trouble is not None:
+            delay = circuit.record_trouble(outcome.retry_after_seconds)
+            if self._metrics is not None:
+                self._metrics.circuit_open.labels(label).set(1)
+            log.warning("gateway %s: %s; backing off %.1fs", label, outcome.gateway_trouble, delay)
+            await self._release(unanswered, delay=delay, error=outcome.gateway_trouble, count=True)
+        elif outcome.max_batch_size is not None:  # our batch was too big: resend at once, smaller
+            await self._release(unanswered, delay=0.0, error=None, count=False)
+        else:
+            attempts = max(r.attempts for r in unanswered)
+            delay = min(_ITEM_BACKOFF_MAX, _ITEM_BACKOFF_BASE * 2**attempts)
+            delay *= 0.5 + self._rng.random()
+            await self._release(
+                unanswered, delay=delay, error="gateway could not deliver", count=True
+            )
+
+    async def _release(
+        self, rows: Sequence[outbox.Claimed], *, delay: float, error: str | None, count: bool
+    ) -> None:
+        """Give rows back for later; rows past the maximum age fail instead (never silently)."""
+        now = self._clock()
+        now_ms = int(now * 1000)
+        too_old = [
+            r for r in rows if count and now - r.created_at / 1000 >= self._options.max_age_seconds
+        ]
+        again = [r for r in rows if r not in too_old]
+        async with self._db.write() as conn:
+            if too_old:
+                age = f"{self._options.max_age_seconds:.0f}s"
+                reason = f"gave up after {age}: {error or 'undeliverable'}"
+                await outbox.finish(
+                    conn, [r.id for r in too_old], status="failed", now_ms=now_ms, error=reason
+                )
+            await outbox.release(
+                conn,
+                [r.id for r in again],
+                next_attempt_at=now_ms + int(delay * 1000),
+                error=error,
+                count_attempt=count,
+            )
+        if self._metrics is not None:
+            self._metrics.outcomes.labels("failed").inc(len(too_old))
+            if count:
+                self._metrics.outcomes.labels("retried").inc(len(again))
+        if too_old:
+            log.error("gave up on %d notifications: %s", len(too_old), error or "undeliverable")
+
+    # --- background -------------------------------------------------------------------------
+
+    async def _renew_leases(self) -> None:
+        interval = self._options.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            ids = sorted(set().union(*self._in_flight.values())) if self._in_flight else []
+            if not ids:
+                continue
+            until = int((self._clock() + self._options.lease_seconds) * 1000)
+            try:
+                async with self._db.write() as conn:
+                    await outbox.renew(conn, owner=self.worker_id, ids=ids, until_ms=until)
+            except Exception:
+                log.exception("renewing leases failed")
+
+    async def _prune(self) -> None:
+        """Forget history past its retention, and finished events past the outbox's."""
+        while True:
+            now_ms = int(self._clock() * 1000)
+            day_ms = 86_400_000
+            try:
+                async with self._db.write() as conn:
+                    removed = await outbox.prune(
+                        conn,
+                        history_before_ms=now_ms - self._options.history_days * day_ms,
+                        outbox_before_ms=now_ms - self._options.outbox_retention_days * day_ms,
+                    )
+                if removed:
+                    log.info("pruned %d finished events past their retention", removed)
+            except Exception:
+                log.exception("pruning old events failed")
+            await asyncio.sleep(600)
+
+    async def _watch_queue(self) -> None:
+        assert self._metrics is not None
+        while True:
+            try:
+                async with self._db.read() as conn:
+                    pending, oldest = await outbox.queue_stats(conn)
+                self._metrics.pending.set(pending)
+                age = 0.0 if oldest is None else max(0.0, self._clock() - oldest / 1000)
+                self._metrics.oldest_age.set(age)
+            except Exception:
+                log.debug("queue statistics unavailable", exc_info=True)
+            await asyncio.sleep(2.0)
+
+    async def _listen(self) -> None:
+        """PostgreSQL: wake on NOTIFY from processes that take events."""
+        import psycopg
+
+        assert self._listen_url is not None
+        backoff = 1.0
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._listen_url, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    backoff = 1.0
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("LISTEN connection lost; polling until it is back", exc_info=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)

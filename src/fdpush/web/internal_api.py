@@ -1,0 +1,193 @@
+"""The internal API: the Fachdienst's business logic tells fdpush that something happened.
+
+``POST /internal/v1/events`` (one event), ``POST /internal/v1/events/batch`` (several, all or
+none) → 202 once the events and their notifications are durable; ``GET
+/internal/v1/events/{event_id}`` → where each notification stands. Authenticated with
+``Authorization: Bearer <FDPUSH_INTERNAL_API_KEY>``; apart from the client API, and optionally
+on a listener of its own.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from fdpush.domain.errors import InvalidParam
+from fdpush.domain.events import EventRequest, EventService
+from fdpush.web.errors import MissingToken, UnknownToken
+from fdpush.web.responses import JsonResponse
+from fdpush.web.schemas import ErrorBody, parse_json_object, validate_body
+
+__all__ = ["EventBody", "internal_router"]
+
+_bearer = HTTPBearer(auto_error=False, description="FDPUSH_INTERNAL_API_KEY")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _no_control(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+class EventBody(BaseModel):
+    """One event: ``payload`` is what the user's app receives, sealed (at most 1018 bytes)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    user_id: Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_control)]
+    channel: Annotated[str, Field(min_length=1, max_length=128)]
+    payload: dict[str, Any]
+    prio: Literal["high", "low"] = "high"
+    identifier: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+
+
+class EventBatchBody(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    events: list[EventBody]
+
+
+class EmitAnswer(BaseModel):
+    event_id: str
+    notifications: int
+
+
+class EmitBatchAnswer(BaseModel):
+    results: list[EmitAnswer]
+
+
+class EventCounts(BaseModel):
+    pending: int
+    delivered: int
+    rejected: int
+    failed: int
+
+
+class EventStatusAnswer(BaseModel):
+    event_id: str
+    channel: str
+    created: str
+    counts: EventCounts
+
+
+def _events(request: Request) -> EventService:
+    service: EventService = request.app.state.events
+    return service
+
+
+async def _internal_caller(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> None:
+    expected: str | None = request.app.state.internal_api_key
+    scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise MissingToken("Missing internal API key")
+    if expected is None:
+        raise UnknownToken("The internal API is disabled: FDPUSH_INTERNAL_API_KEY is not set")
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise UnknownToken("Unrecognised internal API key")
+
+
+Caller = Annotated[None, Depends(_internal_caller)]
+
+
+def _event(body: EventBody) -> EventRequest:
+    return EventRequest(
+        user_id=body.user_id,
+        channel=body.channel,
+        payload=body.payload,
+        prio=body.prio,
+        identifier=body.identifier,
+    )
+
+
+async def post_event(request: Request, _caller: Caller) -> JsonResponse:
+    body: EventBody = validate_body(EventBody, parse_json_object(await request.body()))
+    (result,) = await _events(request).emit([_event(body)])
+    return JsonResponse(
+        {"event_id": result.event_id, "notifications": result.notifications}, status_code=202
+    )
+
+
+async def post_event_batch(request: Request, _caller: Caller) -> JsonResponse:
+    raw = parse_json_object(await request.body())
+    limit: int = request.app.state.max_events_per_batch
+    if isinstance(raw.get("events"), list) and not 1 <= len(raw["events"]) <= limit:
+        raise InvalidParam(f"events: 1 to {limit} events per batch")
+    body: EventBatchBody = validate_body(EventBatchBody, raw)
+    results = await _events(request).emit([_event(e) for e in body.events])
+    return JsonResponse(
+        {"results": [{"event_id": r.event_id, "notifications": r.notifications} for r in results]},
+        status_code=202,
+    )
+
+
+async def get_event(request: Request, _caller: Caller, event_id: str) -> JsonResponse:
+    status = await _events(request).status(event_id)
+    return JsonResponse(
+        {
+            "event_id": status.event_id,
+            "channel": status.channel,
+            "created": status.created,
+            "counts": status.counts,
+        }
+    )
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        }
+    }
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Invalid event"},
+    401: {"model": ErrorBody, "description": "Missing or wrong internal API key"},
+}
+
+
+def internal_router() -> APIRouter:
+    router = APIRouter(tags=["Internal API (the Fachdienst's business logic)"])
+    router.add_api_route(
+        "/internal/v1/events",
+        post_event,
+        methods=["POST"],
+        status_code=202,
+        summary="Emit one event",
+        response_model=EmitAnswer,
+        responses=_ERRORS,
+        openapi_extra=_body(EventBody),
+    )
+    router.add_api_route(
+        "/internal/v1/events/batch",
+        post_event_batch,
+        methods=["POST"],
+        status_code=202,
+        summary="Emit several events at once (all or none)",
+        response_model=EmitBatchAnswer,
+        responses=_ERRORS,
+        openapi_extra=_body(EventBatchBody),
+    )
+    router.add_api_route(
+        "/internal/v1/events/{event_id}",
+        get_event,
+        methods=["GET"],
+        summary="Where an event's notifications stand",
+        response_model=EventStatusAnswer,
+        responses={**_ERRORS, 404: {"model": ErrorBody, "description": "No such event"}},
+    )
+    return router
+
+
+def internal_body_models() -> list[type[BaseModel]]:
+    return [EventBody, EventBatchBody]

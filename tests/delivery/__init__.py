@@ -1,0 +1,1 @@
+"""Tests of delivery to the Push Gateways: the gateway client, the per-gateway circuit."""
