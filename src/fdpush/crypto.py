@@ -29,7 +29,9 @@ __all__ = [
     "FRAME_LENGTH",
     "MAX_PAYLOAD_BYTES",
     "METHOD",
+    "CiphertextError",
     "CryptoError",
+    "FrameError",
     "KeyGeneration",
     "derive_generation",
     "frame",
@@ -59,6 +61,14 @@ _PERIOD = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")  # ASCII digits only: info
 
 class CryptoError(ValueError):
     """A key, period, frame or ciphertext that the concept's rules refuse."""
+
+
+class CiphertextError(CryptoError):
+    """A ciphertext that is malformed or does not authenticate under the key (tampered)."""
+
+
+class FrameError(CryptoError):
+    """A decrypted plaintext that is not a ``PNM1`` frame of 1024 bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +141,10 @@ def frame(payload: bytes) -> bytes:
 def unframe(framed: bytes) -> bytes:
     """The payload of a 1024-byte ``PNM1`` frame; a bad frame raises :class:`CryptoError`."""
     if len(framed) != FRAME_LENGTH or not framed.startswith(FRAME_MAGIC):
-        raise CryptoError("not a PNM1 frame of 1024 bytes")
+        raise FrameError("not a PNM1 frame of 1024 bytes")
     padding = int.from_bytes(framed[len(FRAME_MAGIC) : _FRAME_HEADER], "big")
     if padding > MAX_PAYLOAD_BYTES:
-        raise CryptoError("frame padding length exceeds the frame")
+        raise FrameError("frame padding length exceeds the frame")
     return framed[_FRAME_HEADER + padding :]
 
 
@@ -154,16 +164,20 @@ def seal_notification(key: bytes, payload: bytes, iv: bytes | None = None) -> st
 def open_notification(key: bytes, ciphertext: str) -> bytes:
     """The inverse of :func:`seal_notification`: the payload, or :class:`CryptoError`."""
     if len(ciphertext) != CIPHERTEXT_LENGTH:
-        raise CryptoError(f"ciphertext must be {CIPHERTEXT_LENGTH} characters")
+        raise CiphertextError(f"ciphertext must be {CIPHERTEXT_LENGTH} characters")
     try:
         raw = base64.b64decode(ciphertext, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise CryptoError("ciphertext is not standard Base64") from exc
+        raise CiphertextError("ciphertext is not standard Base64") from exc
+    if base64.b64encode(raw).decode("ascii") != ciphertext:
+        # Unused low bits set: another text for the same bytes. Refused, so that no change to
+        # the transmitted text goes unnoticed.
+        raise CiphertextError("ciphertext is not canonical Base64")
     iv, sealed = raw[:IV_LENGTH], raw[IV_LENGTH:]
     try:
         framed = AESGCM(key).decrypt(iv, sealed, None)
     except InvalidTag as exc:
-        raise CryptoError("ciphertext does not authenticate under this key") from exc
+        raise CiphertextError("ciphertext does not authenticate under this key") from exc
     return unframe(framed)
 
 
