@@ -67,7 +67,7 @@ def test_help_everywhere(tmp_path: Path, command: str) -> None:
 
 def test_group_help_lists_the_commands(tmp_path: Path) -> None:
     result = run("--help", cwd=tmp_path)
-    for name in ("serve", "migrate", "token", "--config", "--version"):
+    for name in ("serve", "worker", "migrate", "failed", "token", "demo", "gateway", "--config"):
         assert name in result.stdout
 
 

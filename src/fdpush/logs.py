@@ -72,9 +72,14 @@ class _JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure_logging(level: str = "info", fmt: str = "text") -> None:
-    """Send logs to stderr in ``text`` or ``json`` lines, at ``level``."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(
+    level: str = "info", fmt: str = "text", *, path: str | os.PathLike[str] | None = None
+) -> None:
+    """Send logs to stderr (or append them to the file ``path``) in ``text`` or ``json``
+    lines, at ``level``."""
+    handler: logging.Handler = (
+        logging.StreamHandler(sys.stderr) if path is None else logging.FileHandler(path)
+    )
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:

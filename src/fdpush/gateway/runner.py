@@ -43,6 +43,7 @@ __all__ = [
     "build_server",
     "check_tls_files",
     "serve",
+    "serve_in_thread",
 ]
 
 READY_LINE = re.compile(r"fdpush gateway: listening on (\S+)")
@@ -95,6 +96,24 @@ def build_server(gateway: DevGateway, tls: TlsFiles | None) -> uvicorn.Server:
         **options,
     )
     return uvicorn.Server(config)
+
+
+def serve_in_thread(server: uvicorn.Server, sock: socket.socket) -> threading.Thread:
+    """Run ``server`` on ``sock`` in a daemon thread; return once it accepts connections.
+
+    Stop it with ``server.should_exit = True`` and a join of the thread. Raises RuntimeError
+    (after stopping it) when it does not start within the start-up deadline.
+    """
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_DEADLINE
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(10)
+            raise RuntimeError("the server did not start")
+        time.sleep(0.005)
+    return thread
 
 
 def check_tls_files(tls: TlsFiles) -> None:
@@ -276,16 +295,12 @@ class GatewayThread(RunningGateway):
         shown_host = f"[{host}]" if ":" in host else host
         super().__init__(f"{scheme}://{shown_host}:{bound_port}", pki)
         self._server = build_server(self.gateway, tls)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + STARTUP_DEADLINE
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the development gateway did not start")
-            time.sleep(0.005)
+        try:
+            self._thread = serve_in_thread(self._server, self._socket)
+        except RuntimeError:
+            self._socket.close()
+            self.gateway.close()
+            raise RuntimeError("the development gateway did not start") from None
 
     def stop(self) -> None:
         """Stop the server, wait for its thread, close the socket and the JSON-lines file."""

@@ -1,0 +1,97 @@
+"""``fdpush demo --once`` (issue 4): the whole chain in one command, asserted on its outcome.
+
+The demo checks itself (its exit status); this test does not take its word for it: from the
+report it recomputes, with the concept's rule (a device's own choice, else the catalog default;
+only ``enabled`` subscribes), which device must have received which payload, and compares
+that with what each simulated app decrypted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from fdpush.demo import DemoDevice, DemoEvent, DemoOutcome, scenario
+
+DEMO_DEADLINE_SECONDS = 120
+
+
+def test_demo_once_delivers_exactly_what_each_device_chose(tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FDPUSH_")}
+    # Settings of the user's own deployment must not leak into the demo.
+    env["FDPUSH_DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/never"
+    env["FDPUSH_CHANNELS"] = "something.else"
+    env["COLUMNS"] = "120"
+    run = subprocess.run(
+        [sys.executable, "-m", "fdpush", "demo", "--once", "--report", str(report_path)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_DEADLINE_SECONDS,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(report_path.read_text())
+    assert report["ok"] is True and report["problems"] == []
+
+    catalog = report["catalog"]
+    expected_total = 0
+    for device in report["devices"]:
+        expected = [
+            event["payload"]
+            for event in report["events"]
+            if event["user"] == device["user"]
+            and device["choices"].get(event["channel"], catalog[event["channel"]]) == "enabled"
+        ]
+        expected_total += len(expected)
+        received = report["received"][device["label"]]
+        assert sorted(map(json.dumps, received)) == sorted(map(json.dumps, expected)), device
+    # The scenario exercises every case: both platforms, a device that gets nothing, a device
+    # that gets several, an explicit choice overriding each kind of default.
+    assert {d["app_id"].rsplit(".", 1)[1] for d in report["devices"]} == {"apns", "firebase"}
+    assert any(not r for r in report["received"].values())
+    assert any(len(r) > 1 for r in report["received"].values())
+    assert expected_total == 5
+    shown = " ".join(run.stdout.split())  # the console wraps long lines
+    assert "5 notifications sealed by the service" in shown
+    assert "Ben's phone correctly got nothing" in shown
+    assert "✔ decrypted" in shown and "✘" not in shown
+    assert list(tmp_path.iterdir()) == [report_path]  # the demo cleans up after itself
+
+
+def test_the_demos_own_check_fails_on_a_wrong_outcome() -> None:
+    """The exit status is worth something: a missing, an unwanted and a duplicated push each
+    make the check fail."""
+    devices, events = scenario()
+
+    def outcome_with(received: dict[str, list[dict[str, str]]]) -> DemoOutcome:
+        from fdpush.demo import _check
+
+        outcome = DemoOutcome(devices, events, received=received)
+        _check(outcome)
+        return outcome
+
+    def right() -> dict[str, list[dict[str, str]]]:
+        return {d.label: [e.payload for e in events if _wants(d, e)] for d in devices}
+
+    assert outcome_with(right()).ok
+    missing = right()
+    missing[devices[0].label].pop()
+    assert not outcome_with(missing).ok
+    unwanted = right()
+    unwanted[devices[3].label].append(events[3].payload)
+    assert not outcome_with(unwanted).ok
+    doubled = right()
+    doubled[devices[1].label].append(doubled[devices[1].label][0])
+    assert not outcome_with(doubled).ok
+
+
+def _wants(device: DemoDevice, event: DemoEvent) -> bool:
+    from fdpush.demo import subscribed
+
+    return event.user == device.user and subscribed(device, event.channel)
