@@ -100,7 +100,14 @@ class EventService:
             raise InvalidParam("prio must be 'high' or 'low'")
         if event.identifier is not None and not 1 <= len(event.identifier) <= MAX_IDENTIFIER_LENGTH:
             raise InvalidParam(f"identifier must be 1 to {MAX_IDENTIFIER_LENGTH} characters")
-        payload = orjson.dumps(event.payload)
+        try:
+            payload = orjson.dumps(event.payload)
+            # A plain notification carries the payload inside four levels of the gateway request
+            # ({"notifications": [{"notification": {"content": …}}]}), and orjson stops at 254
+            # levels of nesting: refuse here what could never be written there.
+            orjson.dumps([[[[event.payload]]]])
+        except orjson.JSONEncodeError as exc:
+            raise InvalidParam(f"payload cannot be sent as JSON: {exc}") from None
         if len(payload) > crypto.MAX_PAYLOAD_BYTES:
             raise InvalidParam(
                 f"payload is {len(payload)} bytes of JSON; at most {crypto.MAX_PAYLOAD_BYTES} "

@@ -8,6 +8,7 @@ key and forgotten after the retention. An app lists its device's notifications n
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,9 @@ from fdpush.storage.database import Database
 __all__ = ["HistoryPage", "HistoryService", "Message"]
 
 MAX_PAGE = 100
+# A ``next_batch`` this service gave out: created_at (epoch ms) _ notification id. ASCII only,
+# and short enough for a 64-bit integer: str.isdigit() also takes "²", which int() refuses.
+_CURSOR = re.compile(r"([0-9]{1,18})_([0-9A-Za-z]{1,64})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +59,10 @@ class HistoryService:
             raise InvalidParam(f"limit must be 1 to {MAX_PAGE}")
         before: tuple[int, str] | None = None
         if cursor:
-            created, _, ident = cursor.partition("_")
-            if not created.isdigit() or not ident.isalnum():
+            match = _CURSOR.fullmatch(cursor)
+            if match is None:
                 raise InvalidParam("from: not a cursor this service gave out")
-            before = (int(created), ident)
+            before = (int(match.group(1)), match.group(2))
         async with self._db.read() as conn:
             if not await queries.device_exists(conn, user_id, pushkey):
                 raise NotFound("No pusher with this pushkey")

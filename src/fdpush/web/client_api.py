@@ -65,6 +65,8 @@ class Layout:
 
 
 # The seed API (Client-FD Push API 1.0.0 as first published) and the current one.
+# ``{notification_id:path}``: an identifier may contain "/" (a FHIR reference such as
+# "Task/160.000.000.001.01"); the device history route comes first, so "device/…" is a device.
 LAYOUTS = (
     Layout(
         "seed",
@@ -73,7 +75,7 @@ LAYOUTS = (
         "/channels/v1",
         "/channels/v1/{pushkey:path}",
         "/history/v1/device/{pushkey:path}",
-        "/history/v1/{notification_id}",
+        "/history/v1/{notification_id:path}",
     ),
     Layout(
         "current",
@@ -82,7 +84,7 @@ LAYOUTS = (
         "/push/v1/channels",
         "/push/v1/channels/{pushkey:path}",
         "/push/v1/history/device/{pushkey:path}",
-        "/push/v1/history/{notification_id}",
+        "/push/v1/history/{notification_id:path}",
     ),
 )
 

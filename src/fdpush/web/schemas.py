@@ -311,6 +311,13 @@ def parse_pusher_set(
     if body.kind is None:
         return body.app_id, body.pushkey
     data = raw["data"]
+    try:
+        # ``data`` travels in every notification's ``device``, at most six levels down in the
+        # gateway request ({"notifications": [{"notification": {"devices": [{"data": …}]}}]});
+        # orjson, which writes that request, stops at 254 levels of nesting.
+        orjson.dumps([[[[[[data]]]]]])
+    except orjson.JSONEncodeError:
+        raise InvalidParam("data: nested too deeply to be sent to the gateway") from None
     if len(orjson.dumps(data)) > MAX_DATA_BYTES:
         raise InvalidParam(f"data: at most {MAX_DATA_BYTES} bytes of JSON")
     if any("\x00" in k for k in data) or "\\u0000" in orjson.dumps(data).decode():
