@@ -125,6 +125,24 @@ def test_a_devices_history_lists_what_it_was_sent_newest_first_in_both_layouts(
     assert [p for _, p in reversed(phone_expected)] == phone.payloads()
 
 
+def test_events_of_one_batch_are_listed_newest_first_too(rig: Rig, gateway: GatewayThread) -> None:
+    """Events emitted in one batch share their creation time; the history still lists them in
+    reverse emission order (the later event of the batch is the newer one), page after page."""
+    user = new_user()
+    phone = AppDevice(user, gateway)
+    rig.register(phone)
+    events = [
+        {"user_id": user, "channel": ACTIVATE, "payload": {"n": n}, "identifier": f"b-{n}"}
+        for n in range(12)
+    ]
+    for result in rig.emit_many(events):
+        rig.settled(result["event_id"])
+    expected = [(f"b-{n}", {"n": n}) for n in reversed(range(12))]
+    first = device_history(rig, phone, limit=5)
+    rest = device_history(rig, phone, limit=50, **{"from": first.json()["next_batch"]})
+    assert listed(first) + listed(rest) == expected
+
+
 def test_history_pages_with_limit_and_next_batch(rig: Rig, gateway: GatewayThread) -> None:
     """``?limit=`` bounds a page; ``next_batch`` continues it with ``?from=`` (in either layout,
     the cursor is the same), until the last page, which has no ``next_batch``. The pages
