@@ -34,7 +34,7 @@ from delivery.e2e_helpers import (
 from fdpush.gateway import GatewayThread, TestPki, make_test_pki
 
 LEASE_SECONDS = 3
-GATEWAY_NAMES = ("flaky", "healthy", "order", "small", "dead", "retry")
+GATEWAY_NAMES = ("flaky", "healthy", "order", "small", "dead", "retry", "unreadable")
 
 
 @pytest.fixture(scope="module")
@@ -335,6 +335,49 @@ def test_a_notification_past_the_maximum_age_ends_failed_with_its_reason(
     assert "HTTP 503" in line
     assert device.pushkey not in listed.stdout  # the device is named by a reference only
     assert device.inbox() == []
+
+
+def test_a_stored_notification_that_does_not_open_waits_alone(
+    rig: Rig, gw: dict[str, GatewayThread]
+) -> None:
+    """A notification whose stored body does not open under the master key (a damaged row, a
+    wrong key) is kept pending with that reason — not dropped, not failed — while the others
+    of its batch are delivered."""
+    gateway = gw["unreadable"]
+    gateway.trouble(status=503)  # keep everything pending while one row is damaged
+    devices = phones(rig, gateway, 3)
+    event_id = rig.emit(devices[0].user, ACTIVATE, {"k": "v"})["event_id"]
+    wait_for(
+        lambda: all(row[3] >= 1 for row in rig.notification_rows(event_id)),
+        timeout=10,
+        what="a first, failed attempt",
+    )
+    damaged_id, damaged_pushkey = rig.notification_rows(event_id)[0][:2]
+    rig.service.query(
+        "UPDATE notifications SET body = ? WHERE id = ?", (b"\x01" + bytes(60), damaged_id)
+    )
+    rig.service.query(
+        "UPDATE notifications SET next_attempt_at = 0 WHERE event_id = ?", (event_id,)
+    )
+    gateway.reset_trouble()
+
+    def settled() -> list[tuple] | None:
+        rows = rig.notification_rows(event_id)
+        done = [r for r in rows if r[0] != damaged_id and r[2] == "delivered"]
+        damaged = [r for r in rows if r[0] == damaged_id]
+        return rows if len(done) == 2 and damaged[0][4] == "stored body cannot be opened" else None
+
+    rows = wait_for(settled, timeout=20, what="the readable two delivered")
+    assert [r[2] for r in rows if r[0] == damaged_id] == ["pending"]
+    assert rig.status(event_id)["counts"] == {
+        "pending": 1,
+        "delivered": 2,
+        "rejected": 0,
+        "failed": 0,
+    }
+    for device in devices:
+        expected = [] if device.pushkey == damaged_pushkey else [{"k": "v"}]
+        assert device.payloads() == expected
 
 
 # --- our own process fails ------------------------------------------------------------------------

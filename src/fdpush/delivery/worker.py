@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from fdpush import crypto
 from fdpush.delivery.circuit import Circuits
 from fdpush.delivery.gateway import BatchOutcome, GatewayClient, OutgoingItem
 from fdpush.domain.events import NOTIFY_CHANNEL
@@ -250,23 +251,27 @@ class DeliveryWorker:
                 if not circuit.allows():
                     await self._release(batch, delay=circuit.reopens_in(), error=None, count=False)
                     return
-                items = [
-                    OutgoingItem(
-                        id=row.id,
-                        notification=orjson.loads(
-                            self._vault.open_record("notification", row.id, row.body)
-                        ),
-                        encrypted=row.encrypted,
+                items, unreadable = self._open_items(batch)
+                if unreadable:
+                    # Not lost: kept pending with the reason, while the rest of the batch goes.
+                    log.error(
+                        "%d stored notifications cannot be opened (another master key?)",
+                        len(unreadable),
                     )
-                    for row in batch
-                ]
+                    await self._release(
+                        unreadable, delay=300.0, error="stored body cannot be opened", count=True
+                    )
+                skipped = {row.id for row in unreadable}
+                sending = [row for row in batch if row.id not in skipped]
+                if not sending:
+                    return
                 started = time.perf_counter()
                 outcome = await self._client.send(gateway, items)
                 if self._metrics is not None:
                     self._metrics.latency.labels(label).observe(time.perf_counter() - started)
                     self._metrics.batch_size.observe(len(items))
                     self._metrics.responses.labels(label, str(outcome.status_code or "none")).inc()
-                await self._record(gateway, batch, outcome)
+                await self._record(gateway, sending, outcome)
         except Exception:
             log.exception("sending a batch to %s failed unexpectedly", label)
             with contextlib.suppress(Exception):
@@ -274,6 +279,20 @@ class DeliveryWorker:
         finally:
             self._in_flight[gateway].difference_update(r.id for r in batch)
             self._wake.set()
+
+    def _open_items(
+        self, batch: Sequence[outbox.Claimed]
+    ) -> tuple[list[OutgoingItem], list[outbox.Claimed]]:
+        """The batch's notifications unsealed for sending, and the rows that would not open."""
+        items: list[OutgoingItem] = []
+        unreadable: list[outbox.Claimed] = []
+        for row in batch:
+            try:
+                body = self._vault.open_record("notification", row.id, row.body)
+                items.append(OutgoingItem(row.id, orjson.loads(body), row.encrypted))
+            except (crypto.CryptoError, orjson.JSONDecodeError):
+                unreadable.append(row)
+        return items, unreadable
 
     async def _record(
         self, gateway: str, batch: list[outbox.Claimed], outcome: BatchOutcome
