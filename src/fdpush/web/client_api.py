@@ -33,6 +33,7 @@ from fdpush.web.schemas import (
     PusherSetBody,
     PushersResponse,
     RateLimitedBody,
+    documented_body,
     parse_channel_changes,
     parse_json_object,
     parse_pusher_set,
@@ -201,17 +202,6 @@ async def get_history_message(request: Request, user: User, notification_id: str
     return JsonResponse({"identifier": message.identifier, "payload": message.payload})
 
 
-def _body(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
-            },
-        }
-    }
-
-
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Invalid request"},
     401: {"model": ErrorBody, "description": "Missing or unrecognised access token"},
@@ -296,6 +286,6 @@ def client_router(base_path: str) -> APIRouter:
                 operation_id=op.operation_id + ("" if layout.name == "current" else "_seed"),
                 response_model=op.response_model,
                 responses=op.responses,
-                openapi_extra=None if op.body is None else _body(op.body),
+                openapi_extra=None if op.body is None else documented_body(op.body),
             )
     return router

@@ -21,7 +21,7 @@ from fdpush.domain.errors import InvalidParam
 from fdpush.domain.events import EventRequest, EventService
 from fdpush.web.errors import MissingToken, UnknownToken
 from fdpush.web.responses import JsonResponse
-from fdpush.web.schemas import ErrorBody, parse_json_object, validate_body
+from fdpush.web.schemas import ErrorBody, documented_body, parse_json_object, validate_body
 
 __all__ = ["EventBody", "internal_router"]
 
@@ -139,17 +139,6 @@ async def get_event(request: Request, _caller: Caller, event_id: str) -> JsonRes
     )
 
 
-def _body(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
-            },
-        }
-    }
-
-
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Invalid event"},
     401: {"model": ErrorBody, "description": "Missing or wrong internal API key"},
@@ -166,7 +155,7 @@ def internal_router() -> APIRouter:
         summary="Emit one event",
         response_model=EmitAnswer,
         responses=_ERRORS,
-        openapi_extra=_body(EventBody),
+        openapi_extra=documented_body(EventBody),
     )
     router.add_api_route(
         "/internal/v1/events/batch",
@@ -176,7 +165,7 @@ def internal_router() -> APIRouter:
         summary="Emit several events at once (all or none)",
         response_model=EmitBatchAnswer,
         responses=_ERRORS,
-        openapi_extra=_body(EventBatchBody),
+        openapi_extra=documented_body(EventBatchBody),
     )
     router.add_api_route(
         "/internal/v1/events/{event_id}",
