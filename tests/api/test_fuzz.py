@@ -9,16 +9,17 @@ answer must pass two checks:
   spec's schema for it. Status-code conformance is deliberately not checked: the spec lists only
   200/400/429, while the issue requires 401, 404 and 413 as well.
 
-The specs are loaded straight from ``../shared/spec`` (their relative ``$ref``s into
-``definitions/*.yaml`` resolve against the file), never copied or edited. Known quirks of the
+The specs are loaded straight from ``spec/`` (gematik's published files, copied unchanged from
+``../shared/spec``; their relative ``$ref``s into ``definitions/*.yaml`` resolve against the
+file), never edited. Known quirks of the
 published files that schemathesis copes with as they are:
 
 - the seed spec's ``GET /channels/v1`` and ``GET /channels/v1/{pushtoken}`` declare a request
   body (a copy of the response schema), so GETs are sent with a JSON body, which the service must
   ignore;
 - the seed spec names the path parameter ``pushtoken``, the current one ``pushkey``;
-- the current spec lists ``/history/...`` operations that the issue does not ask for: they must
-  answer a clean 404, never a 5xx.
+- the current spec lists ``/history/...`` operations; the fuzzed service keeps no history
+  (``FDPUSH_HISTORY_DAYS`` is 0), so they must answer a clean 404, never a 5xx.
 
 Each operation also sees a pushkey the fuzz user has actually registered (with ``/``, ``+`` and
 ``=`` in it, so it travels URL-encoded), so the device-channel operations reach their "found"
@@ -44,7 +45,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from conftest import CHANNELS, Service, dev_token, new_user, registration
 
 # The published specs, next to the repository (../shared/spec, as the issue names them).
-SPEC_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "spec"
+SPEC_ROOT = Path(__file__).resolve().parents[2] / "spec"
 SPECS = {
     # name: (file, where its paths are mounted on the service)
     "current": (SPEC_ROOT / "current" / "fd_openapi.yaml", "/push/v1"),

@@ -18,13 +18,7 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPEC_PATH = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared"
-    / "spec"
-    / "current"
-    / "push_gateway_openapi.yaml"
-)
+SPEC_PATH = Path(__file__).resolve().parents[2] / "spec" / "current" / "push_gateway_openapi.yaml"
 ENCRYPTED = "/push/v1/notifyEncrypted/batch"
 PLAIN_BATCH = "/push/v1/notify/batch"
 NOTIFY = "/push/v1/notify"
