@@ -130,6 +130,7 @@ class Options:
     event_concurrency: int
     baseline_concurrency: int
     register_concurrency: int
+    idle_events: int
     seal_iterations: int
     explicit_channels: bool
     time_limit: float
@@ -186,6 +187,13 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="registration requests in flight (setup, default 32)",
     )
     parser.add_argument(
+        "--idle-events",
+        type=int,
+        default=50,
+        help="events sent one at a time to the idle service, for its event-to-gateway latency "
+        "(default 50; 0 skips the phase)",
+    )
+    parser.add_argument(
         "--seal-iterations",
         type=int,
         help="seal_notification calls measured (default 200000; quick 20000)",
@@ -240,6 +248,10 @@ def parse_options(argv: list[str] | None = None) -> Options:
         (1 <= args.event_concurrency <= 256, "--event-concurrency must be 1..256"),
         (1 <= args.baseline_concurrency <= 1024, "--baseline-concurrency must be 1..1024"),
         (1 <= args.register_concurrency <= 1024, "--register-concurrency must be 1..1024"),
+        (
+            0 <= args.idle_events <= min(devices // max(args.devices_per_user, 1), 10_000),
+            "--idle-events must be 0..users (and at most 10000)",
+        ),
         (1_000 <= seals <= 10_000_000, "--seal-iterations must be 1000..10000000"),
         (args.time_limit > 0, "--time-limit must be positive"),
     )
@@ -254,6 +266,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         event_concurrency=args.event_concurrency,
         baseline_concurrency=args.baseline_concurrency,
         register_concurrency=args.register_concurrency,
+        idle_events=args.idle_events,
         seal_iterations=seals,
         explicit_channels=args.explicit_channels,
         time_limit=args.time_limit,
@@ -762,6 +775,43 @@ async def wait_for_gateway(
             await asyncio.sleep(POLL_INTERVAL_S)  # poll interval, not a wait for the result
 
 
+async def measure_idle_latency(
+    service: Service,
+    gateway: Gateway,
+    workload: Workload,
+    count: int,
+    per_user: int,
+    deadline: float,
+) -> tuple[list[float], int]:
+    """One event at a time to an idle service, the next only once the gateway has the last:
+    each notification's ``received_at`` at the gateway minus the moment its event was posted
+    (ms, sorted), and how many were sent."""
+    headers = {"Authorization": f"Bearer {INTERNAL_API_KEY}"}
+    posted: dict[str, float] = {}
+    gateway.forget()
+    async with (
+        httpx.AsyncClient(base_url=service.base_url, timeout=REQUEST_TIMEOUT_S) as client,
+        gateway.async_client() as gateway_client,
+    ):
+        for n, user in enumerate(workload.users[:count]):
+            body = {"user_id": user, "channel": CHANNEL, "payload": _sample_payload()}
+            posted[user] = time.time()
+            response = await client.post("/internal/v1/events", headers=headers, json=body)
+            if response.status_code != 202:
+                break
+            while time.monotonic() < deadline:
+                stats = (await gateway_client.get("/_dev/stats")).json()
+                if int(stats["notifications_recorded"]) >= (n + 1) * per_user:
+                    break
+                await asyncio.sleep(0.002)  # poll interval: the figure is the gateway's stamp
+    latencies = sorted(
+        (_received_at(r) - posted[workload.by_pushkey[r["pushkey"]].user]) * 1000
+        for r in gateway.records()
+        if r["pushkey"] in workload.by_pushkey and workload.by_pushkey[r["pushkey"]].user in posted
+    )
+    return latencies, len(posted)
+
+
 class Database:
     """Read-only look at the service's outbox, for the checks (never during the clock)."""
 
@@ -1036,6 +1086,27 @@ async def measure_backend(
         "max_ms": round(latencies[-1], 1) if latencies else None,
         "profile": profile,
     }
+
+    # --- an idle service, one event at a time: the latency of a lone event
+    if options.idle_events:
+        idle, idle_sent = await measure_idle_latency(
+            service,
+            gateway,
+            workload,
+            options.idle_events,
+            options.devices_per_user,
+            time.monotonic() + options.time_limit,
+        )
+        if len(idle) != idle_sent * options.devices_per_user:
+            problems.note(
+                "lost", idle_sent - len(idle), f"idle phase: {len(idle)} of {idle_sent} arrived"
+            )
+        end_to_end_extra["idle_latency_ms"] = {
+            "events": idle_sent,
+            "p50": round(percentile(idle, 0.50), 1) if idle else None,
+            "p99": round(percentile(idle, 0.99), 1) if idle else None,
+            "max": round(idle[-1], 1) if idle else None,
+        }
 
     # --- the baseline: the same notifications, one request each
     gateway.forget()
@@ -1383,6 +1454,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_num(x['all_delivered_in_database_after_s'], 2)} s; "
                 f"{x['gateway_requests']} gateway requests; latency max {_num(x['max_ms'], 1)} ms"
             )
+            idle = x.get("idle_latency_ms")
+            if idle:
+                print(
+                    f"  {f.backend}: idle service, {idle['events']} events one at a time: "
+                    f"event -> gateway p50 {_num(idle['p50'], 1)} ms, p99 {_num(idle['p99'], 1)} "
+                    f"ms, max {_num(idle['max'], 1)} ms"
+                )
     for f in figures:
         if f.extra.get("profile"):
             print_profile(f.backend, f.extra["profile"])
