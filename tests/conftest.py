@@ -28,6 +28,8 @@ import httpx
 import jwt
 import pytest
 
+from fdpush.gateway import DevGateway, GatewayThread, TestPki, make_test_pki
+
 DEV_SECRET = "test-secret-0123456789abcdef0123456789"
 ALLOWLIST = "gateway.test;gw2.test:8443;127.0.0.1:8443"
 CHANNELS = "erp.task.activate=enabled,erp.communication.new,erp.task.close=disabled"
@@ -230,6 +232,23 @@ def start_service(
 def service(start_service: Callable[..., Service]) -> Service:
     """The service with the default test configuration, shared by a test module."""
     return start_service()
+
+
+# --- the Push Gateway side --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    """A throwaway CA, the gateways' server certificate and the service's client certificate."""
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def gateway(pki: TestPki) -> Iterator[GatewayThread]:
+    """A development Push Gateway in this process: HTTPS, client certificates required."""
+    running = GatewayThread(DevGateway(), pki=pki)
+    yield running
+    running.stop()
 
 
 # --- requests --------------------------------------------------------------------------------

@@ -23,10 +23,10 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from conftest import Service, dev_token, new_user
-from delivery.e2e_helpers import Rig, delivery_env, start_gateway
+from delivery.e2e_helpers import Rig, delivery_env
 from fdpush import crypto
 from fdpush.client import FachdienstClient, Keyring
-from fdpush.gateway import GatewayThread, TestPki, make_test_pki
+from fdpush.gateway import GatewayThread, TestPki
 
 # --- a third implementation, from CONCEPT.md "Encryption" alone -------------------------------
 
@@ -100,18 +100,6 @@ def test_what_fdpushs_sender_seals_a_third_party_opens(skipped: int) -> None:
 
 
 # --- through the whole chain ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def gateway(pki: TestPki) -> Iterator[GatewayThread]:
-    running = start_gateway(pki)
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,7 @@ from delivery.e2e_helpers import (
     start_gateway,
     wait_for,
 )
-from fdpush.gateway import GatewayThread, TestPki, make_test_pki
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
+from fdpush.gateway import GatewayThread, TestPki
 
 
 @pytest.fixture(scope="module")

@@ -27,26 +27,13 @@ from delivery.e2e_helpers import (
     Rig,
     delivery_env,
     internal_client,
-    start_gateway,
     wait_for,
 )
-from fdpush.gateway import GatewayThread, TestPki, make_test_pki
+from fdpush.gateway import GatewayThread, TestPki
 
 MAX_BATCH = 5  # FDPUSH_MAX_EVENTS_PER_BATCH of the module's service
 EVENTS = "/internal/v1/events"
 BATCH = "/internal/v1/events/batch"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def gateway(pki: TestPki) -> Iterator[GatewayThread]:
-    running = start_gateway(pki)
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -31,15 +31,10 @@ from delivery.e2e_helpers import (
     start_gateway,
     wait_for,
 )
-from fdpush.gateway import GatewayThread, TestPki, make_test_pki
+from fdpush.gateway import GatewayThread, TestPki
 
 LEASE_SECONDS = 3
 GATEWAY_NAMES = ("flaky", "healthy", "order", "small", "dead", "retry", "unreadable")
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

@@ -41,12 +41,6 @@ NOTIFY = "/push/v1/notify"
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    """A throwaway CA, the gateway's server certificate and our client certificate."""
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
 def running_gateway(pki: TestPki) -> Iterator[GatewayThread]:
     """The development gateway in this process, HTTPS with client certificates required."""
     with GatewayThread(DevGateway(), pki=pki) as running:

@@ -23,23 +23,10 @@ from delivery.e2e_helpers import (
     AppDevice,
     Rig,
     delivery_env,
-    start_gateway,
 )
-from fdpush.gateway import GatewayThread, TestPki, make_test_pki
+from fdpush.gateway import GatewayThread, TestPki
 
 LAYOUTS = {"current": "/push/v1/history", "seed": "/history/v1"}
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def gateway(pki: TestPki) -> Iterator[GatewayThread]:
-    running = start_gateway(pki)
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -37,15 +37,10 @@ from delivery.e2e_helpers import (
 from fdpush import EventRequest, Notifier
 from fdpush.config import Settings
 from fdpush.domain.errors import InvalidParam
-from fdpush.gateway import GatewayThread, TestPki, make_test_pki
+from fdpush.gateway import GatewayThread, TestPki
 
 GATEWAY_NAMES = ("main", "sick", "tiny")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

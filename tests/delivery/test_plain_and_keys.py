@@ -32,22 +32,9 @@ from delivery.e2e_helpers import (
     month_after,
     month_key,
     open_ciphertext,
-    start_gateway,
 )
 from fdpush.domain.keys import KeyVault
-from fdpush.gateway import GatewayThread, TestPki, make_test_pki
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def gateway(pki: TestPki) -> Iterator[GatewayThread]:
-    running = start_gateway(pki)
-    yield running
-    running.stop()
+from fdpush.gateway import GatewayThread, TestPki
 
 
 @pytest.fixture(scope="module")
