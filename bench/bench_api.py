@@ -813,25 +813,30 @@ def report_errors(figures: list[ScenarioFigures]) -> None:
     print("!" * 72, file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    options = parse_options(argv)
-    command = shlex.join(sys.orig_argv) if argv is None else shlex.join(["bench_api.py", *argv])
-    machine = machine_info()
+def describe_databases(
+    backends: tuple[str, ...], postgres_url: str, machine: dict[str, Any]
+) -> tuple[list[str], dict[str, str]]:
+    """What each backend runs on (for the header), and the backends skipped with why; also
+    records how busy the machine is before the run in ``machine``."""
     skipped: dict[str, str] = {}
     databases = []
-    if "sqlite" in options.backends:
+    if "sqlite" in backends:
         databases.append(f"SQLite {machine['sqlite']} (a file in a temporary directory)")
-    if "postgresql" in options.backends:
-        problem = postgres_problem(options.postgres_url)
-        shown_url = _without_password(options.postgres_url)
+    if "postgresql" in backends:
+        problem = postgres_problem(postgres_url)
+        shown_url = _without_password(postgres_url)
         if problem is None:
-            server = postgres_version(options.postgres_url)
+            server = postgres_version(postgres_url)
             databases.append(f"PostgreSQL {server} (a fresh database on {shown_url})")
         else:
             skipped["postgresql"] = f"unreachable at {shown_url}: {problem}"
     machine["busy_percent_before"] = machine_busy_percent()
+    return databases, skipped
 
-    print("\n".join(header_lines(command, machine, databases, options)))
+
+def announce(header: list[str], machine: dict[str, Any], skipped: dict[str, str]) -> None:
+    """Print the header, a warning when the machine was busy, and the skipped backends."""
+    print("\n".join(header))
     busy = machine["busy_percent_before"]
     if busy is not None and busy > IDLE_WARNING_PERCENT:
         print(
@@ -842,6 +847,14 @@ def main(argv: list[str] | None = None) -> int:
     for backend, reason in skipped.items():
         print(f"\nNOTICE: {backend} SKIPPED - {reason}", file=sys.stderr)
     sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_options(argv)
+    command = shlex.join(sys.orig_argv) if argv is None else shlex.join(["bench_api.py", *argv])
+    machine = machine_info()
+    databases, skipped = describe_databases(options.backends, options.postgres_url, machine)
+    announce(header_lines(command, machine, databases, options), machine, skipped)
 
     figures: list[ScenarioFigures] = []
     for backend in options.backends:

@@ -80,20 +80,17 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from bench_api import (
     DEFAULT_POSTGRES_URL,
-    IDLE_WARNING_PERCENT,
     Call,
     ServiceError,
     _event_loop_factory,
     _free_port,
-    _without_password,
+    announce,
+    describe_databases,
     expect_empty_object,
-    machine_busy_percent,
     machine_busy_seconds,
     machine_info,
     percentile,
     postgres_database,
-    postgres_problem,
-    postgres_version,
     run_phase,
 )
 from fdpush import crypto
@@ -1392,31 +1389,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     machine = machine_info()
     machine["cryptography"] = _version("cryptography")
-    skipped: dict[str, str] = {}
-    databases = []
-    if "sqlite" in options.backends:
-        databases.append(f"SQLite {machine['sqlite']} (a file in a temporary directory)")
-    if "postgresql" in options.backends:
-        problem = postgres_problem(options.postgres_url)
-        shown_url = _without_password(options.postgres_url)
-        if problem is None:
-            server = postgres_version(options.postgres_url)
-            databases.append(f"PostgreSQL {server} (a fresh database on {shown_url})")
-        else:
-            skipped["postgresql"] = f"unreachable at {shown_url}: {problem}"
-    machine["busy_percent_before"] = machine_busy_percent()
-
-    print("\n".join(header_lines(command, machine, databases, options)))
-    busy = machine["busy_percent_before"]
-    if busy is not None and busy > IDLE_WARNING_PERCENT:
-        print(
-            "\nWARNING: something else is using the CPUs; the figures will be lower and "
-            "noisier than this machine can do",
-            file=sys.stderr,
-        )
-    for backend, reason in skipped.items():
-        print(f"\nNOTICE: {backend} SKIPPED - {reason}", file=sys.stderr)
-    sys.stdout.flush()
+    databases, skipped = describe_databases(options.backends, options.postgres_url, machine)
+    announce(header_lines(command, machine, databases, options), machine, skipped)
 
     sample_payload = orjson.dumps(_sample_payload())
     sealing = measure_sealing(options.seal_iterations, sample_payload)
