@@ -67,6 +67,8 @@ from typing import Any
 import httpx
 import jwt
 
+from fdpush.gateway.runner import stop_process
+
 DEV_SECRET = "bench-secret-0123456789abcdef0123456789"
 GATEWAY_HOST = "gateway.bench.test"
 GATEWAY_URL = f"https://{GATEWAY_HOST}/push/v1/"
@@ -366,13 +368,7 @@ class Service:
             return "(no log)"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
 
 # --- the workload ------------------------------------------------------------------------------
@@ -766,11 +762,16 @@ def format_table(figures: list[ScenarioFigures]) -> str:
         )
         for f in figures
     ]
+    return text_table(header, rows, left_columns=2)
+
+
+def text_table(header: tuple[str, ...], rows: list[tuple[str, ...]], *, left_columns: int) -> str:
+    """Columns padded to fit, the first ``left_columns`` left-aligned, the rest right."""
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(
-            cell.ljust(width) if i < 2 else cell.rjust(width)
+            cell.ljust(width) if i < left_columns else cell.rjust(width)
             for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
         )
 

@@ -92,10 +92,12 @@ from bench_api import (
     percentile,
     postgres_database,
     run_phase,
+    text_table,
 )
 from fdpush import crypto
 from fdpush.domain.keys import current_period
 from fdpush.gateway import GatewayProcess, TestPki, make_test_pki
+from fdpush.gateway.runner import stop_process
 
 DEV_SECRET = "bench-secret-0123456789abcdef0123456789"
 INTERNAL_API_KEY = "bench-internal-" + uuid.uuid4().hex
@@ -379,13 +381,7 @@ class Service:
         return [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
 
 class Gateway:
@@ -1314,15 +1310,7 @@ def format_table(figures: list[Figures]) -> str:
         )
         for f in figures
     ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(
-            cell.ljust(width) if i < 3 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
+    return text_table(header, rows, left_columns=3)
 
 
 def header_lines(

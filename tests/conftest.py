@@ -29,6 +29,7 @@ import jwt
 import pytest
 
 from fdpush.gateway import DevGateway, GatewayThread, TestPki, make_test_pki
+from fdpush.gateway.runner import stop_process
 
 DEV_SECRET = "test-secret-0123456789abcdef0123456789"
 ALLOWLIST = "gateway.test;gw2.test:8443;127.0.0.1:8443"
@@ -164,13 +165,7 @@ class Service:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
         self._log.close()
 
     def client(self, user_id: str | None = None, **kwargs: Any) -> httpx.Client:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from conftest import Service
 from fdpush.gateway import DevGateway, GatewayThread, Received, TestPki
+from fdpush.gateway.runner import stop_process
 
 INTERNAL_KEY = "internal-events-key-0123456789abcdef"
 APNS_APP = "de.gematik.erezept.apns"
@@ -331,13 +332,7 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
         self._log.close()
 
 

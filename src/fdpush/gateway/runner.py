@@ -44,6 +44,7 @@ __all__ = [
     "check_tls_files",
     "serve",
     "serve_in_thread",
+    "stop_process",
 ]
 
 READY_LINE = re.compile(r"fdpush gateway: listening on (\S+)")
@@ -96,6 +97,17 @@ def build_server(gateway: DevGateway, tls: TlsFiles | None) -> uvicorn.Server:
         **options,
     )
     return uvicorn.Server(config)
+
+
+def stop_process(process: subprocess.Popen[bytes], grace_seconds: float = 10.0) -> None:
+    """Terminate ``process`` and wait for it; kill it if it is not gone after the grace."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
 
 
 def serve_in_thread(server: uvicorn.Server, sock: socket.socket) -> threading.Thread:
@@ -391,12 +403,6 @@ class GatewayProcess(RunningGateway):
     def stop(self) -> None:
         """Terminate the process (kill it after 10 s) and close the client."""
         self._close_client()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
         if not self._log.closed:
             self._log.close()
