@@ -813,7 +813,10 @@ class Database:
 
     def statuses(self) -> dict[str, tuple[str, str]]:
         """notification id → (pushkey, status)."""
-        query = "SELECT id, pushkey, status FROM notifications"
+        query = (
+            "SELECT n.id, p.pushkey, n.status FROM notifications n"
+            " LEFT JOIN pushers p ON p.id = n.pusher_id"
+        )
         if self.url.startswith("sqlite"):
             with sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30) as conn:
                 rows = conn.execute(query).fetchall()

@@ -266,8 +266,9 @@ def failed(obj: _Context, limit: int) -> None:
     for r in rows:
         when = datetime.fromtimestamp((r.finished_at or r.created_at) / 1000, UTC)
         gateway = r.gateway.split("://", 1)[-1].split("/", 1)[0]
+        device = "(deregistered)" if r.pushkey is None else pushkey_ref(r.pushkey)
         click.echo(
-            f"{when:%Y-%m-%d %H:%M:%S}  {r.event_id:<32} {pushkey_ref(r.pushkey):<19} "
+            f"{when:%Y-%m-%d %H:%M:%S}  {r.event_id:<32} {device:<19} "
             f"{gateway:<28} {r.attempts:>5}  {r.last_error or ''}"
         )
 

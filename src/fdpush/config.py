@@ -177,6 +177,7 @@ class Settings(BaseSettings):
     delivery_concurrency_per_gateway: int = Field(4, ge=1, le=64)
     delivery_max_age_seconds: int = Field(12 * 3600, ge=60)
     delivery_lease_seconds: int = Field(10, ge=2, le=600)
+    delivery_prune_interval_seconds: float = Field(60.0, gt=0, le=86400)
     history_days: int = Field(0, ge=0, le=3650)
 
     # --- authentication

@@ -286,10 +286,11 @@ class Rig:
         }, counts
 
     def notification_rows(self, event_id: str) -> list[tuple[Any, ...]]:
-        """``(id, pushkey, status, attempts, last_error)`` of the event's notifications."""
+        """``(id, pushkey, status, attempts, last_error)`` of the event's notifications
+        (pushkey None once the pusher is gone)."""
         return self.service.query(
-            "SELECT id, pushkey, status, attempts, last_error FROM notifications"
-            " WHERE event_id = ? ORDER BY id",
+            "SELECT n.id, p.pushkey, n.status, n.attempts, n.last_error FROM notifications n"
+            " LEFT JOIN pushers p ON p.id = n.pusher_id WHERE n.event_id = ? ORDER BY n.id",
             (event_id,),
         )
 

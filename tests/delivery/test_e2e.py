@@ -311,8 +311,9 @@ def test_a_rejected_pushkey_deletes_its_pusher_at_the_first_report_and_only_at_t
     )
     assert ("pusher.rejected", "gateway", APNS_APP) in audit
     assert doomed.inbox() == []
-    [status_row] = [r for r in rig.notification_rows(answer["event_id"]) if r[2] == "rejected"]
-    assert status_row[1] == doomed.pushkey
+    rows = {r[2]: r for r in rig.notification_rows(answer["event_id"])}
+    assert rows["delivered"][1] == survivor.pushkey
+    assert rows["rejected"][1] is None  # its pusher is gone, and nothing links to the pushkey
 
     later = rig.emit(owner, ACTIVATE, {"n": 2})
     assert later["notifications"] == 1

@@ -61,7 +61,9 @@ def stored_events(service: Service, *users: str) -> int:
     marks = ",".join("?" * len(users))
     [(events,)] = service.query(f"SELECT count(*) FROM events WHERE user_id IN ({marks})", users)
     [(notes,)] = service.query(
-        f"SELECT count(*) FROM notifications WHERE user_id IN ({marks})", users
+        "SELECT count(*) FROM notifications n JOIN events e ON e.id = n.event_id"
+        f" WHERE e.user_id IN ({marks})",
+        users,
     )
     return int(events) + int(notes)
 

@@ -351,8 +351,9 @@ def test_an_oversized_item_is_split_off_and_fails_alone(
     """400 "Individual notification too large" → split; only the large one fails."""
     gateway.trouble(max_notification_size_kb=3)
     items = [encrypted() for _ in range(3)]
-    big = encrypted()
-    big.notification["device"]["data"]["blob"] = "x" * 3000
+    template = encrypted()
+    template.notification["device"]["data"]["blob"] = "x" * 3000
+    big = OutgoingItem(template.id, template.notification, encrypted=True)  # serialised anew
     items.insert(1, big)
 
     outcome = send(pki, gateway.push_url, items)

@@ -23,6 +23,7 @@ from delivery.e2e_helpers import (
     AppDevice,
     Rig,
     delivery_env,
+    wait_for,
 )
 from fdpush.gateway import GatewayThread, TestPki
 
@@ -330,7 +331,9 @@ def test_without_history_days_the_history_endpoints_do_not_exist(
     """FDPUSH_HISTORY_DAYS unset (0): both endpoints in both layouts are 404 M_UNRECOGNIZED,
     even for the caller's own device and a delivered event's id; nothing of the payload is
     kept, and the notification carries no identifier the event did not have."""
-    service = start_service(**delivery_env(pki, [gateway]))
+    service = start_service(
+        **delivery_env(pki, [gateway]), FDPUSH_DELIVERY_PRUNE_INTERVAL_SECONDS="0.2"
+    )
     rig = Rig(service)
     try:
         user = new_user()
@@ -341,8 +344,15 @@ def test_without_history_days_the_history_endpoints_do_not_exist(
         for layout in LAYOUTS:
             error_of(device_history(rig, phone, layout), 404, "M_UNRECOGNIZED")
             error_of(message(rig, user, event_id, layout), 404, "M_UNRECOGNIZED")
-        kept = service.query("SELECT identifier, payload FROM events WHERE id = ?", (event_id,))
-        assert kept == [(None, None)]
+        # The payload (sealed) is kept only until its notifications are done, then pruned.
+        wait_for(
+            lambda: (
+                service.query("SELECT identifier, payload FROM events WHERE id = ?", (event_id,))
+                == [(None, None)]
+            ),
+            timeout=10,
+            what="the payload pruned after delivery",
+        )
         [received] = phone.inbox()
         assert "identifier" not in received.notification
     finally:

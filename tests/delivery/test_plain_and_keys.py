@@ -106,7 +106,8 @@ def test_a_pusher_without_encryption_gets_plain_notifications_beside_sealed_ones
     ids = notification_ids(rig, answer["event_id"])
     encrypted_flags = dict(
         rig.service.query(
-            "SELECT pushkey, encrypted FROM notifications WHERE event_id = ?",
+            "SELECT p.pushkey, n.encrypted FROM notifications n"
+            " JOIN pushers p ON p.id = n.pusher_id WHERE n.event_id = ?",
             (answer["event_id"],),
         )
     )

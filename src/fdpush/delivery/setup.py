@@ -5,8 +5,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from fdpush.config import Settings
+from fdpush.delivery.compose import refusal_by
 from fdpush.delivery.gateway import GatewayClient
 from fdpush.delivery.worker import DeliveryMetrics, DeliveryWorker, WorkerOptions
+from fdpush.domain.gateway_url import GatewayUrlPolicy
 from fdpush.domain.keys import KeyVault
 from fdpush.storage.database import Database
 
@@ -33,6 +35,13 @@ def make_worker(
             max_age_seconds=settings.delivery_max_age_seconds,
             lease_seconds=settings.delivery_lease_seconds,
             history_days=settings.history_days,
+            prune_interval_seconds=settings.delivery_prune_interval_seconds,
+        ),
+        # The allow-list is checked again at send time: a gateway removed from it gets nothing.
+        gateway_refusal=refusal_by(
+            GatewayUrlPolicy(
+                settings.gateway_allowlist, allow_http=settings.gateway_allow_http
+            ).check
         ),
         metrics=None if registry is None else DeliveryMetrics(registry),
         listen_url=settings.database_url if db.dialect == "postgresql" else None,

@@ -23,15 +23,16 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from fdpush import crypto
 from fdpush.delivery.circuit import Circuits
-from fdpush.delivery.gateway import BatchOutcome, GatewayClient, OutgoingItem
+from fdpush.delivery.compose import Ready, compose
+from fdpush.delivery.gateway import BatchOutcome, GatewayClient
 from fdpush.domain.events import NOTIFY_CHANNEL
-from fdpush.domain.keys import KeyVault
+from fdpush.domain.keys import BERLIN, Advance, KeyVault, advance, current_period
+from fdpush.domain.pushers import user_lock
 from fdpush.domain.rejections import forget_rejected_pushkey
 from fdpush.storage import outbox
 from fdpush.storage.database import Database
@@ -44,6 +45,8 @@ _IDLE_POLL_SECONDS = 5.0
 _MIN_WAIT_SECONDS = 0.05
 _ITEM_BACKOFF_BASE = 2.0
 _ITEM_BACKOFF_MAX = 3600.0
+# Released because the gateway is in trouble: sent at once when it recovers (outbox.resume).
+TROUBLE_PREFIX = "gateway trouble: "
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,9 @@ class WorkerOptions:
     claim_limit: int = 1000
     history_days: int = 0
     outbox_retention_days: int = 7
+    # The spec's minimum a gateway must accept per request is 256 KB: stay under it.
+    max_request_bytes: int = 250_000
+    prune_interval_seconds: float = 60.0
 
 
 class DeliveryMetrics:
@@ -118,6 +124,7 @@ class DeliveryWorker:
         client: GatewayClient,
         *,
         options: WorkerOptions,
+        gateway_refusal: Callable[[str], str | None] = lambda _url: None,
         metrics: DeliveryMetrics | None = None,
         listen_url: str | None = None,
         clock: Callable[[], float] = time.time,
@@ -127,6 +134,7 @@ class DeliveryWorker:
         self._vault = vault
         self._client = client
         self._options = options
+        self._gateway_refusal = gateway_refusal
         self._metrics = metrics
         self._listen_url = listen_url
         self._clock = clock
@@ -140,6 +148,7 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._per_gateway_cap = options.batch_size * options.concurrency_per_gateway * 2
+        self.last_progress = time.monotonic()  # for health: when the worker last did its round
 
     # --- control ------------------------------------------------------------------------------
 
@@ -186,27 +195,120 @@ class DeliveryWorker:
                     await task
             log.info("delivery worker %s stopped", self.worker_id)
 
-    # --- claiming -----------------------------------------------------------------------------
+    # --- claiming ---------------------------------------------------------------------------
 
     def _busy_gateways(self) -> list[str]:
         full = [gw for gw, ids in self._in_flight.items() if len(ids) >= self._per_gateway_cap]
         return sorted(set(full) | set(self._circuits.blocked()))
 
-    async def _claim(self) -> list[outbox.Claimed]:
+    async def _claim(self) -> list[Ready]:
+        """Lease due rows and make them ready to send; rows that cannot be sent end here."""
+        self.last_progress = time.monotonic()
         in_flight = sum(len(ids) for ids in self._in_flight.values())
         limit = min(self._options.claim_limit, self._per_gateway_cap * 8 - in_flight)
         if limit <= 0:
             return []
-        now_ms = int(self._clock() * 1000)
+        now = self._clock()
         async with self._db.write() as conn:
-            return await outbox.claim(
+            rows = await outbox.claim(
                 conn,
                 owner=self.worker_id,
-                now_ms=now_ms,
+                now_ms=int(now * 1000),
                 lease_ms=int(self._options.lease_seconds * 1000),
                 limit=limit,
                 skip_gateways=self._busy_gateways(),
             )
+            if not rows:
+                return []
+            targets, bodies = await outbox.sending_context(
+                conn,
+                (r.pusher_id for r in rows if r.pusher_id is not None),
+                (r.event_id for r in rows),
+            )
+        period = current_period(datetime.fromtimestamp(now, BERLIN))
+        composed = compose(
+            rows,
+            targets,
+            bodies,
+            vault=self._vault,
+            period=period,
+            gateway_refusal=self._gateway_refusal,
+        )
+        if composed.key_changes:
+            # A new month: the ratcheted keys are persisted before anything sealed with them
+            # goes, then those rows are composed again from what is stored now.
+            changed = {pusher_id for pusher_id, _, _ in composed.key_changes}
+            await self._persist_ratchets(composed.key_changes, period)
+            again = [r.row for r in composed.ready if r.row.pusher_id in changed]
+            async with self._db.read() as conn:
+                targets, bodies = await outbox.sending_context(
+                    conn, changed, (r.event_id for r in again)
+                )
+            fresh = compose(
+                again,
+                targets,
+                bodies,
+                vault=self._vault,
+                period=period,
+                gateway_refusal=self._gateway_refusal,
+            )
+            unsettled = {pusher_id for pusher_id, _, _ in fresh.key_changes}
+            composed.ready = [r for r in composed.ready if r.row.pusher_id not in changed] + [
+                r for r in fresh.ready if r.row.pusher_id not in unsettled
+            ]
+            composed.failed.update(fresh.failed)
+            composed.unreadable += fresh.unreadable
+            if unsettled:  # keys replaced meanwhile (a new registration): try again shortly
+                await self._release(
+                    [r.row for r in fresh.ready if r.row.pusher_id in unsettled],
+                    delay=1.0,
+                    error="key schedule changed while sending",
+                    count=False,
+                )
+        if composed.failed:
+            log.error(
+                "%d notifications cannot be sent: %s",
+                len(composed.failed),
+                "; ".join(sorted(set(composed.failed.values()))),
+            )
+            async with self._db.write() as conn:
+                await outbox.finish_each(
+                    conn, composed.failed, status="failed", now_ms=int(self._clock() * 1000)
+                )
+            if self._metrics is not None:
+                self._metrics.outcomes.labels("failed").inc(len(composed.failed))
+        if composed.unreadable:
+            # Not lost: kept pending with the reason, while the rest goes.
+            log.error(
+                "%d stored notifications cannot be opened (another master key?)",
+                len(composed.unreadable),
+            )
+            await self._release(
+                composed.unreadable, delay=300.0, error="stored data cannot be opened", count=True
+            )
+        return composed.ready
+
+    async def _persist_ratchets(
+        self, changes: Sequence[tuple[int, str, Advance]], period: str
+    ) -> None:
+        """Persist new key generations, under the users' locks (registration takes them too),
+        advancing from what is stored now."""
+        users = sorted({user_id for _, user_id, _ in changes})
+        async with self._db.write(*(user_lock(u) for u in users)) as conn:
+            targets, _ = await outbox.sending_context(conn, [p for p, _, _ in changes], ())
+            added: list[tuple[int, str, bytes]] = []
+            removed: list[tuple[int, str]] = []
+            for target in targets.values():
+                step = advance(
+                    self._vault,
+                    (target.user_id, target.app_id, target.pushkey),
+                    target.generations,
+                    period,
+                )
+                if step is not None:
+                    added += [(target.pusher_id, p, m) for p, m in step.added]
+                    removed += [(target.pusher_id, p) for p in step.removed]
+            await outbox.save_generations(conn, added, removed)
 
     async def _idle(self) -> None:
         timeout = _IDLE_POLL_SECONDS
@@ -225,23 +327,21 @@ class DeliveryWorker:
 
     # --- sending ------------------------------------------------------------------------------
 
-    def _dispatch(self, claimed: Sequence[outbox.Claimed]) -> None:
-        by_gateway: dict[str, list[outbox.Claimed]] = defaultdict(list)
-        for row in claimed:
-            by_gateway[row.gateway].append(row)
-        for gateway, rows in by_gateway.items():
+    def _dispatch(self, ready: Sequence[Ready]) -> None:
+        by_gateway: dict[tuple[str, bool], list[Ready]] = defaultdict(list)
+        for r in ready:
+            by_gateway[(r.row.gateway, r.item.encrypted)].append(r)
+        for (gateway, _), items in by_gateway.items():
             size = self._batch_size.get(gateway, self._options.batch_size)
-            for kind in (True, False):  # encrypted and plain go to different endpoints
-                same = [r for r in rows if r.encrypted is kind]
-                for start in range(0, len(same), size):
-                    batch = same[start : start + size]
-                    self._in_flight[gateway].update(r.id for r in batch)
-                    task = asyncio.create_task(self._send(gateway, batch))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+            for batch in _batches(items, size, self._options.max_request_bytes):
+                self._in_flight[gateway].update(r.row.id for r in batch)
+                task = asyncio.create_task(self._send(gateway, batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, gateway: str, batch: list[outbox.Claimed]) -> None:
+    async def _send(self, gateway: str, batch: list[Ready]) -> None:
         label = _gateway_label(gateway)
+        rows = [r.row for r in batch]
         try:
             semaphore = self._semaphores.setdefault(
                 gateway, asyncio.Semaphore(self._options.concurrency_per_gateway)
@@ -249,54 +349,29 @@ class DeliveryWorker:
             async with semaphore:
                 circuit = self._circuits.get(gateway)
                 if not circuit.allows():
-                    await self._release(batch, delay=circuit.reopens_in(), error=None, count=False)
-                    return
-                items, unreadable = self._open_items(batch)
-                if unreadable:
-                    # Not lost: kept pending with the reason, while the rest of the batch goes.
-                    log.error(
-                        "%d stored notifications cannot be opened (another master key?)",
-                        len(unreadable),
-                    )
                     await self._release(
-                        unreadable, delay=300.0, error="stored body cannot be opened", count=True
+                        rows,
+                        delay=circuit.reopens_in(),
+                        error=TROUBLE_PREFIX + "waiting for the gateway to recover",
+                        count=False,
                     )
-                skipped = {row.id for row in unreadable}
-                sending = [row for row in batch if row.id not in skipped]
-                if not sending:
                     return
                 started = time.perf_counter()
-                outcome = await self._client.send(gateway, items)
+                outcome = await self._client.send(gateway, [r.item for r in batch])
                 if self._metrics is not None:
                     self._metrics.latency.labels(label).observe(time.perf_counter() - started)
-                    self._metrics.batch_size.observe(len(items))
+                    self._metrics.batch_size.observe(len(batch))
                     self._metrics.responses.labels(label, str(outcome.status_code or "none")).inc()
-                await self._record(gateway, sending, outcome)
+                await self._record(gateway, batch, outcome)
         except Exception:
             log.exception("sending a batch to %s failed unexpectedly", label)
             with contextlib.suppress(Exception):
-                await self._release(batch, delay=30.0, error="internal error", count=True)
+                await self._release(rows, delay=30.0, error="internal error", count=True)
         finally:
-            self._in_flight[gateway].difference_update(r.id for r in batch)
+            self._in_flight[gateway].difference_update(r.id for r in rows)
             self._wake.set()
 
-    def _open_items(
-        self, batch: Sequence[outbox.Claimed]
-    ) -> tuple[list[OutgoingItem], list[outbox.Claimed]]:
-        """The batch's notifications unsealed for sending, and the rows that would not open."""
-        items: list[OutgoingItem] = []
-        unreadable: list[outbox.Claimed] = []
-        for row in batch:
-            try:
-                body = self._vault.open_record("notification", row.id, row.body)
-                items.append(OutgoingItem(row.id, orjson.loads(body), row.encrypted))
-            except (crypto.CryptoError, orjson.JSONDecodeError):
-                unreadable.append(row)
-        return items, unreadable
-
-    async def _record(
-        self, gateway: str, batch: list[outbox.Claimed], outcome: BatchOutcome
-    ) -> None:
+    async def _record(self, gateway: str, batch: list[Ready], outcome: BatchOutcome) -> None:
         """Apply a gateway's verdicts; items without one go back, after a backoff."""
         circuit = self._circuits.get(gateway)
         label = _gateway_label(gateway)
@@ -304,7 +379,9 @@ class DeliveryWorker:
             smaller = max(1, min(outcome.max_batch_size, len(batch) - 1 or 1))
             self._batch_size[gateway] = smaller
             log.warning("gateway %s takes at most %d per batch; resending smaller", label, smaller)
+        recovered = False
         if outcome.gateway_trouble is None:
+            recovered = circuit.state != "closed" or circuit.failures > 0
             circuit.record_success()
         if self._metrics is not None:
             self._metrics.circuit_open.labels(label).set(0 if circuit.state == "closed" else 1)
@@ -313,7 +390,8 @@ class DeliveryWorker:
         failed: dict[str, str] = {}
         unanswered: list[outbox.Claimed] = []
         dead_pushkeys: set[str] = set()
-        for row in batch:
+        for ready in batch:
+            row = ready.row
             result = outcome.results.get(row.id)
             if result is None or result.outcome == "retry":
                 unanswered.append(row)
@@ -321,7 +399,7 @@ class DeliveryWorker:
                 delivered.append(row.id)
             elif result.outcome == "rejected":
                 dead_pushkeys.update(result.rejected_pushkeys)
-                if row.pushkey in result.rejected_pushkeys:
+                if ready.pushkey in result.rejected_pushkeys:
                     rejected.append(row.id)
                 else:
                     unanswered.append(row)
@@ -335,8 +413,12 @@ class DeliveryWorker:
             await outbox.finish(
                 conn, sorted(set(rejected)), status="rejected", now_ms=now_ms, error="rejected"
             )
-            for ident, error in failed.items():
-                await outbox.finish(conn, [ident], status="failed", now_ms=now_ms, error=error)
+            await outbox.finish_each(conn, failed, status="failed", now_ms=now_ms)
+            if recovered:
+                resumed = await outbox.resume(conn, gateway, TROUBLE_PREFIX, now_ms=now_ms)
+        if recovered:
+            log.info("gateway %s recovered; sending its %d waiting notifications", label, resumed)
+            self._wake.set()
         if self._metrics is not None:
             self._metrics.outcomes.labels("delivered").inc(len(delivered))
             self._metrics.outcomes.labels("rejected").inc(len(set(rejected)))
@@ -348,7 +430,9 @@ class DeliveryWorker:
             if self._metrics is not None:
                 self._metrics.circuit_open.labels(label).set(1)
             log.warning("gateway %s: %s; backing off %.1fs", label, outcome.gateway_trouble, delay)
-            await self._release(unanswered, delay=delay, error=outcome.gateway_trouble, count=True)
+            await self._release(
+                unanswered, delay=delay, error=TROUBLE_PREFIX + outcome.gateway_trouble, count=True
+            )
         elif outcome.max_batch_size is not None:  # our batch was too big: resend at once, smaller
             await self._release(unanswered, delay=0.0, error=None, count=False)
         else:
@@ -407,22 +491,29 @@ class DeliveryWorker:
                 log.exception("renewing leases failed")
 
     async def _prune(self) -> None:
-        """Forget history past its retention, and finished events past the outbox's."""
+        """Forget payloads no longer needed, and finished events past the outbox's retention,
+        in short chunks (no long DELETE that holds locks or bloats PostgreSQL at once)."""
+        day_ms = 86_400_000
         while True:
             now_ms = int(self._clock() * 1000)
-            day_ms = 86_400_000
+            removed = 0
             try:
-                async with self._db.write() as conn:
-                    removed = await outbox.prune(
-                        conn,
-                        history_before_ms=now_ms - self._options.history_days * day_ms,
-                        outbox_before_ms=now_ms - self._options.outbox_retention_days * day_ms,
-                    )
+                while True:
+                    async with self._db.write() as conn:
+                        chunk = await outbox.prune(
+                            conn,
+                            history_before_ms=now_ms - self._options.history_days * day_ms,
+                            sent_before_ms=now_ms,
+                            outbox_before_ms=now_ms - self._options.outbox_retention_days * day_ms,
+                        )
+                    removed += chunk
+                    if chunk < outbox.PRUNE_CHUNK:
+                        break
                 if removed:
                     log.info("pruned %d finished events past their retention", removed)
             except Exception:
                 log.exception("pruning old events failed")
-            await asyncio.sleep(600)
+            await asyncio.sleep(self._options.prune_interval_seconds)
 
     async def _watch_queue(self) -> None:
         assert self._metrics is not None
@@ -458,3 +549,22 @@ class DeliveryWorker:
                 log.warning("LISTEN connection lost; polling until it is back", exc_info=True)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
+
+
+def _batches(items: Sequence[Ready], size: int, max_bytes: int) -> list[list[Ready]]:
+    """``items`` in order, cut into batches of at most ``size`` items and ``max_bytes`` of JSON
+    (an item larger than ``max_bytes`` goes alone: the gateway's 413 then names it)."""
+    batches: list[list[Ready]] = []
+    current: list[Ready] = []
+    used = 0
+    envelope = len(b'{"notifications":[]}')
+    for r in items:
+        cost = len(r.item.encoded) + 1
+        if current and (len(current) >= size or envelope + used + cost > max_bytes):
+            batches.append(current)
+            current, used = [], 0
+        current.append(r)
+        used += cost
+    if current:
+        batches.append(current)
+    return batches

@@ -7,12 +7,14 @@ to another row does not open.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from fdpush import crypto
 
-__all__ = ["BERLIN", "KeyVault", "current_period"]
+__all__ = ["BERLIN", "RETENTION_MONTHS", "Advance", "KeyVault", "advance", "current_period"]
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -59,3 +61,56 @@ class KeyVault:
     def open_record(self, kind: str, record_id: str, blob: bytes) -> bytes:
         context = f"fdpush/{kind}/v1\x00{record_id}".encode()
         return crypto.unseal_at_rest(self._master_key, blob, context)
+
+
+RETENTION_MONTHS = 2  # concept: secrets and keys older than two months are deleted
+
+
+@dataclass(frozen=True, slots=True)
+class Advance:
+    """A pusher's key schedule brought to a month: the generation to seal with, and the change
+    to persist *before* it is used (new generations sealed at rest; expired months to delete)."""
+
+    generation: crypto.KeyGeneration
+    added: tuple[tuple[str, bytes], ...]  # (period, sealed material)
+    removed: tuple[str, ...]  # periods past the retention
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+def advance(
+    vault: KeyVault,
+    owner: tuple[str, str, str],
+    generations: Sequence[tuple[str, bytes]],
+    period: str,
+) -> Advance | None:
+    """The generation for ``period`` of the pusher ``owner`` = (user_id, app_id, pushkey).
+
+    ``generations`` are the stored ``(period, sealed material)`` pairs, oldest first. Skipped
+    months are derived in sequence; only what the retention keeps is persisted (never less than
+    the youngest). A generation later than ``period`` (the app's clock ran ahead) is used as
+    it is. None when the pusher has no generation that opens (another master key): never fall
+    back to plain text for a pusher that asked for encryption.
+    """
+    if not generations:
+        return None
+    youngest_period, material = generations[-1]
+    try:
+        youngest = vault.open(*owner, youngest_period, material)
+    except crypto.CryptoError:
+        return None
+    newer = crypto.ratchet(youngest, period)
+    newest = newer[-1] if newer else youngest
+    added = tuple(
+        (g.period, vault.seal(*owner, g))
+        for g in newer
+        if crypto.periods_between(g.period, period) <= RETENTION_MONTHS
+    )
+    removed = tuple(
+        stored
+        for stored, _ in generations
+        if stored != newest.period and crypto.periods_between(stored, period) > RETENTION_MONTHS
+    )
+    return Advance(newest, added, removed)

@@ -1,9 +1,14 @@
 """The SQL of delivery: events, the notification outbox, leases, key generations at send time.
 
-A notification is ``pending`` until it ends ``delivered``, ``rejected`` or ``failed``. A worker
+An event keeps its payload sealed once; the outbox has one small row per (event, pusher). A
+notification is ``pending`` until it ends ``delivered``, ``rejected`` or ``failed``. A worker
 *claims* due pending rows by writing its id and a lease expiry into them (PostgreSQL:
-``FOR UPDATE SKIP LOCKED``, so workers never claim the same row); a live worker renews its
-leases, and rows of a dead worker become claimable again when their lease runs out.
+``FOR UPDATE SKIP LOCKED``, so workers never claim the same row), reads what it needs to seal
+them (:func:`sending_context`), and renews its leases while it works; rows of a dead worker
+become claimable again when their lease runs out.
+
+Every statement here handles a whole batch: the cost of a statement is paid per batch, not per
+notification.
 """
 
 from __future__ import annotations
@@ -12,14 +17,28 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fdpush.storage.schema import channel_states, events, notifications, pusher_keys, pushers
 
 __all__ = [
     "Claimed",
+    "EventBody",
     "Recipient",
+    "Target",
     "claim",
     "event_counts",
     "finish",
@@ -29,21 +48,20 @@ __all__ = [
     "recipients",
     "release",
     "renew",
+    "save_generations",
+    "sending_context",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class Recipient:
-    """A pusher an event may go to, with its stored key generations (sealed)."""
+    """A pusher an event may go to (what fan-out needs; no key material)."""
 
     pusher_id: int
     user_id: str
-    app_id: str
     pushkey: str
-    pushkey_ts: int
     data: str
     key_identifier: str | None
-    generations: tuple[tuple[str, bytes], ...]  # (period, sealed material), oldest first
 
 
 async def recipients(
@@ -51,17 +69,15 @@ async def recipients(
 ) -> tuple[list[Recipient], dict[tuple[str, str, str], str]]:
     """The pushers of ``user_ids`` and their devices' explicit states for ``channel_ids``.
 
-    Returns the pushers (with key generations) and ``{(user_id, pushkey, channel): status}``;
-    the domain decides who gets what (explicit state, else the catalog default).
+    Returns the pushers and ``{(user_id, pushkey, channel): status}``; the domain decides who
+    gets what (explicit state, else the catalog default).
     """
     rows = (
         await conn.execute(
             select(
                 pushers.c.id,
                 pushers.c.user_id,
-                pushers.c.app_id,
                 pushers.c.pushkey,
-                pushers.c.pushkey_ts,
                 pushers.c.data,
                 pushers.c.key_identifier,
             )
@@ -82,50 +98,10 @@ async def recipients(
             )
         )
     ).all()
-    generations: dict[int, list[tuple[str, bytes]]] = {}
-    if rows:
-        keys = await conn.execute(
-            select(pusher_keys.c.pusher_id, pusher_keys.c.period, pusher_keys.c.material)
-            .where(pusher_keys.c.pusher_id.in_([r.id for r in rows]))
-            .order_by(pusher_keys.c.pusher_id, pusher_keys.c.period)
-        )
-        for k in keys:
-            generations.setdefault(k.pusher_id, []).append((k.period, k.material))
     return (
-        [
-            Recipient(
-                pusher_id=r.id,
-                user_id=r.user_id,
-                app_id=r.app_id,
-                pushkey=r.pushkey,
-                pushkey_ts=r.pushkey_ts,
-                data=r.data,
-                key_identifier=r.key_identifier,
-                generations=tuple(generations.get(r.id, ())),
-            )
-            for r in rows
-        ],
-        {(s.user_id, s.pushkey, s.channel_id): s.status for s in states},
+        [Recipient(r[0], r[1], r[2], r[3], r[4]) for r in rows],
+        {(s[0], s[1], s[2]): s[3] for s in states},
     )
-
-
-async def save_generations(
-    conn: AsyncConnection,
-    added: Iterable[tuple[int, str, bytes]],
-    removed: Iterable[tuple[int, str]],
-) -> None:
-    """Persist ratcheted generations ``(pusher_id, period, material)``; drop expired ones."""
-    added_rows = [{"pusher_id": p, "period": m, "material": b} for p, m, b in added]
-    if added_rows:
-        await conn.execute(insert(pusher_keys), added_rows)
-    removed_rows = [{"p": p, "m": m} for p, m in removed]
-    if removed_rows:
-        await conn.execute(
-            delete(pusher_keys).where(
-                pusher_keys.c.pusher_id == bindparam("p"), pusher_keys.c.period == bindparam("m")
-            ),
-            removed_rows,
-        )
 
 
 async def insert_event_rows(
@@ -144,18 +120,45 @@ async def insert_event_rows(
             await conn.execute(text("SELECT pg_notify(:c, '')"), {"c": notify_channel})
 
 
+# --- the worker's side ---------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
+    """A leased outbox row. ``body`` only on rows written before revision 0003."""
+
     id: str
     event_id: str
+    pusher_id: int | None
+    gateway: str
+    encrypted: bool
+    body: bytes | None
+    attempts: int
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A pusher as the worker needs it to seal and address a notification."""
+
+    pusher_id: int
     user_id: str
     app_id: str
     pushkey: str
-    gateway: str
-    encrypted: bool
-    body: bytes
-    attempts: int
-    created_at: int
+    pushkey_ts: int
+    data: str
+    key_identifier: str | None
+    generations: tuple[tuple[str, bytes], ...]  # (period, sealed material), oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class EventBody:
+    """An event as the worker needs it: its payload sealed at rest, prio and identifier."""
+
+    id: str
+    prio: str
+    identifier: str | None
+    payload: bytes | None
 
 
 async def claim(
@@ -192,9 +195,7 @@ async def claim(
         .returning(
             notifications.c.id,
             notifications.c.event_id,
-            notifications.c.user_id,
-            notifications.c.app_id,
-            notifications.c.pushkey,
+            notifications.c.pusher_id,
             notifications.c.gateway,
             notifications.c.encrypted,
             notifications.c.body,
@@ -202,7 +203,77 @@ async def claim(
             notifications.c.created_at,
         )
     )
-    return [Claimed(**row._mapping) for row in result]
+    return [Claimed(*row) for row in result]
+
+
+async def sending_context(
+    conn: AsyncConnection, pusher_ids: Iterable[int], event_ids: Iterable[str]
+) -> tuple[dict[int, Target], dict[str, EventBody]]:
+    """The pushers (with their key generations) and the events that claimed rows refer to."""
+    ids = sorted(set(pusher_ids))
+    targets: dict[int, Target] = {}
+    if ids:
+        generations: dict[int, list[tuple[str, bytes]]] = {}
+        keys = await conn.execute(
+            select(pusher_keys.c.pusher_id, pusher_keys.c.period, pusher_keys.c.material)
+            .where(pusher_keys.c.pusher_id.in_(ids))
+            .order_by(pusher_keys.c.pusher_id, pusher_keys.c.period)
+        )
+        for pusher_id, period, material in keys:
+            generations.setdefault(pusher_id, []).append((period, material))
+        rows = await conn.execute(
+            select(
+                pushers.c.id,
+                pushers.c.user_id,
+                pushers.c.app_id,
+                pushers.c.pushkey,
+                pushers.c.pushkey_ts,
+                pushers.c.data,
+                pushers.c.key_identifier,
+            ).where(pushers.c.id.in_(ids))
+        )
+        for r in rows:
+            targets[r[0]] = Target(*r, generations=tuple(generations.get(r[0], ())))
+    bodies: dict[str, EventBody] = {}
+    wanted = sorted(set(event_ids))
+    if wanted:
+        rows = await conn.execute(
+            select(events.c.id, events.c.prio, events.c.identifier, events.c.payload).where(
+                events.c.id.in_(wanted)
+            )
+        )
+        for r in rows:
+            bodies[r[0]] = EventBody(r[0], r[1], r[2], r[3])
+    return targets, bodies
+
+
+async def save_generations(
+    conn: AsyncConnection,
+    added: Iterable[tuple[int, str, bytes]],
+    removed: Iterable[tuple[int, str]],
+) -> None:
+    """Persist ratcheted generations ``(pusher_id, period, material)``; drop expired ones.
+
+    A generation already stored for that month stays (another worker ratcheted first: the
+    schedule is deterministic, so it holds the same key).
+    """
+    added_rows = [{"pusher_id": p, "period": m, "material": b} for p, m, b in added]
+    if added_rows:
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        await conn.execute(
+            dialect_insert(pusher_keys).on_conflict_do_nothing(
+                index_elements=["pusher_id", "period"]
+            ),
+            added_rows,
+        )
+    removed_rows = [{"p": p, "m": m} for p, m in removed]
+    if removed_rows:
+        await conn.execute(
+            delete(pusher_keys).where(
+                pusher_keys.c.pusher_id == bindparam("p"), pusher_keys.c.period == bindparam("m")
+            ),
+            removed_rows,
+        )
 
 
 async def renew(conn: AsyncConnection, *, owner: str, ids: Sequence[str], until_ms: int) -> None:
@@ -233,6 +304,25 @@ async def finish(
         )
 
 
+async def finish_each(
+    conn: AsyncConnection, reasons: Mapping[str, str], *, status: str, now_ms: int
+) -> None:
+    """End notifications with a reason each (one statement for all of them)."""
+    if reasons:
+        await conn.execute(
+            update(notifications)
+            .where(notifications.c.id == bindparam("nid"), notifications.c.status == "pending")
+            .values(
+                status=status,
+                finished_at=now_ms,
+                last_error=bindparam("reason"),
+                lease_owner=None,
+                lease_expires_at=None,
+            ),
+            [{"nid": ident, "reason": reason[:512]} for ident, reason in reasons.items()],
+        )
+
+
 async def release(
     conn: AsyncConnection,
     ids: Sequence[str],
@@ -258,18 +348,17 @@ async def release(
         )
 
 
-async def pending_for_device(
-    conn: AsyncConnection, user_id: str, pushkey: str, gateway: str
-) -> list[str]:
+async def pending_for_pushers(conn: AsyncConnection, pusher_ids: Sequence[int]) -> list[str]:
+    """The pending notifications of these pushers."""
+    if not pusher_ids:
+        return []
     result = await conn.execute(
         select(notifications.c.id).where(
-            notifications.c.user_id == user_id,
-            notifications.c.pushkey == pushkey,
-            notifications.c.gateway == gateway,
+            notifications.c.pusher_id.in_(list(pusher_ids)),
             notifications.c.status == "pending",
         )
     )
-    return [r.id for r in result]
+    return [r[0] for r in result]
 
 
 async def next_due(conn: AsyncConnection) -> int | None:
@@ -295,7 +384,13 @@ async def queue_stats(conn: AsyncConnection) -> tuple[int, int | None]:
 
 async def event_counts(conn: AsyncConnection, event_id: str) -> tuple[Any, dict[str, int]] | None:
     """An event row and its notifications counted by status, or None."""
-    event = (await conn.execute(select(events).where(events.c.id == event_id))).first()
+    event = (
+        await conn.execute(
+            select(events.c.id, events.c.channel, events.c.created_at).where(
+                events.c.id == event_id
+            )
+        )
+    ).first()
     if event is None:
         return None
     result = await conn.execute(
@@ -307,19 +402,19 @@ async def event_counts(conn: AsyncConnection, event_id: str) -> tuple[Any, dict[
 
 
 async def failed(conn: AsyncConnection, limit: int) -> list[Any]:
-    """The most recent failed notifications, newest first."""
+    """The most recent failed notifications, newest first (``pushkey`` None: pusher gone)."""
     result = await conn.execute(
         select(
             notifications.c.id,
             notifications.c.event_id,
-            notifications.c.user_id,
-            notifications.c.pushkey,
+            pushers.c.pushkey,
             notifications.c.gateway,
             notifications.c.attempts,
             notifications.c.last_error,
             notifications.c.created_at,
             notifications.c.finished_at,
         )
+        .select_from(notifications.outerjoin(pushers, pushers.c.id == notifications.c.pusher_id))
         .where(notifications.c.status == "failed")
         .order_by(notifications.c.finished_at.desc())
         .limit(limit)
@@ -345,9 +440,11 @@ async def history(
             events.c.payload,
         )
         .join(events, events.c.id == notifications.c.event_id)
+        .join(pushers, pushers.c.id == notifications.c.pusher_id)
         .where(
-            notifications.c.user_id == user_id,
-            notifications.c.pushkey == pushkey,
+            pushers.c.user_id == user_id,
+            pushers.c.pushkey == pushkey,
+            events.c.history.is_(True),
             events.c.payload.is_not(None),
         )
         .order_by(notifications.c.created_at.desc(), notifications.c.id.desc())
@@ -365,12 +462,13 @@ async def history(
 
 
 async def history_entry(conn: AsyncConnection, user_id: str, identifier: str) -> Any | None:
-    """The newest event of ``user_id`` with this identifier that still has its payload."""
+    """The newest event of ``user_id`` with this identifier that is still in the history."""
     result = await conn.execute(
         select(events.c.id, events.c.identifier, events.c.payload)
         .where(
             events.c.user_id == user_id,
             events.c.identifier == identifier,
+            events.c.history.is_(True),
             events.c.payload.is_not(None),
         )
         .order_by(events.c.created_at.desc())
@@ -379,18 +477,62 @@ async def history_entry(conn: AsyncConnection, user_id: str, identifier: str) ->
     return result.first()
 
 
-async def prune(conn: AsyncConnection, *, history_before_ms: int, outbox_before_ms: int) -> int:
-    """Forget payloads past the history retention; delete finished events past both."""
+PRUNE_CHUNK = 5000  # rows per statement: short transactions, no long locks, no bloat burst
+
+
+async def prune(
+    conn: AsyncConnection,
+    *,
+    history_before_ms: int,
+    sent_before_ms: int,
+    outbox_before_ms: int,
+) -> int:
+    """Forget payloads no longer needed; delete one chunk of finished events past the retention.
+
+    A payload is kept while a notification of its event is pending; then until
+    ``history_before_ms`` for history events, until ``sent_before_ms`` for the others. Events
+    (with their notifications) older than both retentions go, at most ``PRUNE_CHUNK`` a call:
+    the caller repeats while a chunk comes back full.
+    """
+    pending = exists().where(
+        notifications.c.event_id == events.c.id, notifications.c.status == "pending"
+    )
     await conn.execute(
         update(events)
-        .where(events.c.created_at < history_before_ms, events.c.payload.is_not(None))
+        .where(
+            events.c.payload.is_not(None),
+            or_(
+                and_(events.c.history.is_(True), events.c.created_at < history_before_ms),
+                and_(events.c.history.is_(False), events.c.created_at < sent_before_ms),
+            ),
+            ~pending,
+        )
         .values(payload=None)
     )
-    unfinished = select(notifications.c.event_id).where(notifications.c.status == "pending")
+    old = (
+        select(events.c.id)
+        .where(events.c.created_at < min(history_before_ms, outbox_before_ms), ~pending)
+        .limit(PRUNE_CHUNK)
+    )
+    ids = [r[0] for r in await conn.execute(old)]
+    if not ids:
+        return 0
+    await conn.execute(delete(notifications).where(notifications.c.event_id.in_(ids)))
+    await conn.execute(delete(events).where(events.c.id.in_(ids)))
+    return len(ids)
+
+
+async def resume(conn: AsyncConnection, gateway: str, marker: str, *, now_ms: int) -> int:
+    """Make a recovered gateway's notifications that wait for it (their ``last_error`` starts
+    with ``marker``) due now; returns how many."""
     result = await conn.execute(
-        delete(events).where(
-            events.c.created_at < min(history_before_ms, outbox_before_ms),
-            events.c.id.not_in(unfinished),
+        update(notifications)
+        .where(
+            notifications.c.status == "pending",
+            notifications.c.gateway == gateway,
+            notifications.c.next_attempt_at > now_ms,
+            notifications.c.last_error.startswith(marker, autoescape=True),
         )
+        .values(next_attempt_at=now_ms)
     )
     return int(result.rowcount or 0)

@@ -110,6 +110,24 @@ async def count_pushers(conn: AsyncConnection, user_id: str) -> int:
     return int(result.scalar_one())
 
 
+@dataclass(frozen=True, slots=True)
+class PusherRef:
+    id: int
+    user_id: str
+    app_id: str
+    data: str
+
+
+async def pushers_with_pushkey(conn: AsyncConnection, pushkey: str) -> list[PusherRef]:
+    """Every pusher, of any user and app, with this pushkey."""
+    result = await conn.execute(
+        select(pushers.c.id, pushers.c.user_id, pushers.c.app_id, pushers.c.data).where(
+            pushers.c.pushkey == pushkey
+        )
+    )
+    return [PusherRef(*r) for r in result]
+
+
 async def device_exists(conn: AsyncConnection, user_id: str, pushkey: str) -> bool:
     """Whether the user has any pusher (of any app) with this pushkey."""
     result = await conn.execute(

@@ -20,6 +20,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
+    text,
 )
 
 metadata = MetaData(
@@ -110,23 +112,24 @@ events = Table(
     Column("prio", String(4), nullable=False),
     Column("identifier", String(256), nullable=True),
     Column("created_at", BigInteger, nullable=False),
-    # The payload, sealed under the master key; kept only while history is on.
+    # The payload, sealed under the master key: the worker seals each device's notification from
+    # it; kept while a notification is pending, and for the history's retention when ``history``.
     Column("payload", LargeBinary, nullable=True),
+    Column("history", Boolean, nullable=False, server_default=false()),
     Index(None, "created_at"),
 )
 
-# The outbox: one row per (event, pusher); the worker claims rows with a lease.
+# The outbox: one small row per (event, pusher); the worker claims rows with a lease and seals
+# each notification when it sends it. ``body`` is set only on rows written before 0003 (the
+# whole gateway body, sealed at rest), which are sent from it.
 notifications = Table(
     "notifications",
     metadata,
     Column("id", String(32), primary_key=True),  # also the gateway batch item id
     Column("event_id", String(32), ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
-    Column("user_id", String(255), nullable=False),
-    Column("app_id", String(64), nullable=False),
-    Column("pushkey", String(512), nullable=False),
     Column("gateway", String(1024), nullable=False),  # the gateway API base, …/push/v1/
     Column("encrypted", Boolean, nullable=False),
-    Column("body", LargeBinary, nullable=False),  # the notification object, sealed at rest
+    Column("body", LargeBinary, nullable=True),
     Column("status", String(16), nullable=False),  # pending, delivered, rejected, failed
     Column("attempts", Integer, nullable=False),
     Column("next_attempt_at", BigInteger, nullable=False),
@@ -135,7 +138,13 @@ notifications = Table(
     Column("last_error", String(512), nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("finished_at", BigInteger, nullable=True),
-    Index(None, "status", "next_attempt_at"),
+    Column("pusher_id", _ID, ForeignKey("pushers.id", ondelete="SET NULL"), nullable=True),
+    Index(
+        "ix_notifications_pending_due",
+        "next_attempt_at",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
     Index(None, "event_id"),
-    Index(None, "user_id", "pushkey", "created_at"),
+    Index(None, "pusher_id", "created_at"),
 )

@@ -1,0 +1,176 @@
+"""Claimed outbox rows → notifications ready for the gateway, sealed at send time.
+
+For each row: its pusher (gone → ``failed``, "device deregistered"), its gateway (still on the
+allow-list, else ``failed``), the event's payload (opened once per event), and for an encrypted
+pusher the key generation of the sending month (:func:`fdpush.domain.keys.advance`; a pusher
+whose keys do not open → ``failed``, it must register again — never plain text instead). The
+wire objects are the Push Gateway API's ``EncryptedNotification`` and ``PlainNotification``.
+
+Pure: no I/O. The worker persists :attr:`Composition.key_changes` *before* it sends anything
+sealed with them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from fdpush import crypto
+from fdpush.delivery.gateway import OutgoingItem
+from fdpush.domain.errors import InvalidParam
+from fdpush.domain.keys import Advance, KeyVault, advance
+from fdpush.storage.outbox import Claimed, EventBody, Target
+
+__all__ = ["Composition", "Ready", "compose"]
+
+log = logging.getLogger(__name__)
+
+DEREGISTERED = "device deregistered before delivery"
+NO_KEY = "no usable key for this pusher (sealed under another master key?); it must register again"
+NO_PAYLOAD = "the event's payload is no longer stored"
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A row with the notification to send for it, and the pushkey it addresses."""
+
+    row: Claimed
+    item: OutgoingItem
+    pushkey: str
+
+
+@dataclass(slots=True)
+class Composition:
+    ready: list[Ready] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # row id → reason; terminal
+    unreadable: list[Claimed] = field(default_factory=list)  # stored data that will not open
+    # Ratchet steps to persist before sending: (pusher_id, user_id, the advance).
+    key_changes: list[tuple[int, str, Advance]] = field(default_factory=list)
+
+
+def compose(
+    rows: Sequence[Claimed],
+    targets: Mapping[int, Target],
+    bodies: Mapping[str, EventBody],
+    *,
+    vault: KeyVault,
+    period: str,
+    gateway_refusal: Callable[[str], str | None],
+) -> Composition:
+    """Build what ``rows`` send, sealing under each pusher's key for ``period``.
+
+    ``gateway_refusal(base_url)`` says why a gateway may no longer be sent to (None: allowed).
+    """
+    out = Composition()
+    payloads: dict[str, tuple[bytes, Any] | None] = {}
+    keys: dict[int, Advance | None] = {}
+    refusals: dict[str, str | None] = {}
+    for row in rows:
+        if row.gateway not in refusals:
+            refusals[row.gateway] = gateway_refusal(row.gateway)
+        refusal = refusals[row.gateway]
+        if refusal is not None:
+            out.failed[row.id] = refusal
+            continue
+        target = targets.get(row.pusher_id) if row.pusher_id is not None else None
+        if row.body is not None:  # written before revision 0003: the whole body, sealed
+            _legacy(row, target, vault, out)
+            continue
+        if target is None:
+            out.failed[row.id] = DEREGISTERED
+            continue
+        body = bodies.get(row.event_id)
+        if body is None or body.payload is None:
+            out.failed[row.id] = NO_PAYLOAD
+            continue
+        if row.event_id not in payloads:
+            payloads[row.event_id] = _open_payload(vault, body)
+        opened = payloads[row.event_id]
+        if opened is None:
+            out.unreadable.append(row)
+            continue
+        payload, content = opened
+        device = _device(target)
+        if target.key_identifier is None:
+            notification: dict[str, Any] = {
+                "event_id": row.id,
+                "prio": body.prio,
+                "content": content,
+                "devices": [device],
+            }
+            out.ready.append(Ready(row, OutgoingItem(row.id, notification, False), target.pushkey))
+            continue
+        if target.pusher_id not in keys:
+            step = advance(
+                vault, (target.user_id, target.app_id, target.pushkey), target.generations, period
+            )
+            keys[target.pusher_id] = step
+            if step is not None and step.changes:
+                out.key_changes.append((target.pusher_id, target.user_id, step))
+        step = keys[target.pusher_id]
+        if step is None:
+            out.failed[row.id] = NO_KEY
+            continue
+        notification = {
+            "ciphertext": crypto.seal_notification(step.generation.key, payload),
+            "time_message_encrypted": step.generation.period,
+            "key_identifier": target.key_identifier,
+            "prio": body.prio,
+            "device": device,
+        }
+        if body.identifier is not None:
+            notification["identifier"] = body.identifier
+        out.ready.append(Ready(row, OutgoingItem(row.id, notification, True), target.pushkey))
+    return out
+
+
+def _device(target: Target) -> dict[str, Any]:
+    """The spec's ``Device``: everything of the pusher's ``data`` but ``url`` is forwarded."""
+    data = orjson.loads(target.data)
+    data.pop("url", None)
+    return {
+        "app_id": target.app_id,
+        "pushkey": target.pushkey,
+        "pushkey_ts": target.pushkey_ts,
+        "data": data,
+        "tweaks": {},
+    }
+
+
+def _open_payload(vault: KeyVault, body: EventBody) -> tuple[bytes, Any] | None:
+    assert body.payload is not None
+    try:
+        payload = vault.open_record("event-payload", body.id, body.payload)
+        return payload, orjson.loads(payload)
+    except (crypto.CryptoError, orjson.JSONDecodeError):
+        return None
+
+
+def _legacy(row: Claimed, target: Target | None, vault: KeyVault, out: Composition) -> None:
+    assert row.body is not None
+    try:
+        notification = orjson.loads(vault.open_record("notification", row.id, row.body))
+    except (crypto.CryptoError, orjson.JSONDecodeError):
+        out.unreadable.append(row)
+        return
+    if target is None:
+        out.failed[row.id] = DEREGISTERED
+        return
+    out.ready.append(Ready(row, OutgoingItem(row.id, notification, row.encrypted), target.pushkey))
+
+
+def refusal_by(check: Callable[[str], None]) -> Callable[[str], str | None]:
+    """Adapt an allow-list check that raises ``InvalidParam`` to ``gateway_refusal``."""
+
+    def refusal(base_url: str) -> str | None:
+        try:
+            check(base_url)
+        except InvalidParam as exc:
+            return f"not sent, the gateway is not allowed now: {exc.message}"
+        return None
+
+    return refusal
