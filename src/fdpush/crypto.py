@@ -131,15 +131,20 @@ def ratchet(generation: KeyGeneration, to_period: str) -> list[KeyGeneration]:
 
 
 def frame(payload: bytes) -> bytes:
-    """``PNM1`` ‖ n (2 bytes, big endian) ‖ n zero bytes ‖ payload: always 1024 bytes."""
+    """``PNM1`` ‖ n (2 bytes, big endian) ‖ n spaces ‖ payload: always 1024 bytes.
+
+    gemF A_27610: the padding is a run of space characters (0x20), as the published apps frame.
+    """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise CryptoError(f"payload is {len(payload)} bytes; at most {MAX_PAYLOAD_BYTES} fit")
     padding = MAX_PAYLOAD_BYTES - len(payload)
-    return FRAME_MAGIC + padding.to_bytes(2, "big") + bytes(padding) + payload
+    return FRAME_MAGIC + padding.to_bytes(2, "big") + b" " * padding + payload
 
 
 def unframe(framed: bytes) -> bytes:
-    """The payload of a 1024-byte ``PNM1`` frame; a bad frame raises :class:`CryptoError`."""
+    """The payload of a 1024-byte ``PNM1`` frame; a bad frame raises :class:`CryptoError`.
+
+    Any padding bytes are accepted (frames of older senders padded with zero bytes)."""
     if len(framed) != FRAME_LENGTH or not framed.startswith(FRAME_MAGIC):
         raise FrameError("not a PNM1 frame of 1024 bytes")
     padding = int.from_bytes(framed[len(FRAME_MAGIC) : _FRAME_HEADER], "big")

@@ -164,16 +164,41 @@ def test_derivation_refuses_ikm_that_is_not_256_bits(size: int) -> None:
 
 @pytest.mark.parametrize("size", [0, 1, 500, 1018])
 def test_frame_is_always_1024_bytes_with_pnm1_header_and_padding_length(size: int) -> None:
-    """PNM1 ‖ n (2 bytes, big endian) ‖ n zero bytes ‖ payload, hiding the payload's length."""
+    """PNM1 ‖ n (2 bytes, big endian) ‖ n spaces ‖ payload, hiding the payload's length."""
     payload = os.urandom(size)
     framed = crypto.frame(payload)
     padding = 1018 - size
     assert len(framed) == crypto.FRAME_LENGTH == 1024
     assert framed[:4] == b"PNM1"
     assert framed[4:6] == padding.to_bytes(2, "big")
-    assert framed[6 : 6 + padding] == bytes(padding)
+    assert framed[6 : 6 + padding] == b" " * padding  # gemF A_27610: spaces, not zero bytes
     assert framed[6 + padding :] == payload
     assert crypto.unframe(framed) == payload
+
+
+# The apps' framing (gemF A_27610, as the published E-Rezept apps frame): for this payload the
+# frame is "PNM1", 0x03 0xE8 (1000 paddings), 1000 spaces, then the 18 payload bytes.
+APP_PAYLOAD = b'{"ChannelId":"x1"}'
+APP_FRAME = b"PNM1\x03\xe8" + b"\x20" * 1000 + APP_PAYLOAD
+
+
+def test_frame_matches_the_apps_framing() -> None:
+    assert len(APP_PAYLOAD) == 18 and len(APP_FRAME) == 1024
+    assert crypto.frame(APP_PAYLOAD) == APP_FRAME
+
+
+def test_unframe_accepts_zero_padding_of_older_senders() -> None:
+    older = b"PNM1\x03\xe8" + bytes(1000) + APP_PAYLOAD
+    assert crypto.unframe(older) == APP_PAYLOAD
+
+
+def test_a_sealed_app_frame_opens_with_plain_aes_gcm() -> None:
+    """Known answer: the 2023-10 key of the concept's test vector, a fixed IV, the apps' frame."""
+    iv = bytes(range(12))
+    sealed = crypto.seal_notification(bytes.fromhex(OCT_KEY), APP_PAYLOAD, iv=iv)
+    raw = base64.b64decode(sealed)
+    assert raw[:12] == iv
+    assert AESGCM(bytes.fromhex(OCT_KEY)).decrypt(iv, raw[12:], None) == APP_FRAME
 
 
 def test_frame_holds_at_most_1018_payload_bytes() -> None:
