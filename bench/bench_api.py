@@ -1,42 +1,48 @@
 """Benchmark of the Client-FD Push API: ``POST pushers/set`` and ``GET channels/{pushkey}``.
 
 What it measures
-    Requests per second and the p50 / p99 latency of two endpoints of the *real* service, at a
-    stated concurrency, on SQLite and on PostgreSQL:
+    Requests per second and the p50 / p99 latency of two endpoints of the *real* service, under
+    wrk (a C load generator) at ``--concurrency`` keep-alive connections, on SQLite and on
+    PostgreSQL, next to the *floor*: ``floor_app.py``, a minimal FastAPI + uvicorn endpoint
+    doing one indexed SELECT through asyncpg, measured on the same database, machine and load
+    generator in the same run. Each fdpush row shows its share of the floor and the target:
 
     - ``POST /push/v1/pushers/set``: half creates of new devices, half updates of registered
       ones, every body with a real encryption block and a fresh ``iss`` (so each request derives
-      and seals a key generation, as in production).
+      and seals a key generation, as in production). Target: >= 25 % of the floor, p99 < 100 ms.
     - ``GET /push/v1/channels/{pushkey}``: the channel states of registered devices; pushkeys
       contain ``/``, ``+`` and ``=`` and travel URL-encoded; half the devices have stored states.
+      Target: >= 50 % of the floor, p99 < 50 ms.
 
 How
-    For each backend it starts ``<python> -m fdpush serve --no-access-log`` as a subprocess on a
-    free loopback port (dev authentication, no rate limit, an allow-list and a channel catalog)
-    with a fresh database: an SQLite file in a temporary directory, or a PostgreSQL database it
-    creates on the local server and drops afterwards (skipped with a notice when the server is
-    unreachable). It waits for ``/health/ready`` with a deadline, registers the devices (not
-    timed), then per scenario sends a warm-up and a fixed number of measured requests from
-    ``--concurrency`` asyncio workers, each with an ``httpx.AsyncClient`` of its own holding
-    one HTTP/1.1 keep-alive connection. All tokens and bodies are made before the clock starts.
+    For each backend it starts ``<python> -m fdpush serve --no-access-log`` (``FDPUSH_WORKERS``
+    = ``--workers``) as a subprocess on a free loopback port (dev authentication, no rate
+    limit, an allow-list and a channel catalog) with a fresh database: an SQLite file in a
+    temporary directory, or a PostgreSQL database it creates on the local server and drops
+    afterwards (skipped with a notice when the server is unreachable). It waits for
+    ``/health/ready`` with a deadline and registers the devices (not timed). Per scenario it
+    then sends ``--warmup`` requests with httpx and compares *every* answer with the expected
+    body, and then runs wrk for ``--duration`` seconds (``wrk_load.py`` makes the Lua script).
+    After the PostgreSQL service it stops the service and measures the floor on the same
+    database and devices.
 
-    Every response must be 200 with the expected body; any other outcome is counted as an
-    error, and a run with errors says so loudly and exits with status 1. Each scenario has a
-    time limit (``--time-limit``); hitting it counts the unfinished requests as errors.
+    Errors: a warm-up answer that is not 200 with the expected body, an answer wrk sees with a
+    status of 400 or more, or a socket error. A run with errors says so loudly and exits 1.
 
-    The load generator runs on the same machine as the service and the database, so the
-    figures are for the whole box. The CPU columns (Linux only; percent of one core, so up to
-    100 x CPUs) show who used the processors during the measured phase: ``svc`` the service
-    process, ``bench`` this load generator, ``all`` the whole machine (the rest is the
-    database server and anything else running, which would make the figures meaningless).
+    Load generator, service and database share the machine, so the figures are for the whole
+    box. The CPU columns (Linux only; percent of one core, so up to 100 x CPUs) show who used
+    the processors while wrk ran: ``svc`` the service's processes, ``db`` the PostgreSQL server
+    processes on this machine, ``all`` the whole machine (the rest is wrk and anything else
+    running, which would make the figures meaningless).
 
 Usage
-    .venv/bin/python bench/bench_api.py                  # both backends, 3000 requests, 32 workers
-    .venv/bin/python bench/bench_api.py --quick          # a ~300-request smoke run
-    .venv/bin/python bench/bench_api.py --backend sqlite --concurrency 8 --json out.json
+    .venv/bin/python bench/bench_api.py                  # both backends, 15 s per scenario
+    .venv/bin/python bench/bench_api.py --quick          # 3 s per scenario, a smoke run
+    .venv/bin/python bench/bench_api.py --backend postgresql --workers 2 --json out.json
 
-Exit status: 0 all requests answered as expected (or every backend was skipped), 1 errors,
-2 bad arguments, 3 the service did not start or the unmeasured setup failed.
+Needs wrk (Debian/Ubuntu: ``apt-get install wrk``). Exit status: 0 every request answered as
+expected (or every backend was skipped), 1 errors, 2 bad arguments or no wrk, 3 the service
+did not start or the unmeasured setup failed.
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import AsyncExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -68,6 +74,7 @@ import httpx
 import jwt
 
 from fdpush.gateway.runner import stop_process
+from wrk_load import WrkResult, get_script, run_wrk, set_script, wrk_missing
 
 DEV_SECRET = "bench-secret-0123456789abcdef0123456789"
 GATEWAY_HOST = "gateway.bench.test"
@@ -100,9 +107,12 @@ EXIT_OK, EXIT_ERRORS, EXIT_NO_SERVICE = 0, 1, 3  # argparse exits with 2 on bad 
 class Options:
     backends: tuple[str, ...]
     scenarios: tuple[str, ...]
-    requests: int
+    duration: float
     warmup: int
     concurrency: int
+    threads: int
+    workers: int
+    floor: bool
     users: int
     devices_per_user: int
     time_limit: float
@@ -114,7 +124,7 @@ class Options:
 def parse_options(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
         description="Benchmark POST pushers/set and GET channels/{pushkey} of the real fdpush "
-        "service on SQLite and PostgreSQL.",
+        "service on SQLite and PostgreSQL with wrk, against a minimal FastAPI + asyncpg floor.",
     )
     parser.add_argument(
         "--backend",
@@ -129,13 +139,25 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="set = POST pushers/set, get = GET channels/{pushkey} (default: both)",
     )
     parser.add_argument(
-        "--requests", type=int, help="measured requests per scenario (default 3000; quick 300)"
+        "--duration", type=float, help="measured seconds per scenario (default 15; quick 3)"
     )
     parser.add_argument(
-        "--warmup", type=int, help="unmeasured requests before each scenario (default 10%%)"
+        "--warmup",
+        type=int,
+        help="checked requests before each scenario, every answer compared (default 500)",
+    )
+    parser.add_argument("--concurrency", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes of the service: fdpush serve --workers N (default 1)",
     )
     parser.add_argument(
-        "--concurrency", type=int, default=32, help="requests in flight (default 32)"
+        "--no-floor",
+        action="store_true",
+        help="do not measure the floor (the minimal FastAPI + asyncpg app)",
     )
     parser.add_argument("--users", type=int, help="distinct users (default 200; quick 20)")
     parser.add_argument(
@@ -145,7 +167,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--time-limit",
         type=float,
         default=300.0,
-        help="seconds a scenario may take before it counts as failed (default 300)",
+        help="seconds a checked phase may take before it counts as failed (default 300)",
     )
     parser.add_argument(
         "--postgres-url",
@@ -160,39 +182,41 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument("--json", dest="json_path", type=Path, help="also write figures here")
     parser.add_argument(
-        "--quick", action="store_true", help="a small smoke run: 300 requests, 20 users"
+        "--quick", action="store_true", help="a small smoke run: 3 s per scenario, 20 users"
     )
     args = parser.parse_args(argv)
 
-    requests = args.requests if args.requests is not None else (300 if args.quick else 3000)
-    warmup = args.warmup if args.warmup is not None else max(requests // 10, 1)
+    duration = args.duration if args.duration is not None else (3.0 if args.quick else 15.0)
+    warmup = args.warmup if args.warmup is not None else (100 if args.quick else 500)
     users = args.users if args.users is not None else (20 if args.quick else 200)
     checks = (
-        (1 <= requests <= 200_000, "--requests must be 1..200000"),
+        (1 <= duration <= 600, "--duration must be 1..600 seconds"),
         (0 <= warmup <= 200_000, "--warmup must be 0..200000"),
         (1 <= args.concurrency <= 1024, "--concurrency must be 1..1024"),
+        (1 <= args.threads <= 64, "--threads must be 1..64"),
+        (1 <= args.workers <= 64, "--workers must be 1..64"),
         (1 <= users <= 100_000, "--users must be 1..100000"),
         (1 <= args.devices_per_user <= 10, "--devices-per-user must be 1..10"),
         (args.time_limit > 0, "--time-limit must be positive"),
-        (
-            # pushers/set creates one new device every other request, spread over the users
-            args.devices_per_user + math.ceil((requests + warmup) / 2 / users)
-            <= MAX_PUSHERS_PER_USER,
-            "too many requests for so few users (each user would pass 10000 pushers)",
-        ),
     )
     for ok, message in checks:
         if not ok:
             parser.error(message)
+    missing = wrk_missing()
+    if missing is not None:
+        parser.error(missing)
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
     return Options(
         backends=backends,
         scenarios=(SCENARIO_SET, SCENARIO_GET)
         if args.scenario == "both"
         else ((SCENARIO_SET,) if args.scenario == "set" else (SCENARIO_GET,)),
-        requests=requests,
+        duration=duration,
         warmup=warmup,
         concurrency=args.concurrency,
+        threads=args.threads,
+        workers=args.workers,
+        floor=not args.no_floor,
         users=users,
         devices_per_user=args.devices_per_user,
         time_limit=args.time_limit,
@@ -257,6 +281,56 @@ def machine_busy_percent(seconds: float = 1.0) -> float | None:
     return (after - before) / seconds * 100
 
 
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (Linux); 0 when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        return [int(c) for t in tasks for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def process_tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of a process and its living descendants (Linux), else None."""
+    if not Path(f"/proc/{pid}").is_dir():
+        return None
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += _process_cpu_seconds(current)
+        todo.extend(_children(current))
+    return total
+
+
+def postgres_cpu_seconds() -> float | None:
+    """CPU seconds of this machine's PostgreSQL server processes (Linux), else None.
+
+    Every process named ``postgres``: the server of the benchmark's database when it runs on
+    this machine (the benchmark expects to be the only one using it while it measures).
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    total = 0.0
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += _process_cpu_seconds(int(entry.name))
+            except OSError:
+                continue
+    return total
+
+
 # --- PostgreSQL --------------------------------------------------------------------------------
 
 
@@ -309,29 +383,50 @@ def _free_port() -> int:
 
 
 class Service:
-    """``fdpush serve`` in a subprocess on loopback, with the benchmark's configuration."""
+    """A server process on loopback: ``fdpush serve`` with the benchmark's configuration, or
+    another command (the floor) given with its environment."""
 
-    def __init__(self, python: str, database_url: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        python: str,
+        database_url: str,
+        workdir: Path,
+        *,
+        workers: int = 1,
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/health/ready",
+    ) -> None:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "service.log"
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("FDPUSH_")},
-            "FDPUSH_HOST": "127.0.0.1",
-            "FDPUSH_PORT": str(self.port),
-            "FDPUSH_DATABASE_URL": database_url,
-            "FDPUSH_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
-            "FDPUSH_AUTH_MODE": "dev",
-            "FDPUSH_AUTH_DEV_SECRET": DEV_SECRET,
-            "FDPUSH_RATE_LIMIT": "0",
-            "FDPUSH_GATEWAY_ALLOWLIST": GATEWAY_HOST,
-            "FDPUSH_CHANNELS": ",".join(f"{ident}={status}" for ident, status in CHANNELS),
-            "FDPUSH_MAX_PUSHERS_PER_USER": str(MAX_PUSHERS_PER_USER),
-        }
-        self.command = [python, "-m", "fdpush", "serve", "--no-access-log"]
+        self.ready_path = ready_path
+        self.name = "fdpush serve" if command is None else "the floor"
+        self.log_path = workdir / f"service-{self.port}.log"
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("FDPUSH_")}
+        if command is None:
+            self.command = [python, "-m", "fdpush", "serve", "--no-access-log"]
+            env = {
+                "FDPUSH_HOST": "127.0.0.1",
+                "FDPUSH_PORT": str(self.port),
+                "FDPUSH_DATABASE_URL": database_url,
+                "FDPUSH_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+                "FDPUSH_AUTH_MODE": "dev",
+                "FDPUSH_AUTH_DEV_SECRET": DEV_SECRET,
+                "FDPUSH_RATE_LIMIT": "0",
+                "FDPUSH_GATEWAY_ALLOWLIST": GATEWAY_HOST,
+                "FDPUSH_CHANNELS": ",".join(f"{ident}={status}" for ident, status in CHANNELS),
+                "FDPUSH_MAX_PUSHERS_PER_USER": str(MAX_PUSHERS_PER_USER),
+                "FDPUSH_WORKERS": str(workers),
+            }
+        else:
+            self.command = [c.replace("{port}", str(self.port)) for c in command]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                self.command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT
+                self.command,
+                env={**base_env, **(env or {})},
+                cwd=workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         try:
             self._wait_ready()
@@ -343,23 +438,18 @@ class Service:
         deadline = time.monotonic() + STARTUP_DEADLINE_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServiceError(f"fdpush serve exited with {self.process.returncode}")
+                raise ServiceError(f"{self.name} exited with {self.process.returncode}")
             try:
-                if httpx.get(self.base_url + "/health/ready", timeout=1.0).status_code == 200:
+                if httpx.get(self.base_url + self.ready_path, timeout=1.0).status_code < 500:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.05)  # poll interval, not a wait for readiness
-        raise ServiceError(f"fdpush serve was not ready within {STARTUP_DEADLINE_S:.0f} s")
+        raise ServiceError(f"{self.name} was not ready within {STARTUP_DEADLINE_S:.0f} s")
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time the service process has used so far (Linux), else None."""
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time the service's processes have used so far (Linux), else None."""
+        return process_tree_cpu_seconds(self.process.pid)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -576,12 +666,14 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class ScenarioFigures:
-    """One row of the results table."""
+    """One row of the results table: one scenario of one server under wrk."""
 
     backend: str
     scenario: str
+    server: str  # "fdpush" or "floor"
+    workers: int
+    connections: int
     requests: int
-    concurrency: int
     errors: int
     seconds: float
     requests_per_second: float
@@ -589,93 +681,223 @@ class ScenarioFigures:
     p99_ms: float
     max_ms: float
     service_cpu_percent: float | None
-    bench_cpu_percent: float
+    database_cpu_percent: float | None
     machine_cpu_percent: float | None
     error_samples: list[str]
+    floor_requests_per_second: float | None = None
+    share_of_floor: float | None = None
+    target_share: float | None = None
+    target_p99_ms: float | None = None
 
-    @classmethod
-    def of(
-        cls, backend: str, scenario: str, concurrency: int, phase: PhaseResult
-    ) -> ScenarioFigures:
-        latencies = sorted(phase.latencies)
-        wall = phase.seconds or math.nan
-        return cls(
-            backend=backend,
-            scenario=scenario,
-            requests=phase.requests,
-            concurrency=concurrency,
-            errors=phase.errors,
-            seconds=round(phase.seconds, 3),
-            requests_per_second=round(phase.completed / wall, 1),
-            p50_ms=round(percentile(latencies, 0.50) * 1000, 2),
-            p99_ms=round(percentile(latencies, 0.99) * 1000, 2),
-            max_ms=round(latencies[-1] * 1000, 2) if latencies else math.nan,
-            service_cpu_percent=(
-                None if phase.service_cpu_s is None else round(phase.service_cpu_s / wall * 100)
-            ),
-            bench_cpu_percent=round(phase.bench_cpu_s / wall * 100),
-            machine_cpu_percent=(
-                None if phase.machine_cpu_s is None else round(phase.machine_cpu_s / wall * 100)
-            ),
-            error_samples=phase.error_samples,
+    @property
+    def meets_target(self) -> bool | None:
+        if self.target_share is None or self.share_of_floor is None:
+            return None
+        return (
+            self.share_of_floor >= self.target_share
+            and self.target_p99_ms is not None
+            and self.p99_ms < self.target_p99_ms
         )
 
 
-async def measure_backend(
-    backend: str, service: Service, options: Options
-) -> list[ScenarioFigures]:
-    """Register the devices, then warm up and measure each scenario on a running service."""
-    workload = Workload(options.users, options.devices_per_user)
-    # One client with one keep-alive connection per worker, `concurrency` connections in all.
-    # Not one shared client: httpcore's pool scans all its connections several times per
-    # request (O(n^2) in the pool size), which at 32 connections cost the load generator more
-    # CPU than the service spent answering — on a small machine it measured itself.
+# The issue's targets at 32 connections: share of the floor's rate and p99.
+TARGETS = {SCENARIO_GET: (0.50, 50.0), SCENARIO_SET: (0.25, 100.0)}
+
+
+class CpuMeter:
+    """CPU used by the service, the database server and the whole machine over one phase."""
+
+    def __init__(self, service: Service, backend: str) -> None:
+        self._service = service
+        self._backend = backend
+        self._start = self._read()
+
+    def _read(self) -> tuple[float | None, float | None, float | None]:
+        database = postgres_cpu_seconds() if self._backend == "postgresql" else None
+        return self._service.cpu_seconds(), database, machine_busy_seconds()
+
+    def percents(self, seconds: float) -> tuple[float | None, float | None, float | None]:
+        end = self._read()
+        return tuple(  # type: ignore[return-value]
+            None if a is None or b is None else round((b - a) / seconds * 100)
+            for a, b in zip(self._start, end, strict=True)
+        )
+
+
+def measure_wrk(
+    backend: str,
+    scenario: str,
+    server: str,
+    service: Service,
+    script: str,
+    options: Options,
+    workdir: Path,
+    warm_errors: list[str],
+) -> ScenarioFigures:
+    """One measured wrk phase against a running server."""
+    meter = CpuMeter(service, backend)
+    result: WrkResult = run_wrk(
+        service.base_url,
+        script,
+        workdir,
+        connections=options.concurrency,
+        threads=options.threads,
+        duration=options.duration,
+    )
+    svc_cpu, db_cpu, all_cpu = meter.percents(result.seconds or math.nan)
+    samples = list(warm_errors)
+    if result.errors:
+        samples.append(f"wrk: {result.errors} answers with status >= 400 or socket errors")
+    return ScenarioFigures(
+        backend=backend,
+        scenario=scenario,
+        server=server,
+        workers=options.workers if server == "fdpush" else 1,
+        connections=options.concurrency,
+        requests=result.requests,
+        errors=result.errors + len(warm_errors),
+        seconds=round(result.seconds, 2),
+        requests_per_second=round(result.requests_per_second, 1),
+        p50_ms=round(result.p50_ms, 2),
+        p99_ms=round(result.p99_ms, 2),
+        max_ms=round(result.max_ms, 2),
+        service_cpu_percent=svc_cpu,
+        database_cpu_percent=db_cpu,
+        machine_cpu_percent=all_cpu,
+        error_samples=samples,
+    )
+
+
+def _body_template() -> str:
+    """A registration body with ``%s`` for pushkey, iss and key identifier (for wrk's Lua)."""
+    marker = "\x01"
+    body = json.loads(_registration(marker))
+    body["encryption"]["iss"] = marker
+    body["encryption"]["key_identifier"] = marker
+    return json.dumps(body).replace("%", "%%").replace(json.dumps(marker), '"%s"')
+
+
+async def checked_phase(
+    service: Service, calls: list[Call], check: Check, options: Options
+) -> PhaseResult:
+    """Send ``calls`` over ``--concurrency`` httpx connections, every answer compared."""
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     async with AsyncExitStack() as stack:
+        # One client per connection: httpcore's pool is O(n^2) in its size per request.
         clients = [
             await stack.enter_async_context(
                 httpx.AsyncClient(
                     base_url=service.base_url, limits=limits, timeout=REQUEST_TIMEOUT_S
                 )
             )
-            for _ in range(options.concurrency)
+            for _ in range(min(options.concurrency, 32))
         ]
+        return await run_phase(clients, service, calls, check, time_limit=options.time_limit)
 
-        def phase(calls: list[Call], check: Check) -> Coroutine[Any, Any, PhaseResult]:
-            return run_phase(clients, service, calls, check, time_limit=options.time_limit)
 
-        for name, calls, check in (
-            ("registering the devices", workload.register_devices(), expect_empty_object),
-            ("choosing channels", workload.choose_channels(), expect_empty_object),
-        ):
-            setup = await phase(calls, check)
-            if setup.errors:
-                raise ServiceError(f"{name} failed: {setup.error_samples}")
+def _run(coroutine: Coroutine[Any, Any, PhaseResult]) -> PhaseResult:
+    loop_factory, _ = _event_loop_factory()
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coroutine)
 
-        figures = []
-        scenarios = (
-            (
-                SCENARIO_SET,
-                workload.pushers_set(options.warmup),
-                workload.pushers_set(options.requests),
-                expect_empty_object,
+
+def measure_backend(
+    backend: str, service: Service, workload: Workload, options: Options, workdir: Path
+) -> list[ScenarioFigures]:
+    """Register the devices, then per scenario a checked warm-up and a measured wrk phase."""
+    for name, calls, check in (
+        ("registering the devices", workload.register_devices(), expect_empty_object),
+        ("choosing channels", workload.choose_channels(), expect_empty_object),
+    ):
+        setup = _run(checked_phase(service, calls, check, options))
+        if setup.errors:
+            raise ServiceError(f"{name} failed: {setup.error_samples}")
+    token_index = {user: k for k, user in enumerate(workload.users)}
+    tokens = [
+        workload.read_headers[u]["Authorization"].removeprefix("Bearer ") for u in workload.users
+    ]
+    scripts = {
+        SCENARIO_SET: (
+            workload.pushers_set(options.warmup),
+            expect_empty_object,
+            set_script(
+                SET_PATH,
+                tokens,
+                [(token_index[u], pk) for u, pk in workload.devices],
+                _body_template(),
             ),
-            (
-                SCENARIO_GET,
-                workload.get_channels(options.warmup),
-                workload.get_channels(options.requests, offset=options.warmup),
-                expect_catalog,
+        ),
+        SCENARIO_GET: (
+            workload.get_channels(options.warmup),
+            expect_catalog,
+            get_script(
+                [
+                    (_channels_path(pk), workload.read_headers[u]["Authorization"])
+                    for u, pk in workload.devices
+                ]
             ),
+        ),
+    }
+    figures = []
+    for scenario in (SCENARIO_SET, SCENARIO_GET):
+        if scenario not in options.scenarios:
+            continue
+        warmup, check, script = scripts[scenario]
+        warm = _run(checked_phase(service, warmup, check, options))
+        warm_errors = [f"warm-up: {s}" for s in warm.error_samples][: warm.errors]
+        figures.append(
+            measure_wrk(backend, scenario, "fdpush", service, script, options, workdir, warm_errors)
         )
-        for scenario, warmup, measured, check in scenarios:
-            if scenario not in options.scenarios:
-                continue
-            warm = await phase(warmup, check)
-            result = await phase(measured, check)
-            result.errors += warm.errors  # a failing warm-up fails the run, too
-            result.error_samples[:0] = [f"warm-up: {s}" for s in warm.error_samples]
-            figures.append(ScenarioFigures.of(backend, scenario, options.concurrency, result))
-        return figures
+    return figures
+
+
+def measure_floor(
+    database_url: str, workload: Workload, options: Options, workdir: Path
+) -> ScenarioFigures:
+    """The floor app on the same database, the same devices, the same wrk settings."""
+    floor_url = urllib.parse.urlsplit(database_url)._replace(scheme="postgresql").geturl()
+    service = Service(
+        options.python,
+        database_url,
+        workdir,
+        command=[
+            options.python,
+            "-m",
+            "uvicorn",
+            "floor_app:app",
+            "--app-dir",
+            str(Path(__file__).resolve().parent),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        env={"FLOOR_DATABASE_URL": floor_url},
+        ready_path="/channels/x?user=x",
+    )
+    try:
+        calls = [
+            (f"/channels/{urllib.parse.quote(pk, safe='')}?user={urllib.parse.quote(u)}", "-")
+            for u, pk in workload.devices
+        ]
+        script = get_script(calls)
+        # A short unmeasured run first, as fdpush gets its warm-up.
+        run_wrk(
+            service.base_url,
+            script,
+            workdir,
+            connections=options.concurrency,
+            threads=options.threads,
+            duration=1,
+        )
+        return measure_wrk(
+            "postgresql", SCENARIO_GET, "floor", service, script, options, workdir, []
+        )
+    finally:
+        service.stop()
 
 
 # --- running it --------------------------------------------------------------------------------
@@ -699,20 +921,44 @@ def database_for(backend: str, options: Options, workdir: Path) -> Iterator[str]
 
 
 def run_backend(backend: str, options: Options) -> list[ScenarioFigures]:
-    """Start a service on a fresh database of ``backend``, measure it, clean up."""
-    loop_factory, _ = _event_loop_factory()
+    """Start a service on a fresh database of ``backend``, measure it (and, on PostgreSQL,
+    the floor on the same database), clean up."""
     with (
         tempfile.TemporaryDirectory(prefix=f"fdpush-bench-{backend}-") as tmp,
         database_for(backend, options, Path(tmp)) as database_url,
     ):
-        service = Service(options.python, database_url, Path(tmp))
+        workload = Workload(options.users, options.devices_per_user)
+        service = Service(options.python, database_url, Path(tmp), workers=options.workers)
         try:
-            with asyncio.Runner(loop_factory=loop_factory) as runner:
-                return runner.run(measure_backend(backend, service, options))
+            figures = measure_backend(backend, service, workload, options, Path(tmp))
         except ServiceError as exc:
             raise ServiceError(f"{exc}\n--- service log ---\n{service.log_tail()}") from None
         finally:
             service.stop()
+        if backend == "postgresql" and options.floor:
+            figures.append(measure_floor(database_url, workload, options, Path(tmp)))
+        return figures
+
+
+def with_floor(figures: list[ScenarioFigures]) -> list[ScenarioFigures]:
+    """Each fdpush row with the floor's rate, its share of it and its target."""
+    floors = [f for f in figures if f.server == "floor"]
+    if not floors:
+        return figures
+    floor = floors[0].requests_per_second
+    out = []
+    for f in figures:
+        if f.server == "fdpush":
+            share, p99 = TARGETS[f.scenario]
+            f = replace(
+                f,
+                floor_requests_per_second=floor,
+                share_of_floor=round(f.requests_per_second / floor, 3) if floor else None,
+                target_share=share,
+                target_p99_ms=p99,
+            )
+        out.append(f)
+    return out
 
 
 def _without_password(url: str) -> str:
@@ -730,39 +976,52 @@ def _cpu(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
 
+def _target(f: ScenarioFigures) -> str:
+    if f.target_share is None or f.target_p99_ms is None:
+        return "-"
+    verdict = {True: "met", False: "MISSED", None: "-"}[f.meets_target]
+    return f">={f.target_share:.0%}, p99<{f.target_p99_ms:.0f}: {verdict}"
+
+
 def format_table(figures: list[ScenarioFigures]) -> str:
     header = (
         "backend",
         "scenario",
-        "requests",
-        "concurrency",
-        "errors",
+        "server",
+        "procs",
+        "conns",
         "req/s",
+        "floor req/s",
+        "of floor",
         "p50 ms",
         "p99 ms",
-        "max ms",
         "svc CPU",
-        "bench CPU",
+        "db CPU",
         "all CPU",
+        "errors",
+        "target",
     )
     rows = [
         (
             f.backend,
             f.scenario,
-            str(f.requests),
-            str(f.concurrency),
-            str(f.errors),
-            f"{f.requests_per_second:.0f}",
+            f.server,
+            str(f.workers),
+            str(f.connections),
+            f"{f.requests_per_second:,.0f}",
+            "-" if f.floor_requests_per_second is None else f"{f.floor_requests_per_second:,.0f}",
+            "-" if f.share_of_floor is None else f"{f.share_of_floor:.0%}",
             _ms(f.p50_ms),
             _ms(f.p99_ms),
-            _ms(f.max_ms),
             _cpu(f.service_cpu_percent),
-            _cpu(f.bench_cpu_percent),
+            _cpu(f.database_cpu_percent),
             _cpu(f.machine_cpu_percent),
+            str(f.errors),
+            _target(f),
         )
         for f in figures
     ]
-    return text_table(header, rows, left_columns=2)
+    return text_table(header, rows, left_columns=3)
 
 
 def text_table(header: tuple[str, ...], rows: list[tuple[str, ...]], *, left_columns: int) -> str:
@@ -782,7 +1041,6 @@ def header_lines(
     command: str, machine: dict[str, Any], databases: list[str], options: Options
 ) -> list[str]:
     """What was measured, where and how: printed above the table."""
-    _, loop_name = _event_loop_factory()
     service = shlex.join([options.python, "-m", "fdpush", "serve", "--no-access-log"])
     busy = machine.get("busy_percent_before")
     return [
@@ -790,14 +1048,15 @@ def header_lines(
         f"  command:  {command}",
         f"  machine:  {machine['cpu_count']} CPUs ({machine['cpus_usable']} usable), "
         f"{machine['cpu_model']}, {machine['platform']}",
-        f"  python:   {machine['python']}, fdpush {machine['fdpush']}, httpx {machine['httpx']}",
-        f"  service:  {service} (one process on 127.0.0.1, dev auth, no rate limit)",
+        f"  python:   {machine['python']}, fdpush {machine['fdpush']}",
+        f"  service:  {service} with FDPUSH_WORKERS={options.workers} (127.0.0.1, dev auth, "
+        "no rate limit)",
+        "  floor:    bench/floor_app.py under uvicorn, one process: one indexed SELECT through "
+        "asyncpg" + ("" if options.floor else " (not measured: --no-floor)"),
         f"  database: {'; '.join(databases) or '-'}",
-        f"  load:     {options.requests} measured requests per scenario after {options.warmup} "
-        f"warm-up, concurrency {options.concurrency}, {options.users} users x "
-        f"{options.devices_per_user} devices",
-        f"            httpx HTTP/1.1 keep-alive, one connection per worker, {loop_name}, "
-        "on the same machine",
+        f"  load:     wrk, {options.concurrency} connections, {options.threads} threads, "
+        f"{options.duration:g} s per scenario after {options.warmup} checked requests (httpx); "
+        f"{options.users} users x {options.devices_per_user} devices",
         "            pushers/set: 50% creates, 50% updates, each with a fresh iss",
         "  before:   "
         + ("-" if busy is None else f"the machine was {busy:.0f}% busy (of one core) at start"),
@@ -866,6 +1125,7 @@ def main(argv: list[str] | None = None) -> int:
         except ServiceError as exc:
             print(f"\nFAILED: {backend}: {exc}", file=sys.stderr)
             return EXIT_NO_SERVICE
+    figures = with_floor(figures)
 
     if not figures:
         print("\nnothing was measured (every backend asked for was skipped)")
@@ -879,7 +1139,8 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {
                 k: v for k, v in asdict(options).items() if k not in ("json_path", "postgres_url")
             },
-            "event_loop": _event_loop_factory()[1],
+            "load_generator": "wrk",
+            "targets": {k: {"share_of_floor": v[0], "p99_ms": v[1]} for k, v in TARGETS.items()},
             "databases": databases,
             "skipped": skipped,
             "results": [asdict(f) for f in figures],
