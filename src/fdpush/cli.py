@@ -194,19 +194,22 @@ def token(obj: _Context, user_id: str, ttl: int) -> None:
 
 
 @cli.command()
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    help="Delivery processes to run (default FDPUSH_WORKER_PROCESSES, 1).",
+)
 @click.pass_obj
-def worker(obj: _Context) -> None:
-    """Run only the delivery worker (so API and delivery can scale apart).
+def worker(obj: _Context, processes: int | None) -> None:
+    """Run only delivery workers, so API and delivery scale apart.
 
-    Several workers may share one PostgreSQL; they never claim the same notification. With
-    SQLite run the worker inside `fdpush serve` (the default) instead.
+    Any number of `fdpush worker` processes, on any number of machines, may share one
+    PostgreSQL: they never claim the same notification. Serves /metrics (all its processes
+    in one scrape), /health/live and /health/ready on FDPUSH_WORKER_METRICS_PORT (9101). With
+    SQLite, run the worker inside `fdpush serve` (the default) instead.
     """
-    import signal
-
     from fdpush.config import resolve_master_key
-    from fdpush.delivery.setup import make_worker
-    from fdpush.domain.keys import KeyVault
-    from fdpush.logs import set_reference_key
+    from fdpush.delivery.processes import run_worker_processes
     from fdpush.storage.database import Database
 
     settings = obj.settings(for_serving=False)
@@ -215,24 +218,22 @@ def worker(obj: _Context) -> None:
         master_key = resolve_master_key(settings)
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
-    set_reference_key(master_key)
     _check_database(settings.database_url)
+    if settings.migrate_on_start:
 
-    async def run() -> None:
-        db = Database(settings.database_url)
-        if settings.migrate_on_start:
-            await db.migrate()
-        delivery, client = make_worker(settings, db, KeyVault(master_key), None)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, delivery.stop)
-        try:
-            await delivery.run()
-        finally:
-            await client.aclose()
-            await db.close()
+        async def migrate() -> None:
+            db = Database(settings.database_url)
+            try:
+                await db.migrate()
+            finally:
+                await db.close()
 
-    asyncio.run(run())
+        asyncio.run(migrate())
+    sys.exit(
+        run_worker_processes(
+            settings, processes or settings.worker_processes, master_key=master_key
+        )
+    )
 
 
 @cli.command()

@@ -178,6 +178,10 @@ class Settings(BaseSettings):
     delivery_max_age_seconds: int = Field(12 * 3600, ge=60)
     delivery_lease_seconds: int = Field(10, ge=2, le=600)
     delivery_prune_interval_seconds: float = Field(60.0, gt=0, le=86400)
+    # ``fdpush worker``: its processes, and where it serves /metrics and /health/*
+    worker_processes: int = Field(1, ge=1, le=64)
+    worker_metrics_host: str | None = None  # default: FDPUSH_HOST
+    worker_metrics_port: int = Field(9101, ge=0, le=65535)
     history_days: int = Field(0, ge=0, le=3650)
 
     # --- authentication

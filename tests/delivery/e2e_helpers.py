@@ -33,7 +33,7 @@ import httpx
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from conftest import Service
+from conftest import Service, free_port
 from fdpush.gateway import DevGateway, GatewayThread, Received, TestPki
 from fdpush.gateway.runner import stop_process
 
@@ -310,23 +310,39 @@ def restart(service: Service, workdir: Path) -> Service:
 class WorkerProcess:
     """``fdpush worker`` on a service's database (its settings), output in ``workdir``."""
 
-    def __init__(self, service: Service, workdir: Path) -> None:
+    def __init__(self, service: Service, workdir: Path, *, processes: int = 1) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "worker.log"
         self._log = self.log_path.open("wb")
+        self.metrics_port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fdpush", "worker"],
-            env=service.env,
+            [sys.executable, "-m", "fdpush", "worker", "--processes", str(processes)],
+            env={**service.env, "FDPUSH_WORKER_METRICS_PORT": str(self.metrics_port)},
             cwd=workdir,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
         wait_for(
-            lambda: "started" in self.logs() or self.process.poll() is not None,
+            lambda: (
+                self.logs().count("delivery worker ") >= processes + 1
+                or self.process.poll() is not None
+            ),
             timeout=30,
-            what="the worker starts",
+            what="the workers start",
         )
         assert self.process.poll() is None, self.logs()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}{path}"
+
+    def children(self) -> list[int]:
+        """The pids of its delivery processes."""
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        pids: list[int] = []
+        for task in tasks.iterdir():
+            text = (task / "children").read_text().split()
+            pids += [int(p) for p in text]
+        return [p for p in pids if "spawn_main" in _cmdline(p)]  # not the resource tracker
 
     def logs(self) -> str:
         self._log.flush()
@@ -335,6 +351,13 @@ class WorkerProcess:
     def stop(self) -> None:
         stop_process(self.process)
         self._log.close()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def run_cli(service: Service, *args: str) -> subprocess.CompletedProcess[str]:

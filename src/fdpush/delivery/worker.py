@@ -45,6 +45,7 @@ _IDLE_POLL_SECONDS = 5.0
 _MIN_WAIT_SECONDS = 0.05
 _ITEM_BACKOFF_BASE = 2.0
 _ITEM_BACKOFF_MAX = 3600.0
+PROGRESS_METRIC = "fdpush_worker_last_progress_timestamp_seconds"
 # Released because the gateway is in trouble: sent at once when it recovers (outbox.resume).
 TROUBLE_PREFIX = "gateway trouble: "
 
@@ -92,19 +93,32 @@ class DeliveryMetrics:
             ["gateway", "status"],
             registry=registry,
         )
+        # With several processes (prometheus-client's multiprocess mode) a gauge shows the
+        # largest value of the live processes; each process reports its own progress.
         self.pending = Gauge(
-            "fdpush_outbox_pending", "Notifications waiting to be delivered", registry=registry
+            "fdpush_outbox_pending",
+            "Notifications waiting to be delivered",
+            registry=registry,
+            multiprocess_mode="livemax",
         )
         self.oldest_age = Gauge(
             "fdpush_outbox_oldest_pending_age_seconds",
             "Age of the oldest pending notification",
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.circuit_open = Gauge(
             "fdpush_gateway_circuit_open",
             "1 while a gateway's circuit is open (backing off), 0 when closed",
             ["gateway"],
             registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.progress = Gauge(
+            PROGRESS_METRIC,
+            "When this worker process last looked for work (Unix time)",
+            registry=registry,
+            multiprocess_mode="liveall",
         )
 
 
@@ -204,6 +218,8 @@ class DeliveryWorker:
     async def _claim(self) -> list[Ready]:
         """Lease due rows and make them ready to send; rows that cannot be sent end here."""
         self.last_progress = time.monotonic()
+        if self._metrics is not None:
+            self._metrics.progress.set(self._clock())
         in_flight = sum(len(ids) for ids in self._in_flight.values())
         limit = min(self._options.claim_limit, self._per_gateway_cap * 8 - in_flight)
         if limit <= 0:
