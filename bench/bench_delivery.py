@@ -137,6 +137,7 @@ class Options:
     python: str
     json_path: Path | None
     profile_dir: Path | None
+    worker_processes: int = 0
 
     @property
     def users(self) -> int:
@@ -178,6 +179,13 @@ def parse_options(argv: list[str] | None = None) -> Options:
         type=int,
         default=32,
         help="requests in flight of the naive sender (default 32)",
+    )
+    parser.add_argument(
+        "--worker-processes",
+        type=int,
+        default=0,
+        help="0: the delivery worker runs inside `fdpush serve` (the default); N: serve without "
+        "it plus `fdpush worker --processes N` on the same database",
     )
     parser.add_argument(
         "--register-concurrency",
@@ -273,6 +281,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         python=args.python,
         json_path=args.json_path,
         profile_dir=args.profile_dir,
+        worker_processes=args.worker_processes,
     )
 
 
@@ -288,6 +297,50 @@ def peak_rss_mb(pid: int) -> float | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found += process_tree(int(child))
+    return found
+
+
+def tree_cpu_seconds(pids: list[int]) -> float | None:
+    """CPU seconds of these processes and their descendants."""
+    total = [cpu_seconds(p) for root in pids for p in process_tree(root)]
+    return None if not total or total[0] is None else sum(t for t in total if t is not None)
+
+
+def tree_peak_rss_mb(pids: list[int]) -> float | None:
+    peaks = [peak_rss_mb(p) for root in pids for p in process_tree(root)]
+    known = [p for p in peaks if p is not None]
+    return sum(known) if known else None
+
+
+def database_cpu_seconds() -> float | None:
+    """CPU seconds of every PostgreSQL server process on this machine (Linux)."""
+    total = 0.0
+    found = False
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() != "postgres":
+                continue
+        except OSError:
+            continue
+        used = cpu_seconds(int(proc.name))
+        if used is not None:
+            total += used
+            found = True
+    return total if found else None
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -328,12 +381,34 @@ class Service:
             "FDPUSH_GATEWAY_CLIENT_KEY": str(pki.client_key),
         }
         self.command = [options.python, "-m", "fdpush", "serve", "--no-access-log"]
+        self.worker: subprocess.Popen[bytes] | None = None
+        if options.worker_processes:
+            env["FDPUSH_SERVE_WORKER"] = "0"
+            env["FDPUSH_WORKER_METRICS_PORT"] = str(_free_port())
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 self.command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT
             )
         try:
             self._wait_ready()
+            if options.worker_processes:
+                worker = [options.python, "-m", "fdpush", "worker"]
+                worker += ["--processes", str(options.worker_processes)]
+                with (workdir / "worker.log").open("wb") as log:
+                    self.worker = subprocess.Popen(
+                        worker, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT
+                    )
+                ready = f"http://127.0.0.1:{env['FDPUSH_WORKER_METRICS_PORT']}/health/ready"
+                deadline = time.monotonic() + STARTUP_DEADLINE_S
+                while time.monotonic() < deadline:
+                    try:
+                        if httpx.get(ready, timeout=1.0).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(0.05)  # poll interval, not a wait for readiness
+                else:
+                    raise ServiceError("fdpush worker was not ready in time")
         except BaseException:
             self.stop()
             raise
@@ -341,6 +416,11 @@ class Service:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def pids(self) -> list[int]:
+        """The API process and, when separate, the worker supervisor (with its processes)."""
+        return [self.process.pid] + ([self.worker.pid] if self.worker is not None else [])
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_DEADLINE_S
@@ -356,7 +436,7 @@ class Service:
         raise ServiceError(f"fdpush serve was not ready within {STARTUP_DEADLINE_S:.0f} s")
 
     def cpu_seconds(self) -> float | None:  # for bench_api.run_phase
-        return cpu_seconds(self.pid)
+        return tree_cpu_seconds(self.pids)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -381,6 +461,8 @@ class Service:
         return [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line]
 
     def stop(self) -> None:
+        if self.worker is not None:
+            stop_process(self.worker)
         stop_process(self.process)
 
 
@@ -926,6 +1008,7 @@ class Figures:
     p99_ms: float
     service_cpu_percent: float | None
     gateway_cpu_percent: float | None
+    database_cpu_percent: float | None
     machine_cpu_percent: float | None
     service_peak_mb: float | None
     gateway_peak_mb: float | None
@@ -938,15 +1021,16 @@ class Figures:
 class Usage:
     """CPU seconds of the service, the gateway and the machine, between start and stop."""
 
-    service_pid: int | None
+    service_pids: list[int] | None
     gateway_pid: int
     start: dict[str, float | None] = field(default_factory=dict)
     used: dict[str, float | None] = field(default_factory=dict)
 
     def _now(self) -> dict[str, float | None]:
         return {
-            "service": None if self.service_pid is None else cpu_seconds(self.service_pid),
+            "service": None if self.service_pids is None else tree_cpu_seconds(self.service_pids),
             "gateway": cpu_seconds(self.gateway_pid),
+            "database": database_cpu_seconds(),
             "machine": machine_busy_seconds(),
         }
 
@@ -1014,7 +1098,7 @@ async def measure_backend(
             profiler = Profiler(service.pid, options.profile_dir / f"service-{backend}.txt")
             await asyncio.sleep(1.0)  # let py-spy attach before the clock starts
         log_start = service.log_size()  # start-up warnings (dev auth) are not the phase's
-        usage = Usage(service.pid, gateway.pid)
+        usage = Usage(service.pids, gateway.pid)
         usage.begin()
         deadline = time.monotonic() + options.time_limit
         sent, (seen_all_at, recorded) = await asyncio.gather(
@@ -1038,7 +1122,7 @@ async def measure_backend(
                 if complaint or not profiler.output.exists()
                 else {"file": str(profiler.output), **profile_summary(profiler.output)}
             )
-        service_peak = peak_rss_mb(service.pid)
+        service_peak = tree_peak_rss_mb(service.pids)
         gateway_peak = peak_rss_mb(gateway.pid)
 
     if seen_all_at is None:
@@ -1162,6 +1246,7 @@ async def measure_backend(
         p99_ms=round(percentile(latencies, 0.99), 1),
         service_cpu_percent=usage.percent("service", seconds),
         gateway_cpu_percent=usage.percent("gateway", seconds),
+        database_cpu_percent=usage.percent("database", seconds),
         machine_cpu_percent=usage.percent("machine", seconds),
         service_peak_mb=_round(service_peak, 1),
         gateway_peak_mb=_round(gateway_peak, 1),
@@ -1185,6 +1270,7 @@ async def measure_backend(
         p99_ms=round(percentile(base_latencies, 0.99), 1),
         service_cpu_percent=None,
         gateway_cpu_percent=base_usage.percent("gateway", phase.seconds),
+        database_cpu_percent=None,
         machine_cpu_percent=base_usage.percent("machine", phase.seconds),
         service_peak_mb=None,
         gateway_peak_mb=None,
@@ -1285,6 +1371,7 @@ def format_table(figures: list[Figures]) -> str:
         "p99 ms",
         "svc CPU",
         "gw CPU",
+        "db CPU",
         "all CPU",
         "svc peak MB",
         "gw peak MB",
@@ -1306,6 +1393,7 @@ def format_table(figures: list[Figures]) -> str:
             _num(f.p99_ms, 1),
             _pct(f.service_cpu_percent),
             _pct(f.gateway_cpu_percent),
+            _pct(f.database_cpu_percent),
             _pct(f.machine_cpu_percent),
             _num(f.service_peak_mb),
             _num(f.gateway_peak_mb),
@@ -1334,8 +1422,13 @@ def header_lines(
         f"{machine['cpu_model']}, {machine['platform']}",
         f"  python:   {machine['python']}, fdpush {machine['fdpush']}, httpx {machine['httpx']}, "
         f"cryptography {machine['cryptography']}",
-        f"  service:  {service} (one process on 127.0.0.1 with the delivery worker in it, "
-        "dev auth, no rate limit)",
+        f"  service:  {service} (one process on 127.0.0.1"
+        + (
+            f", without its worker) + fdpush worker --processes {options.worker_processes}"
+            if options.worker_processes
+            else " with the delivery worker in it)"
+        )
+        + ", dev auth, no rate limit",
         "  gateway:  fdpush gateway on 127.0.0.1, mutual TLS (throwaway PKI), HTTP/1.1, "
         "records every notification in memory",
         f"  database: {'; '.join(databases) or '-'}",
