@@ -42,6 +42,7 @@ class H2Request:
     headers: dict[str, str]
     body: bytes
     client_subject: str | None  # RFC 4514 subject of the verified client certificate
+    connection: int = 0  # which connection it came on (numbered from 1 per server)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._subject: str | None = None
         self._closing = False
+        self.number = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -135,6 +137,7 @@ class _Connection(asyncio.Protocol):
             headers={k: v for k, v in headers.items() if not k.startswith(":")},
             body=bytes(stream.body),
             client_subject=self._subject,
+            connection=self.number,
         )
         try:
             response = await self._server.handler(request)
@@ -256,6 +259,7 @@ class H2ServerThread:
         with self._lock:
             self._connections.add(connection)
             self.connections_opened += 1
+            connection.number = self.connections_opened
 
     def connection_closed(self, connection: _Connection) -> None:
         with self._lock:

@@ -4,14 +4,15 @@ It checks, in Apple's order of concern, and answers with Apple's documented ``{"
 
 - authentication: a provider JWT (``authorization: bearer …``: ES256, a known ``kid``, ``iss``
   the key's team, signature, at most an hour old → else 403 ``InvalidProviderToken`` /
-  ``ExpiredProviderToken``; a new token sooner than ``min_token_interval`` after the last new
-  one of that key → 429 ``TooManyProviderTokenUpdates``), or a client certificate whose subject
-  was registered (→ else 403 ``MissingProviderToken``);
+  ``ExpiredProviderToken``; on one connection, a new token of a key sooner than
+  ``min_token_interval`` after that key's last new one → 429 ``TooManyProviderTokenUpdates``),
+  or a client certificate whose subject was registered (→ else 403 ``MissingProviderToken``);
 - ``apns-topic`` (400 ``MissingTopic`` / ``TopicDisallowed``), ``apns-push-type`` (400
   ``InvalidPushType``), ``apns-priority`` 5 or 10 (400 ``BadPriority``), the payload (413
   ``PayloadTooLarge`` over 4096 bytes, 400 ``PayloadEmpty`` without an ``aps`` object);
 - then the switches: a GOAWAY, forced answers (429 ``TooManyRequests``, 503 ``Shutdown``, …),
-  dead tokens (410 ``Unregistered``, 400 ``BadDeviceToken``), a latency; else 200 with
+  dead tokens (410 ``Unregistered``, 400 ``BadDeviceToken``), a latency (for all, or
+  per topic); else 200 with
   ``apns-id``, and the push is recorded.
 
 Use::
@@ -135,8 +136,10 @@ class MockApns:
         self._dead: dict[str, tuple[int, str]] = {}
         self._forced: deque[_Forced] = deque()
         self._goaways = 0
-        self._new_token_at: dict[str, float] = {}
+        # (connection, key id) → the provider token it uses, and since when
+        self._token_on: dict[tuple[int, str], tuple[str, float]] = {}
         self.latency = 0.0  # seconds before each answer
+        self.topic_latency: dict[str, float] = {}  # and before each answer for one topic
         self.received: list[ApnsPush] = []
         self.answers: list[tuple[int, str]] = []  # every answer: (status, reason)
         self.tokens_seen: list[str] = []  # distinct provider JWTs, in the order first seen
@@ -206,6 +209,7 @@ class MockApns:
             self._forced.clear()
             self._goaways = 0
             self.latency = 0.0
+            self.topic_latency.clear()
             self.received.clear()
             self.answers.clear()
 
@@ -221,8 +225,9 @@ class MockApns:
             if self._goaways > 0:
                 self._goaways -= 1
                 raise SendGoaway
-        if self.latency > 0:
-            await asyncio.sleep(self.latency)
+        latency = self.latency + self.topic_latency.get(request.headers.get("apns-topic", ""), 0)
+        if latency > 0:
+            await asyncio.sleep(latency)
         status, reason, headers = self._answer(request)
         with self._lock:
             self.answers.append((status, reason))
@@ -291,12 +296,13 @@ class MockApns:
         now = self._clock()
         if now - claims["iat"] > 3600:
             return (403, "ExpiredProviderToken"), frozenset()
-        if token not in self.tokens_seen:
-            last = self._new_token_at.get(key.key_id)
-            if last is not None and now - last < self._min_token_interval:
+        current = self._token_on.get((request.connection, key.key_id))
+        if current is None or current[0] != token:
+            if current is not None and now - current[1] < self._min_token_interval:
                 return (429, "TooManyProviderTokenUpdates"), frozenset()
-            self._new_token_at[key.key_id] = now
-            self.tokens_seen.append(token)
+            self._token_on[(request.connection, key.key_id)] = (token, now)
+            if token not in self.tokens_seen:
+                self.tokens_seen.append(token)
         return None, topics
 
 
