@@ -84,7 +84,7 @@ def fcm(fcm_server: tuple[MockFcm, dict[str, Path]]) -> MockFcm:
 def gateway_config(
     pki: TestPki,
     keys: dict[str, ApnsKey],
-    apns: MockApns,
+    apns_server: MockApns,
     fcm_server: tuple[MockFcm, dict[str, Path]],
     **overrides: Any,
 ) -> GatewayConfig:
@@ -106,7 +106,7 @@ def gateway_config(
             "retry_base_seconds": 0.05,
             "retry_max_seconds": 0.5,
         },
-        "apns": {"url": apns.url, "ca_file": pki.ca_cert},
+        "apns": {"url": apns_server.url, "ca_file": pki.ca_cert},
         "fcm": {"url": fcm.url, "ca_file": pki.ca_cert},
         "apns_apps": [
             {

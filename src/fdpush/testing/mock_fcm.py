@@ -251,9 +251,16 @@ class MockFcm:
                 account.public_pem,
                 algorithms=["RS256"],
                 audience=self.token_uri,
-                options={"require": ["iss", "aud", "iat", "exp", "scope"]},
+                options={
+                    "require": ["iss", "aud", "iat", "exp", "scope"],
+                    "verify_exp": False,  # checked against this mock's clock below
+                    "verify_iat": False,
+                },
             )
         except jwt.PyJWTError:
+            return _oauth_error("invalid_grant")
+        now = self._clock()
+        if not claims["iat"] - 60 <= now < claims["exp"]:
             return _oauth_error("invalid_grant")
         if FCM_SCOPE not in str(claims["scope"]).split() or claims["exp"] - claims["iat"] > 3600:
             return _oauth_error("invalid_scope")
