@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -271,3 +273,23 @@ def test_notify_with_a_transient_failure_is_503_with_retry_after(
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert response.json()["error"] == "Push Gateway under maintenance or overloaded."
+
+
+def test_a_provider_that_does_not_answer_fails_in_time_and_the_connection_recovers(
+    start_gateway: StartGateway, pki, apns: MockApns
+) -> None:
+    from .conftest import client_for
+
+    gateway = start_gateway(delivery={"answer_within_seconds": 1.0})
+    with client_for(gateway, pki) as http:
+        assert send_one(http, APNS_APP, new_pushkey())["status"] == "success"
+        opened = apns.server.connections_opened
+        apns.latency = 3.0
+        started = time.monotonic()
+        result = send_one(http, APNS_APP, new_pushkey())
+        assert time.monotonic() - started < 2.5
+        assert result["status"] == "failed"
+        assert "timeout" in result["error"]
+        apns.latency = 0.0
+        assert send_one(http, APNS_APP, new_pushkey())["status"] == "success"
+        assert apns.server.connections_opened == opened  # the same connection, not a new one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -279,15 +280,21 @@ def test_a_slow_app_does_not_block_another(
 def test_logs_carry_no_pushkey_and_no_ciphertext(
     client: httpx.Client, apns: MockApns, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dead, failing = new_pushkey(), new_pushkey()
+    # Hex pushkeys, as APNs tokens are: they appear unquoted in request paths.
+    dead, failing, live = secrets.token_hex(32), secrets.token_hex(32), secrets.token_hex(32)
     apns.kill(dead)
     caplog.set_level(logging.DEBUG)
     items = [
         encrypted_item("d", pushkey=dead, app_id=APNS_APP),
         encrypted_item("u", pushkey=failing, app_id="nowhere.apns"),
+        encrypted_item("l", pushkey=live, app_id=APNS_APP),
+        encrypted_item("f", pushkey=live, app_id=FCM_APP),
     ]
     client.post(ENCRYPTED, json={"notifications": items})
     text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert "pushkey rejected" in text
-    for secret in (dead, failing, items[0]["notification"]["ciphertext"]):
-        assert secret not in text
+    secrets_ = [dead, failing, live, *apns.tokens_seen]
+    secrets_ += [item["notification"]["ciphertext"] for item in items]
+    for secret in secrets_:
+        leaks = [r.name for r in caplog.records if secret in f"{r.getMessage()} {r.__dict__}"]
+        assert not leaks, f"logged by {leaks}"

@@ -52,6 +52,22 @@ class _ClientCertProtocol(HttpToolsProtocol):
         self.app = app_with_tls
 
 
+# Libraries whose debug (hpack, h2, httpcore) or info (httpx) lines carry request paths and
+# headers — pushkeys and provider tokens. They never log below these levels here.
+_QUIET_LOGGERS = {
+    "hpack": logging.INFO,
+    "h2": logging.INFO,
+    "httpcore": logging.INFO,
+    "httpx": logging.WARNING,
+}
+
+
+def _quiet_http_libraries() -> None:
+    for name, level in _QUIET_LOGGERS.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.level, level))  # a floor, whatever the root's level
+
+
 class ProductionGateway:
     """The production gateway's parts, wired from the configuration."""
 
@@ -62,6 +78,7 @@ class ProductionGateway:
         clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
+        _quiet_http_libraries()
         self.config = config
         self.metrics = GatewayMetrics()
         delivery = config.delivery
