@@ -293,3 +293,26 @@ def test_a_provider_that_does_not_answer_fails_in_time_and_the_connection_recove
         apns.latency = 0.0
         assert send_one(http, APNS_APP, new_pushkey())["status"] == "success"
         assert apns.server.connections_opened == opened  # the same connection, not a new one
+
+
+def test_an_app_configured_for_background_pushes_gets_them_alert_less(
+    start_gateway: StartGateway, pki, apns: MockApns, keys
+) -> None:
+    from .conftest import KEY_ID, TEAM_ID, client_for
+
+    app = {
+        "app_id": APNS_APP,
+        "key_file": keys[KEY_ID].path,
+        "key_id": KEY_ID,
+        "team_id": TEAM_ID,
+        "push_type": "background",
+    }
+    gateway = start_gateway(apns_apps=[app])
+    pushkey = new_pushkey()
+    with client_for(gateway, pki) as http:
+        assert send_one(http, APNS_APP, pushkey, prio="high")["status"] == "success"
+    [push] = apns.accepted_for(pushkey)
+    assert push.headers["apns-push-type"] == "background"
+    assert push.headers["apns-priority"] == "5"
+    assert push.payload["aps"] == {"content-available": 1}
+    assert len(push.payload["ciphertext"]) == 1404

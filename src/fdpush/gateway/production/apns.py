@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -113,14 +114,18 @@ class ApnsSender:
         message = render(push.app_id, push.pushkey, push.prio, push.fields, push.counts)
         assert message is not None  # routed here by the .apns suffix
         headers: dict[str, str] = dict(message["headers"])
-        headers["apns-push-type"] = self._app.push_type
+        payload: dict[str, Any] = message["payload"]
         if self._app.push_type == "background":
-            headers["apns-priority"] = "5"  # APNs refuses priority 10 for background pushes
+            # Alert-less: the app wakes, decrypts and shows the notification itself. APNs takes
+            # background pushes at priority 5 only.
+            headers["apns-push-type"] = "background"
+            headers["apns-priority"] = "5"
+            payload = {**payload, "aps": {"content-available": 1}}
         token = None
         if self._token is not None:
             token = self._token.current()
             headers["authorization"] = f"bearer {token}"
-        body = orjson.dumps(message["payload"])
+        body = orjson.dumps(payload)
         if len(body) > MAX_APNS_PAYLOAD:
             return Attempt("failed", None, f"payload over {MAX_APNS_PAYLOAD} bytes")
         try:
