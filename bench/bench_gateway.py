@@ -17,7 +17,9 @@ What it measures
     Each batch is half APNs, half FCM, with fresh pushkeys and 1404-character ciphertexts.
     ``--concurrency`` batches are in flight at a time. Latency is per batch (request to answer,
     or for the floor: first push sent to last push answered). Memory is the peak resident size
-    (VmHWM) of the gateway process and of the mocks' process.
+    (VmHWM) of the gateway process and of the mocks' process; CPU is each process's use during
+    the measured phase in percent of one core (``load``: this process, the load generator or
+    the direct client).
 
     The ratio is the gateway's time per notification over the floor's (1.00: no overhead; the
     goal is at most 1.30). Everything runs on one machine: the mocks in one process, the gateway
@@ -166,6 +168,15 @@ def make_test_pki_paths(directory: Path) -> TestPki:
     )
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) the process has used so far (Linux), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -211,15 +222,25 @@ class Phase:
     seconds: float = 0.0
     latencies: list[float] | None = None
     samples: list[str] | None = None
+    cpu: dict[str, float] | None = None  # CPU seconds during the phase, by process
 
     def error(self, text: str) -> None:
         self.errors += 1
         self.samples = (self.samples or []) + ([text] if len(self.samples or []) < 5 else [])
 
 
-async def run_batches(send: Any, batches: list[list[dict[str, Any]]], concurrency: int) -> Phase:
-    """``send(items) -> list of problems``, ``concurrency`` batches at a time."""
+async def run_batches(
+    send: Any,
+    batches: list[list[dict[str, Any]]],
+    concurrency: int,
+    processes: dict[str, int] | None = None,
+) -> Phase:
+    """``send(items) -> list of problems``, ``concurrency`` batches at a time; the CPU time of
+    ``processes`` (name → pid) and of this one is measured over the phase."""
     phase = Phase(latencies=[])
+    watched = dict(processes or {})
+    before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+    bench_before = time.process_time()
     queue = iter(batches)
 
     async def worker() -> None:
@@ -236,6 +257,11 @@ async def run_batches(send: Any, batches: list[list[dict[str, Any]]], concurrenc
     async with asyncio.timeout(TIME_LIMIT):
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     phase.seconds = time.perf_counter() - started
+    phase.cpu = {"load": time.process_time() - bench_before}
+    for name, pid in watched.items():
+        start, end = before[name], cpu_seconds(pid)
+        if start is not None and end is not None:
+            phase.cpu[name] = end - start
     return phase
 
 
@@ -406,6 +432,7 @@ class Figures:
     p99_ms: float
     gateway_peak_mb: float | None
     mocks_peak_mb: float | None
+    cpu_percent: dict[str, float]  # of one core, during the measured phase, by process
 
 
 def figures_of(name: str, phase: Phase, gateway_pid: int | None, mocks_pid: int) -> Figures:
@@ -420,6 +447,9 @@ def figures_of(name: str, phase: Phase, gateway_pid: int | None, mocks_pid: int)
         p99_ms=percentile(latencies, 0.99) * 1000,
         gateway_peak_mb=peak_rss_mb(gateway_pid) if gateway_pid is not None else None,
         mocks_peak_mb=peak_rss_mb(mocks_pid),
+        cpu_percent={
+            name: seconds / phase.seconds * 100 for name, seconds in (phase.cpu or {}).items()
+        },
     )
 
 
@@ -428,8 +458,9 @@ async def measure(options: Options, mocks: Mocks, workdir: Path) -> tuple[list[F
     direct = DirectClient(mocks, options.streams)
     await direct.start()
     await run_batches(direct.send, make_batches(options.warmup, options.batch), options.concurrency)
+    watched = {"mocks": mocks.process.pid}
     phase = await run_batches(
-        direct.send, make_batches(options.batches, options.batch), options.concurrency
+        direct.send, make_batches(options.batches, options.batch), options.concurrency, watched
     )
     await direct.aclose()
     results.append(figures_of("direct client (floor)", phase, None, mocks.process.pid))
@@ -442,8 +473,9 @@ async def measure(options: Options, mocks: Mocks, workdir: Path) -> tuple[list[F
         load = GatewayLoad(url, mocks.pki, options.concurrency)
         warm = make_batches(options.warmup, options.batch)
         await run_batches(load.send, warm, options.concurrency)
+        watched = {"gateway": process.pid, "mocks": mocks.process.pid}
         phase = await run_batches(
-            load.send, make_batches(options.batches, options.batch), options.concurrency
+            load.send, make_batches(options.batches, options.batch), options.concurrency, watched
         )
         await load.aclose()
         results.append(figures_of("production gateway", phase, process.pid, mocks.process.pid))
@@ -452,6 +484,10 @@ async def measure(options: Options, mocks: Mocks, workdir: Path) -> tuple[list[F
     for sample in (floor_phase.samples or []) + (phase.samples or []):
         print(f"  error: {sample}", file=sys.stderr)
     return results, phase
+
+
+def _cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
 
 
 def _mb(value: float | None) -> str:
@@ -505,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{f.p99_ms:.1f}",
             _mb(f.gateway_peak_mb),
             _mb(f.mocks_peak_mb),
+            _cpu(f.cpu_percent.get("gateway")),
+            _cpu(f.cpu_percent.get("mocks")),
+            _cpu(f.cpu_percent.get("load")),
         )
         for f in results
     ]
@@ -521,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
                 "batch p99 ms",
                 "gateway MB",
                 "mocks MB",
+                "gateway CPU",
+                "mocks CPU",
+                "load CPU",
             ),
             rows,
             left_columns=1,
