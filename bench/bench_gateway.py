@@ -580,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": [asdict(f) for f in results],
         "ratio": ratio,
     }
+    options.json_path.parent.mkdir(parents=True, exist_ok=True)
     options.json_path.write_text(json.dumps(document, indent=2))
     print(f"figures written to {options.json_path}")
     errors = sum(f.errors for f in results)
