@@ -287,7 +287,12 @@ def failed(obj: _Context, limit: int) -> None:
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Also write the outcome as JSON to this file (no keys in it).",
 )
-def demo(once: bool, port: int, report: Path | None) -> None:
+@click.option(
+    "--production-gateway",
+    is_flag=True,
+    help="Use the production gateway in front of mock APNs and FCM, and let one token die.",
+)
+def demo(once: bool, port: int, report: Path | None, production_gateway: bool) -> None:
     """The whole chain on this machine, with nothing to configure.
 
     Starts the service (throwaway SQLite, dev authentication, a local CA) and the development
@@ -299,7 +304,9 @@ def demo(once: bool, port: int, report: Path | None) -> None:
     from fdpush.demo import run_demo
 
     try:
-        outcome = run_demo(once=once, port=port, report=report)
+        outcome = run_demo(
+            once=once, port=port, report=report, production_gateway=production_gateway
+        )
     except OSError as exc:
         raise click.ClickException(f"demo: {exc}") from None
     sys.exit(0 if outcome.ok else 1)

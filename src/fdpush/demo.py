@@ -35,7 +35,7 @@ from rich.table import Table
 
 from fdpush.client import FachdienstClient, Keyring, KeyringError
 from fdpush.config import Settings
-from fdpush.gateway import DevGateway, GatewayThread, make_test_pki
+from fdpush.gateway import DevGateway, GatewayThread, TestPki, make_test_pki
 from fdpush.gateway.runner import bind_socket, serve_in_thread
 from fdpush.logs import configure_logging
 from fdpush.web.auth import issue_dev_token
@@ -203,7 +203,7 @@ class _Service:
 @dataclass(frozen=True)
 class _Chain:
     service: _Service
-    gateway: GatewayThread
+    gateway: _Gateway
     settings: Settings
     workdir: Path
     dev_secret: str
@@ -213,12 +213,95 @@ class _Chain:
         return issue_dev_token(self.dev_secret, user, ttl_seconds=3600)
 
 
+class _Gateway:
+    """The gateway end of the chain: where pushers point, and what each app receives."""
+
+    url: str
+    push_url: str
+    production: bool = False
+
+    def pushes(self, device: DemoDevice) -> list[dict[str, Any]]:
+        """The APNs payloads or FCM messages the device has received, oldest first."""
+        raise NotImplementedError
+
+    def kill(self, device: DemoDevice) -> None:
+        """The provider declares the device's token dead (production chain only)."""
+        raise NotImplementedError
+
+
+class _DevelopmentGateway(_Gateway):
+    """The development gateway: it records the push each app would get."""
+
+    def __init__(self, running: GatewayThread) -> None:
+        self.running = running
+        self.url, self.push_url = running.url, running.push_url
+
+    def pushes(self, device: DemoDevice) -> list[dict[str, Any]]:
+        return [entry["push"] for entry in self.running.inbox(device.app_id, device.pushkey)]
+
+
+class _ProductionGateway(_Gateway):
+    """The production gateway in front of the mock APNs and mock FCM."""
+
+    production = True
+
+    def __init__(self, workdir: Path, pki: TestPki, stack: ExitStack) -> None:
+        from fdpush.gateway.production import GatewayConfig, ProductionGatewayThread
+        from fdpush.testing import MockApns, MockFcm, make_apns_key
+
+        self.apns = stack.enter_context(MockApns(pki))
+        self.fcm = stack.enter_context(MockFcm(pki))
+        key = make_apns_key(workdir, team_id="DEMOTEAM01", key_id="DEMOKEY001")
+        self.apns.add_key(key, topics=[APNS_APP.removesuffix(".apns")])
+        account = self.fcm.add_service_account(workdir, FCM_APP.split(".", 1)[0])
+        config = GatewayConfig.model_validate(
+            {
+                "listen": {
+                    "host": "127.0.0.1",
+                    "cert": pki.server_cert,
+                    "key": pki.server_key,
+                    "client_ca": pki.ca_cert,
+                },
+                "apns": {"url": self.apns.url, "ca_file": pki.ca_cert},
+                "fcm": {"url": self.fcm.url, "ca_file": pki.ca_cert},
+                "apns_apps": [
+                    {
+                        "app_id": APNS_APP,
+                        "key_file": key.path,
+                        "key_id": key.key_id,
+                        "team_id": key.team_id,
+                    }
+                ],
+                "fcm_apps": [{"app_id": FCM_APP, "service_account": account}],
+            }
+        )
+        running = ProductionGatewayThread(config)
+        stack.callback(running.stop)
+        self.url, self.push_url = running.url, running.push_url
+
+    def pushes(self, device: DemoDevice) -> list[dict[str, Any]]:
+        if device.app_id == APNS_APP:
+            return [push.payload for push in self.apns.accepted_for(device.pushkey)]
+        return [message.message for message in self.fcm.accepted_for(device.pushkey)]
+
+    def kill(self, device: DemoDevice) -> None:
+        if device.app_id == APNS_APP:
+            self.apns.kill(device.pushkey)
+        else:
+            self.fcm.kill(device.pushkey)
+
+
 @contextmanager
-def _running_chain(workdir: Path, port: int) -> Iterator[_Chain]:
+def _running_chain(workdir: Path, port: int, production: bool) -> Iterator[_Chain]:
     pki = make_test_pki(workdir / "pki")
     with ExitStack() as stack:
-        gateway = GatewayThread(DevGateway(), pki=pki)
-        stack.callback(gateway.stop)
+        gateway: _Gateway
+        if production:
+            gateway = _ProductionGateway(workdir, pki, stack)
+        else:
+            running = GatewayThread(DevGateway(), pki=pki)
+            stack.callback(running.stop)
+            gateway = _DevelopmentGateway(running)
         dev_secret, internal_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         gateway_port = gateway.url.rsplit(":", 1)[1]
         values: dict[str, Any] = dict(
@@ -318,12 +401,13 @@ def _emit_and_settle(
 def _read_inboxes(
     chain: _Chain, devices: list[DemoDevice], keyrings: dict[str, Keyring], outcome: DemoOutcome
 ) -> None:
-    """Each app fetches the pushes the gateway holds for it and opens them with its keyring."""
+    """Each app takes the pushes it received (from the development gateway's record, or from
+    the mock provider) and opens them with its keyring."""
     for device in devices:
         opened: list[dict[str, Any]] = []
-        for entry in chain.gateway.inbox(device.app_id, device.pushkey):
+        for push in chain.gateway.pushes(device):
             try:
-                opened.append(keyrings[device.label].open_push(entry["push"]))
+                opened.append(keyrings[device.label].open_push(push))
             except KeyringError as exc:
                 outcome.problems.append(f"{device.label} could not open a push: {exc}")
         outcome.received[device.label] = opened
@@ -344,6 +428,41 @@ def _check(outcome: DemoOutcome) -> None:
         known = {orjson.dumps(e.payload, option=orjson.OPT_SORT_KEYS) for e in outcome.events}
         if any(payload not in known for payload in got):
             outcome.problems.append(f"{device.label}: received a payload no event sent")
+
+
+def _dead_token(
+    chain: _Chain, devices: list[DemoDevice], outcome: DemoOutcome, console: Console
+) -> None:
+    """A device's token dies at its provider: the next notification to it is rejected by the
+    provider, reported by the gateway, and the service deletes that pusher."""
+    victim = devices[1]  # Anna's tablet: subscribed to erp.task.close
+    chain.gateway.kill(victim)
+    headers = {"Authorization": f"Bearer {chain.internal_key}"}
+    event = {
+        "user_id": victim.user,
+        "channel": "erp.task.close",
+        "payload": {"ChannelId": "erp.task.close", "Identifier": "160.000.100.000.001.06"},
+        "identifier": "160.000.100.000.001.06",
+    }
+    with httpx.Client(base_url=chain.service.url, headers=headers, timeout=10) as internal:
+        event_id = internal.post("/internal/v1/events", json=event).json()["event_id"]
+        deadline = time.monotonic() + SETTLE_DEADLINE_SECONDS
+        counts = internal.get(f"/internal/v1/events/{event_id}").json()["counts"]
+        while counts["pending"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+            counts = internal.get(f"/internal/v1/events/{event_id}").json()["counts"]
+    with FachdienstClient(chain.service.url, token=chain.token(victim.user)) as fd:
+        remaining = [p.pushkey for p in fd.pushers()]
+    if counts["rejected"] != 1:
+        outcome.problems.append(f"{victim.label}'s dead token: event counts {counts}")
+    elif victim.pushkey in remaining:
+        outcome.problems.append(f"{victim.label}'s pusher was not deleted after its rejection")
+    else:
+        console.print(
+            f"{victim.label}'s token died at its provider: the next notification was rejected "
+            "by the provider, reported by the gateway, and the service deleted the pusher "
+            "[green]✔[/green]"
+        )
 
 
 def _status_of(device: DemoDevice, channel: str) -> str:
@@ -402,15 +521,30 @@ def _try_it(chain: _Chain, devices: list[DemoDevice]) -> str:
             ),
             f"curl -s --cacert {pki / 'ca.pem'} --cert {pki / 'client.pem'} "
             f"--key {pki / 'client.key'} "
-            + q(f"{chain.gateway.url}/_dev/inbox?app_id={anna.app_id}&pushkey={anna.pushkey}"),
+            + (
+                q(f"{chain.gateway.url}/metrics")
+                if chain.gateway.production
+                else q(
+                    f"{chain.gateway.url}/_dev/inbox?app_id={anna.app_id}&pushkey={anna.pushkey}"
+                )
+            ),
         ]
     )
 
 
 def run_demo(
-    *, once: bool, port: int = 0, report: Path | None = None, console: Console | None = None
+    *,
+    once: bool,
+    port: int = 0,
+    report: Path | None = None,
+    console: Console | None = None,
+    production_gateway: bool = False,
 ) -> DemoOutcome:
-    """Play the demo; with ``once`` stop afterwards, else serve until Ctrl-C."""
+    """Play the demo; with ``once`` stop afterwards, else serve until Ctrl-C.
+
+    ``production_gateway``: the production gateway in front of the mock APNs and FCM instead
+    of the development gateway, and one more act: a device's token dies at its provider.
+    """
     console = console or Console()
     devices, events = scenario()
     outcome = DemoOutcome(devices, events)
@@ -419,9 +553,15 @@ def run_demo(
         configure_logging("info", path=workdir / "service.log")
         console.print("[bold]fdpush demo[/bold]: a Fachdienst, a Push Gateway and four apps")
         with console.status("starting the service and the gateway (mutual TLS)…"):
-            chain = stack.enter_context(_running_chain(workdir, port))
+            chain = stack.enter_context(_running_chain(workdir, port, production_gateway))
         console.print(f"  service  {chain.service.url}  (SQLite in {workdir}, dev auth)")
-        console.print(f"  gateway  {chain.gateway.url}  (client certificate required)")
+        kind = "production gateway" if production_gateway else "gateway"
+        console.print(f"  {kind}  {chain.gateway.url}  (client certificate required)")
+        if production_gateway:
+            assert isinstance(chain.gateway, _ProductionGateway)
+            console.print(
+                f"  mock APNs  {chain.gateway.apns.url}   mock FCM  {chain.gateway.fcm.url}"
+            )
         keyrings = _register(chain, devices)
         console.print(f"  {len(devices)} apps registered, each with a fresh iss and its choices")
         _emit_and_settle(chain, events, outcome, console)
@@ -436,6 +576,8 @@ def run_demo(
             + (f"; {', '.join(silent)} correctly got nothing" if silent else "")
             + "."
         )
+        if production_gateway:
+            _dead_token(chain, devices, outcome, console)
         for problem in outcome.problems:
             console.print(f"[red]problem:[/red] {problem}")
         if report is not None:

@@ -14,7 +14,7 @@ from fdpush.gateway.runner import TlsFiles, check_tls_files, serve
 from fdpush.gateway.trouble import DelayPoint, Limits, ResultOrder, Trouble
 from fdpush.logs import configure_logging
 
-__all__ = ["gateway", "run_gateway"]
+__all__ = ["gateway", "run_from_config", "run_gateway"]
 
 log = logging.getLogger("fdpush.gateway")
 
@@ -98,7 +98,51 @@ def run_gateway(
         sys.exit(3)
 
 
+def run_from_config(path: Path) -> None:
+    """Serve the gateway the configuration file describes (either mode) until interrupted."""
+    from fdpush.gateway.production import load_config, serve_production
+
+    try:
+        config = load_config(path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    configure_logging(config.log_level, config.log_format)
+    listen = config.listen
+    tls = None
+    if listen.cert is not None and listen.key is not None:
+        tls = TlsFiles(listen.cert, listen.key, listen.client_ca)
+        try:
+            check_tls_files(tls)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    def listening(url: str) -> None:
+        click.echo(f"fdpush gateway: listening on {url} (pushers' data.url: {url}/push/v1/)")
+        sys.stdout.flush()
+
+    try:
+        if config.mode == "production":
+            log.info("production mode: %d apps configured", len(config.apps()))
+            started = serve_production(config, on_listening=listening)
+        else:
+            gateway = DevGateway(limits=config.limits.as_limits())
+            started = serve(
+                gateway, host=listen.host, port=listen.port, tls=tls, on_listening=listening
+            )
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {listen.host}:{listen.port}: {exc}") from None
+    if not started:
+        sys.exit(3)
+
+
 @click.command("gateway", context_settings={"max_content_width": 100})
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Configuration file (TOML; docs/gateway.md). Its 'mode' chooses the development or "
+    "the production gateway; listen address, TLS and limits then come from the file and the "
+    "options below are ignored.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
 @click.option("--port", default=8443, show_default=True, help="Listen port (0: any free one).")
 @click.option(
@@ -216,7 +260,8 @@ def run_gateway(
     help="info: one line per request (no pushkeys); warning: problems only.",
 )
 def gateway(**options: Any) -> None:
-    """Run the development Push Gateway (records pushes instead of calling APNs/FCM).
+    """Run the Push Gateway: with --config in the mode the file names, else the development
+    gateway (records pushes instead of calling APNs/FCM).
 
     \b
     Serves the Push Gateway API with the spec's validation and error bodies:
@@ -236,4 +281,8 @@ def gateway(**options: Any) -> None:
     The options --reject ... --result-order set the same switches at start.
     See docs/dev-gateway.md.
     """
-    run_gateway(**options)
+    config = options.pop("config")
+    if config is not None:
+        run_from_config(config)
+    else:
+        run_gateway(**options)

@@ -27,7 +27,13 @@ from fdpush.gateway.models import (
     Priority,
     SeedNotification,
 )
-from fdpush.gateway.render import provider_for, render
+from fdpush.gateway.render import (
+    ENCRYPTED_FIELDS,
+    PLAIN_FIELDS,
+    present_fields,
+    provider_for,
+    render,
+)
 from fdpush.gateway.trouble import DelayPoint, Limits, ResultOrder, Trouble, TroubleUpdate
 
 __all__ = ["DevGateway", "ForcedAnswer", "ItemResult", "SimulatedFailure"]
@@ -35,18 +41,6 @@ __all__ = ["DevGateway", "ForcedAnswer", "ItemResult", "SimulatedFailure"]
 Status = Literal["success", "failed", "partial"]
 
 _REJECTED_ERROR = "Pushkey rejected by the push provider"
-_ENCRYPTED_FIELDS = ("ciphertext", "time_message_encrypted", "key_identifier", "identifier")
-_PLAIN_FIELDS = (
-    "event_id",
-    "room_id",
-    "type",
-    "sender",
-    "sender_display_name",
-    "room_name",
-    "room_alias",
-    "user_is_target",
-    "content",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +255,7 @@ class DevGateway:
                 elif self._fails():
                     results.append(self._failed(item.id, [], self.trouble.fail_error))
                 else:
-                    fields_ = _present(note, _ENCRYPTED_FIELDS)
+                    fields_ = present_fields(note, ENCRYPTED_FIELDS)
                     raw_note = raw_item["notification"]
                     self._record(
                         endpoint, item.id, device, note.prio, note.counts, fields_, raw_note
@@ -329,10 +323,10 @@ class DevGateway:
         raw_note: dict[str, Any],
         due: set[str],
     ) -> None:
-        names: tuple[str, ...] = _PLAIN_FIELDS
+        names: tuple[str, ...] = PLAIN_FIELDS
         if isinstance(note, SeedNotification):
-            names += _ENCRYPTED_FIELDS
-        fields_ = _present(note, names)
+            names += ENCRYPTED_FIELDS
+        fields_ = present_fields(note, names)
         shared = {k: v for k, v in raw_note.items() if k != "devices"}
         for device, raw_device in zip(note.devices, raw_note["devices"], strict=True):
             if device.pushkey not in due:
@@ -425,11 +419,6 @@ class DevGateway:
         """Close the JSON-lines file, if any."""
         with self._lock:
             self._inbox.close()
-
-
-def _present(model: Any, names: tuple[str, ...]) -> dict[str, Any]:
-    """The named fields the sender actually set, with their values."""
-    return {name: getattr(model, name) for name in names if name in model.model_fields_set}
 
 
 def _split(devices: list[Device], due: set[str]) -> tuple[list[str], list[Device]]:

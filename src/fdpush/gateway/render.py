@@ -14,13 +14,42 @@ import orjson
 
 from fdpush.gateway.models import Counts, Priority
 
-__all__ = ["APNS_PLACEHOLDER_TITLE", "Provider", "provider_for", "render"]
+__all__ = [
+    "APNS_PLACEHOLDER_TITLE",
+    "ENCRYPTED_FIELDS",
+    "PLAIN_FIELDS",
+    "Provider",
+    "present_fields",
+    "provider_for",
+    "render",
+]
 
 Provider = Literal["apns", "fcm", "unknown"]
 
 # An alert the notification service extension replaces after decrypting; without an alert
 # iOS does not start the extension at all.
 APNS_PLACEHOLDER_TITLE = "New notification"
+
+
+# The custom keys a notification hands on to the app: an encrypted notification's, and the
+# Matrix-style fields of a plain one.
+ENCRYPTED_FIELDS = ("ciphertext", "time_message_encrypted", "key_identifier", "identifier")
+PLAIN_FIELDS = (
+    "event_id",
+    "room_id",
+    "type",
+    "sender",
+    "sender_display_name",
+    "room_name",
+    "room_alias",
+    "user_is_target",
+    "content",
+)
+
+
+def present_fields(model: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named fields the sender actually set, with their values."""
+    return {name: getattr(model, name) for name in names if name in model.model_fields_set}
 
 
 def provider_for(app_id: str) -> Provider:

@@ -1,0 +1,53 @@
+"""From the Fachdienst's notifications to pushes, and from deliveries back to the spec's answers.
+
+An encrypted notification is one push (its one device). A plain notification is one push per
+device; its item is ``success`` when every device got it, ``partial`` when some pushkeys were
+rejected and the rest accepted, and ``failed`` when any device could not be reached (so the
+Fachdienst retries; ``rejected`` still names the dead pushkeys) or when all were rejected.
+"""
+
+from __future__ import annotations
+
+from fdpush.gateway.core import ItemResult
+from fdpush.gateway.models import EncryptedNotification, PlainNotification
+from fdpush.gateway.production.dispatch import Delivery
+from fdpush.gateway.production.push import Push
+from fdpush.gateway.render import ENCRYPTED_FIELDS, PLAIN_FIELDS, present_fields
+
+__all__ = ["REJECTED_ERROR", "encrypted_push", "item_result", "plain_pushes"]
+
+REJECTED_ERROR = "Pushkey rejected by the push provider"
+
+
+def encrypted_push(note: EncryptedNotification) -> Push:
+    """The push of an encrypted notification: its fields as they came, never decrypted."""
+    device = note.device
+    fields = present_fields(note, ENCRYPTED_FIELDS)
+    return Push(device.app_id, device.pushkey, note.prio, fields, note.counts)
+
+
+def plain_pushes(note: PlainNotification) -> list[Push]:
+    """One push per device of a plain (Matrix-shaped) notification."""
+    fields = present_fields(note, PLAIN_FIELDS)
+    return [Push(d.app_id, d.pushkey, note.prio, fields, note.counts) for d in note.devices]
+
+
+def item_result(item_id: str, pushes: list[Push], deliveries: list[Delivery]) -> ItemResult:
+    """The batch result of one item from the deliveries of its pushes (see the module text)."""
+    rejected = list(
+        dict.fromkeys(
+            p.pushkey for p, d in zip(pushes, deliveries, strict=True) if d.outcome == "rejected"
+        )
+    )
+    failed = [d for d in deliveries if d.outcome == "failed"]
+    accepted = sum(1 for d in deliveries if d.outcome == "accepted")
+    if failed:
+        error = failed[0].error or "not delivered"
+        if len(deliveries) > 1:
+            error = f"{len(failed)} of {len(deliveries)} devices not reached: {error}"
+        return ItemResult(item_id, "failed", rejected, error)
+    if rejected and not accepted:
+        return ItemResult(item_id, "failed", rejected, REJECTED_ERROR)
+    if rejected:
+        return ItemResult(item_id, "partial", rejected)
+    return ItemResult(item_id, "success", [])
