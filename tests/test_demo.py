@@ -1,4 +1,4 @@
-"""``fdpush demo --once`` (issue 4): the whole chain in one command, asserted on its outcome.
+"""``fdpush demo --once``: the whole chain in one command, asserted on its outcome.
 
 The demo checks itself (its exit status); this test does not take its word for it: from the
 report it recomputes, with the concept's rule (a device's own choice, else the catalog default;
