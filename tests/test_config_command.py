@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -167,3 +168,25 @@ def test_the_command_list_is_never_cut_mid_sentence(tmp_path: Path) -> None:
     assert "..." not in commands
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
     assert "FDPUSH_MIGRATE_ON_START=0)." in commands
+
+
+def test_the_sqlite_file_and_its_folder_are_owner_only(tmp_path: Path) -> None:
+    """Even with a permissive umask (022) the database, its journal and folder are private."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FDPUSH_")}
+    database = tmp_path / "data" / "fdpush.db"
+    done = subprocess.run(
+        [str(FDPUSH), "migrate"],
+        env={**clean, "FDPUSH_DATABASE_URL": f"sqlite:///{database}"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        umask=0o022,
+    )
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(database.parent.stat().st_mode) == 0o700
+    files = list(database.parent.glob("fdpush.db*"))
+    assert database in files
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

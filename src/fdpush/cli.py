@@ -415,4 +415,7 @@ _accept_config_everywhere(cli)
 
 
 def main() -> None:
+    # Whatever the caller's umask, what fdpush creates is owner-only: the SQLite file and its
+    # journal (health data), key files, and the development gateway's private keys.
+    os.umask(os.umask(0o077) | 0o077)
     cli()
