@@ -162,6 +162,8 @@ class Settings(BaseSettings):
     """text or json: one line per record on stderr."""
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     """Largest request body; larger ones get 413 M_TOO_LARGE."""
+    api_docs: bool = True
+    """Serve /docs (Swagger UI, from the package: works offline) and /openapi.json; 0: neither."""
 
     # --- storage
     database_url: str = "sqlite:///./fdpush.db"
