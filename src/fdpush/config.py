@@ -216,9 +216,7 @@ class Settings(BaseSettings):
 
     # --- delivery to the Push Gateways
     serve_worker: bool = True
-    """fdpush serve runs a delivery worker in its own process; 0 when `fdpush worker` processes
-    deliver.
-    """
+    """`fdpush serve` runs a delivery worker in its process; 0 when `fdpush worker` delivers."""
     gateway_ca_file: Path | None = None
     """CA bundle that verifies the Push Gateways' certificates (default: the system store)."""
     gateway_client_cert: Path | None = None
