@@ -1,13 +1,18 @@
 """``/docs`` works without internet, can be switched off, and the OpenAPI document names each
 operation's credential.
 
-In-process (the app over ASGI, SQLite in a temporary folder): nothing here needs a socket.
+In-process (the app over ASGI, SQLite in a temporary folder), except the last test: the real
+service and headless Chromium (Debian's package; ``./dev test`` installs it), which may reach
+nothing but the service.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from conftest import DEV_SECRET
+from conftest import DEFAULT_ENV, DEV_SECRET, ON_CI, Service, free_port
 from fdpush.config import Settings
 from fdpush.web.app import create_app, create_internal_app
 
@@ -114,3 +119,68 @@ def test_the_internal_listeners_document_names_only_the_internal_key(tmp_path: P
     assert set(main_document["components"]["securitySchemes"]) == {"UserToken"}
     assert set(internal_document["components"]["securitySchemes"]) == {"InternalApiKey"}
     assert Client(internal, lifespan=main).get("/docs").status_code == 200
+
+
+# --- the page as a browser draws it -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        message = "chromium not found (Debian: apt-get install chromium; ./dev test does)"
+        if ON_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def browse(chromium: str, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium on ``url``; scripts get five seconds of (virtual) time to draw."""
+    return subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",  # tests run as root
+            "--disable-gpu",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def test_swagger_ui_draws_every_operation_in_a_browser(
+    chromium: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The real service, and a browser that reaches nothing but it: Swagger UI draws one block
+    per operation of the document (no asset from the internet, or the page would stay blank)."""
+    workdir = tmp_path_factory.mktemp("docs-service")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FDPUSH_")},
+        **DEFAULT_ENV,
+        "FDPUSH_DATABASE_URL": f"sqlite:///{workdir / 'fdpush.db'}",
+        "FDPUSH_MASTER_KEY_FILE": str(workdir / "master.key"),
+        "FDPUSH_PORT": str(free_port()),
+    }
+    service = Service(env, env["FDPUSH_DATABASE_URL"], workdir)
+    try:
+        document = httpx.get(service.base_url + "/openapi.json", timeout=10).json()
+        operations = sum(len(item) for item in document["paths"].values())
+        # Any address but the service's is unreachable for this browser: proof of "offline".
+        offline = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
+        dom = browse(chromium, service.base_url + "/docs", offline, "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        drawn = re.findall(r'class="opblock opblock-(get|post|put|delete|patch)', dom.stdout)
+        assert len(drawn) == operations, dom.stdout[-2000:]
+        assert "Authorize" in dom.stdout  # the security schemes reached the page
+        shot = workdir / "docs.png"
+        browse(chromium, service.base_url + "/docs", offline, f"--screenshot={shot}")
+        assert shot.stat().st_size > 20_000  # a drawn page, not a blank one
+    finally:
+        service.stop()
