@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -154,9 +155,10 @@ def test_worker_on_sqlite_warns(tmp_path: Path) -> None:
     assert "run the worker inside `fdpush serve`" in output
 
 
-def test_the_command_list_is_never_cut_mid_sentence(tmp_path: Path) -> None:
+@pytest.mark.parametrize("group", [(), ("config",)], ids=["fdpush", "fdpush-config"])
+def test_the_command_list_is_never_cut_mid_sentence(tmp_path: Path, group: tuple[str]) -> None:
     result = subprocess.run(
-        [str(FDPUSH), "--help"],
+        [str(FDPUSH), *group, "--help"],
         env={**os.environ, "COLUMNS": "80"},
         cwd=tmp_path,
         capture_output=True,
@@ -167,7 +169,8 @@ def test_the_command_list_is_never_cut_mid_sentence(tmp_path: Path) -> None:
     commands = result.stdout.split("Commands:", 1)[1]
     assert "..." not in commands
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
-    assert "FDPUSH_MIGRATE_ON_START=0)." in commands
+    last_words = {(): "FDPUSH_MIGRATE_ON_START=0).", ("config",): "FDPUSH_*=value file."}
+    assert last_words[group] in " ".join(commands.split())
 
 
 def test_the_sqlite_file_and_its_folder_are_owner_only(tmp_path: Path) -> None:

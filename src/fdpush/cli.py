@@ -362,7 +362,7 @@ def demo(once: bool, port: int, report: Path | None) -> None:
     sys.exit(0 if outcome.ok else 1)
 
 
-@cli.group("config")
+@cli.group("config", cls=_Commands)
 def config_group() -> None:
     """Print an example configuration, or check one without starting anything."""
 
