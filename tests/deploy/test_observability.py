@@ -186,3 +186,19 @@ def test_promtool_rejects_bad_promql(promtool: str, tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(AssertionError):
         run_promtool(promtool, "check", "rules", "bad.yaml", cwd=tmp_path)
+
+
+def test_operations_guide_explains_every_metric() -> None:
+    """docs/operations.md's table names each metric fdpush exports (the docs cannot drift)."""
+    guide = (REPO / "docs" / "operations.md").read_text()
+    registry = CollectorRegistry()
+    DeliveryMetrics(registry)
+    HttpMetrics(registry)
+    families = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for collector in list(registry._collector_to_names)
+        for family in collector.describe()
+    }
+    assert families
+    missing = sorted(name for name in families if f"`{name}" not in guide)
+    assert missing == []
