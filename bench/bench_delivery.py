@@ -623,7 +623,7 @@ class Workload:
             for _ in range(options.devices_per_user)
         ]
         self.by_pushkey = {d.pushkey: d for d in self.devices}
-        # What the e-prescription service sends (PEERS.md), one prescription per user.
+        # What the e-prescription service sends (docs/peers.md), one prescription per user.
         self.payloads = {
             user: {
                 "ChannelId": CHANNEL,

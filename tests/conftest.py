@@ -204,6 +204,10 @@ def start_service(
             databases.append(database_url)
         else:
             database_url = f"sqlite:///{workdir / 'fdpush.db'}"
+        # The key exists before the start: outside dev mode fdpush never makes one.
+        key_file = os.open(workdir / "master.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(key_file, base64.b64encode(os.urandom(32)))
+        os.close(key_file)
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("FDPUSH_")},
             **DEFAULT_ENV,

@@ -1,4 +1,4 @@
-"""``fdpush demo --once`` (issue 4): the whole chain in one command, asserted on its outcome.
+"""``fdpush demo --once``: the whole chain in one command, asserted on its outcome.
 
 The demo checks itself (its exit status); this test does not take its word for it: from the
 report it recomputes, with the concept's rule (a device's own choice, else the catalog default;
@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 from fdpush.demo import DemoDevice, DemoEvent, DemoOutcome, scenario
@@ -95,3 +99,63 @@ def _wants(device: DemoDevice, event: DemoEvent) -> bool:
     from fdpush.demo import subscribed
 
     return event.user == device.user and subscribed(device, event.channel)
+
+
+def test_the_demo_fits_80_columns_its_commands_work_and_sigterm_cleans_up(tmp_path: Path) -> None:
+    """Run as a person would in a small terminal: nothing wider than 80 columns, no channel id
+    cut, the printed commands work as printed, and SIGTERM deletes the demo's folder (with its
+    private keys) as Ctrl-C does."""
+    # A short TMPDIR (as on a laptop's /tmp): the printed folder is part of the lines measured.
+    temp = Path(tempfile.mkdtemp(prefix="fdd-"))
+    output = tmp_path / "demo.out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FDPUSH_")}
+    env.update(COLUMNS="80", TMPDIR=str(temp))
+    with output.open("wb") as out:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "fdpush", "demo"],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + DEMO_DEADLINE_SECONDS
+        while "stops it and deletes" not in output.read_text():
+            assert demo.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.1)
+        shown = output.read_text()
+        lines = shown.splitlines()
+        assert max(len(line) for line in lines) <= 80, max(lines, key=len)
+        table = shown.split("What each device received", 1)[1].split("Try it by hand", 1)[0]
+        assert "…" not in table  # nothing cut off
+        for channel in ("erp.task.activate", "erp.communication.new", "erp.chargeitem.create"):
+            assert channel in table
+        assert "✔ decrypted" in table
+        assert len(list(temp.iterdir())) == 1  # the demo's folder, while it runs
+
+        commands = shown.split("Try it by hand:", 1)[1].split("Ctrl-C", 1)[0]
+        script = f"set -eu\n{commands}"
+        ran = subprocess.run(
+            ["bash", "-c", script], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert ran.returncode == 0, ran.stderr
+        answers = [json.loads(line) for line in ran.stdout.replace("}{", "}\n{").splitlines()]
+        pushers, channels, history, event, inbox = answers
+        assert {p["device_display_name"] for p in pushers["pushers"]} == {
+            "Anna's iPhone",
+            "Anna's tablet",
+        }
+        assert {c["id"]: c["status"] for c in channels["channels"]}["erp.communication.new"] == (
+            "enabled"
+        )
+        assert history["messages"]  # what the demo sent to that iPhone
+        assert event["notifications"] == 1  # only the iPhone has the channel enabled
+        assert inbox["app_id"] == "de.gematik.erezept.apns"
+        assert inbox["notifications"]
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(timeout=30)
+        left = list(temp.iterdir())
+        shutil.rmtree(temp)
+    assert left == []

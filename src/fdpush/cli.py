@@ -1,19 +1,28 @@
-"""The ``fdpush`` command: serve, worker, migrate, failed, token, demo, and the development
-``gateway``."""
+"""The ``fdpush`` command: serve, worker, migrate, failed, token, config, demo, and the
+development ``gateway``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from fdpush import __version__
-from fdpush.config import ConfigError, Settings, load_settings
+from fdpush.config import (
+    ConfigError,
+    Settings,
+    config_problems,
+    example_config,
+    load_settings,
+    unknown_settings,
+)
 from fdpush.logs import configure_logging
 
 __all__ = ["main"]
@@ -29,23 +38,63 @@ class _Context:
         except ConfigError as exc:
             raise click.ClickException(f"configuration: {exc}") from None
         configure_logging(settings.log_level, settings.log_format)
+        for problem in unknown_settings(os.environ):  # a misspelt name is otherwise ignored
+            logging.getLogger("fdpush.config").warning("%s", problem)
         return settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_F = TypeVar("_F", bound=Callable[..., Any] | click.Command)
+
+
+class _Commands(click.Group):
+    """Lists each command with its whole first sentence, wrapped, never cut off mid-sentence."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [
+            (name, command.get_short_help_str(limit=300))
+            for name, command in sorted(self.commands.items())
+            if not command.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+_CONFIG_HELP = (
+    "A file of FDPUSH_*=value lines (the environment wins over it). Also: FDPUSH_CONFIG_FILE."
+)
+
+
+def _remember_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.ensure_object(_Context).config_file = value
+
+
+def config_option(command: _F) -> _F:
+    """``--config FILE`` accepted after the subcommand too (``fdpush serve --config X``)."""
+    return click.option(
+        "--config",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        expose_value=False,
+        callback=_remember_config,
+        help=_CONFIG_HELP,
+    )(command)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fdpush")
 @click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A file of FDPUSH_*=value lines (the environment wins over it). Also: FDPUSH_CONFIG_FILE.",
+    help=_CONFIG_HELP,
 )
 @click.pass_context
 def cli(ctx: click.Context, config_file: Path | None) -> None:
     """fdpush: the push part of a Fachdienst (Client-FD Push API, encrypted delivery).
 
-    Every setting is an FDPUSH_* environment variable; see the README's configuration
-    reference.
+    Every setting is an FDPUSH_* environment variable: `fdpush config example` lists them,
+    `fdpush config check` checks them.
     """
     ctx.obj = _Context(config_file)
 
@@ -218,6 +267,7 @@ def worker(obj: _Context, processes: int | None) -> None:
         master_key = resolve_master_key(settings)
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
+    _warn_worker_on_sqlite(settings)
     _check_database(settings.database_url)
     if settings.migrate_on_start:
 
@@ -234,6 +284,15 @@ def worker(obj: _Context, processes: int | None) -> None:
             settings, processes or settings.worker_processes, master_key=master_key
         )
     )
+
+
+def _warn_worker_on_sqlite(settings: Settings) -> None:
+    if settings.database_url.startswith("sqlite"):
+        logging.getLogger("fdpush.worker").warning(
+            "fdpush worker on SQLite: a worker in its own process is woken only by polling "
+            "(every few seconds; PostgreSQL NOTIFY wakes it at once) and competes for SQLite's "
+            "one writer. With SQLite run the worker inside `fdpush serve` (the default)."
+        )
 
 
 @cli.command()
@@ -312,6 +371,37 @@ def demo(once: bool, port: int, report: Path | None, production_gateway: bool) -
     sys.exit(0 if outcome.ok else 1)
 
 
+@cli.group("config", cls=_Commands)
+def config_group() -> None:
+    """Print an example configuration, or check one without starting anything."""
+
+
+@config_group.command("example")
+def config_example() -> None:
+    """Print every setting with its meaning and default, as a commented FDPUSH_*=value file.
+
+    Redirect it into a file and uncomment what you set: fdpush config example > fdpush.env
+    """
+    click.echo(example_config(), nl=False)
+
+
+@config_group.command("check")
+@click.pass_obj
+def config_check(obj: _Context) -> None:
+    """Check the configuration (environment and --config file) as `serve` would read it.
+
+    Prints one line per problem and exits 1, or says it is fine and exits 0. Starts nothing,
+    creates nothing (no key file, no database) and does not connect to the database.
+    """
+    problems = config_problems(obj.config_file, os.environ)
+    for problem in problems:
+        click.echo(f"configuration: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+    source = f"{obj.config_file} and the environment" if obj.config_file else "the environment"
+    click.echo(f"configuration OK ({source})")
+
+
 def _add_gateway_command() -> None:
     from fdpush.gateway.cli import gateway
 
@@ -321,5 +411,20 @@ def _add_gateway_command() -> None:
 _add_gateway_command()
 
 
+def _accept_config_everywhere(group: click.Group) -> None:
+    """Every command that reads the settings takes ``--config`` after its name, too."""
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            _accept_config_everywhere(command)
+        elif name not in ("demo", "gateway", "example"):  # these ignore FDPUSH_* settings
+            config_option(command)
+
+
+_accept_config_everywhere(cli)
+
+
 def main() -> None:
+    # Whatever the caller's umask, what fdpush creates is owner-only: the SQLite file and its
+    # journal (health data), key files, and the development gateway's private keys.
+    os.umask(os.umask(0o077) | 0o077)
     cli()

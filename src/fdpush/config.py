@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
+import inspect
 import logging
 import os
 import re
+import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -25,8 +30,12 @@ __all__ = [
     "GatewayHost",
     "RateLimit",
     "Settings",
+    "check_master_key",
+    "config_problems",
+    "example_config",
     "load_settings",
     "resolve_master_key",
+    "unknown_settings",
 ]
 
 ENV_PREFIX = "FDPUSH_"
@@ -137,63 +146,127 @@ class Settings(BaseSettings):
         extra="ignore",
         frozen=True,
         validate_default=True,
+        use_attribute_docstrings=True,  # the docstring under a field is its description
     )
 
     # --- serving
     host: str = "127.0.0.1"
+    """Listen address of `fdpush serve` (the image sets 0.0.0.0)."""
     port: int = Field(8080, ge=0, le=65535)
+    """Listen port of `fdpush serve`: the client API, /health/* and /metrics."""
     base_path: str = ""
+    """A path prefix in front of both client API layouts, e.g. /client/v1."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """debug, info, warning or error."""
     log_format: Literal["text", "json"] = "text"
+    """text or json: one line per record on stderr."""
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    """Largest request body; larger ones get 413 M_TOO_LARGE."""
+    api_docs: bool = True
+    """Serve /docs (Swagger UI, from the package: works offline) and /openapi.json; 0: neither."""
 
     # --- storage
     database_url: str = "sqlite:///./fdpush.db"
+    """sqlite:///path.db or postgresql://user[:password]@host:port/db (libpq parameters such as
+    ?sslmode=verify-full work). A relative SQLite path in a config file is relative to that
+    file.
+    """
     migrate_on_start: bool = True
+    """Apply migrations when serving (several processes may start at once); 0 when a migration job
+    does it.
+    """
     master_key: SecretStr | None = None
+    """Base64 of 32 random bytes (openssl rand -base64 32); seals every stored device key. Required
+    unless FDPUSH_AUTH_MODE=dev. Back it up: without it nothing stored can be opened.
+    """
     master_key_file: Path = Path("./fdpush.master-key")
+    """Used when FDPUSH_MASTER_KEY is unset: read if present (must be owner-only); in dev mode
+    generated once, with a warning.
+    """
 
     # --- the Client-FD API's rules
     channels: Annotated[tuple[ChannelDefinition, ...], NoDecode] = ()
+    """The channel catalog: id[=enabled|disabled],... ; a plain id defaults to not_set."""
     encryption: Literal["required", "optional", "forbidden"] = "required"
+    """required, optional or forbidden: whether pushers carry an encryption block."""
     gateway_allowlist: Annotated[tuple[GatewayHost, ...], NoDecode] = ()
+    """host[:port];host2[:port] of the Push Gateways pushers may name (port 443 when omitted).
+    Empty: none allowed.
+    """
     gateway_allow_http: bool = False
+    """Allow plain-http gateway URLs (tests only)."""
     max_pushers_per_user: int = Field(20, ge=1, le=10_000)
+    """Pushers one user may have."""
     rate_limit: Annotated[RateLimit | None, NoDecode] = RateLimit(30, 60)
+    """Writes (pushers/set, POST channels) per user: N/S is N requests per S seconds, 0 is off.
+    Counted per process.
+    """
 
     # --- events in (the internal API for the Fachdienst's business logic)
     internal_api_key: SecretStr | None = None
+    """The bearer key of the internal events API; unset, the events API refuses every call."""
     internal_host: str | None = None
+    """Listen address of the internal API's own listener (default: FDPUSH_HOST)."""
     internal_port: int | None = Field(None, ge=0, le=65535)
+    """Give the internal events API a listener of its own on this port (then it is not on the
+    client port).
+    """
     max_events_per_batch: int = Field(100, ge=1, le=1000)
+    """Events per POST /internal/v1/events/batch."""
 
     # --- delivery to the Push Gateways
     serve_worker: bool = True
+    """`fdpush serve` runs a delivery worker in its process; 0 when `fdpush worker` delivers."""
     gateway_ca_file: Path | None = None
+    """CA bundle that verifies the Push Gateways' certificates (default: the system store)."""
     gateway_client_cert: Path | None = None
+    """Our client certificate for mutual TLS with the Push Gateways (goes with
+    FDPUSH_GATEWAY_CLIENT_KEY).
+    """
     gateway_client_key: Path | None = None
+    """The private key of FDPUSH_GATEWAY_CLIENT_CERT."""
     gateway_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    """Timeout of one gateway request."""
     delivery_batch_size: int = Field(100, ge=1, le=100)
+    """Notifications per gateway request (the spec's maximum is 100)."""
     delivery_concurrency_per_gateway: int = Field(4, ge=1, le=64)
+    """Requests in flight per gateway and worker."""
     delivery_max_age_seconds: int = Field(12 * 3600, ge=60)
+    """Give up (status failed) on a notification older than this."""
     delivery_lease_seconds: int = Field(10, ge=2, le=600)
+    """A claim's lease: a dead worker's work returns after this."""
     delivery_prune_interval_seconds: float = Field(60.0, gt=0, le=86400)
-    # ``fdpush worker``: its processes, and where it serves /metrics and /health/*
+    """How often sent payloads and finished events past their retention are pruned."""
     worker_processes: int = Field(1, ge=1, le=64)
-    worker_metrics_host: str | None = None  # default: FDPUSH_HOST
+    """Delivery processes of `fdpush worker` (its --processes)."""
+    worker_metrics_host: str | None = None
+    """Where `fdpush worker` serves /metrics and /health/* (default: FDPUSH_HOST)."""
     worker_metrics_port: int = Field(9101, ge=0, le=65535)
+    """The port of `fdpush worker`'s /metrics and /health/*."""
     history_days: int = Field(0, ge=0, le=3650)
+    """Keep sent payloads (sealed) this many days for the history endpoints; 0 is off."""
 
     # --- authentication
     auth_mode: Literal["jwt", "dev"] = "jwt"
+    """jwt (the identity provider's tokens; production) or dev (HS256 test tokens)."""
     auth_jwt_public_key_file: Path | None = None
+    """PEM public key or certificate of the identity provider: EC P-256 gives ES256, RSA gives
+    RS256/PS256.
+    """
     auth_jwks_file: Path | None = None
+    """A JWKS file instead of FDPUSH_AUTH_JWT_PUBLIC_KEY_FILE (asymmetric keys, chosen by kid)."""
     auth_jwt_issuer: str | None = None
+    """The iss tokens must carry (checked when set)."""
     auth_jwt_audience: str | None = None
+    """The aud tokens must carry (checked when set)."""
     auth_jwt_leeway_seconds: int = Field(30, ge=0, le=600)
+    """Clock skew allowed on exp, nbf and iat."""
     auth_user_claim: str = "sub"
+    """The claim that carries the user id (e.g. the KVNR claim of the identity provider)."""
     auth_require_claim: Annotated[tuple[str, str] | None, NoDecode] = None
+    """name=value a token must carry (e.g. the insured-person role), else 403."""
     auth_dev_secret: SecretStr | None = None
+    """The HS256 secret of dev mode (at least 32 bytes)."""
 
     _parse_channels = field_validator("channels", mode="before")(_parse_channels)
     _parse_allowlist = field_validator("gateway_allowlist", mode="before")(_parse_allowlist)
@@ -276,23 +349,221 @@ def load_settings(
     """Read the settings once; raise :class:`ConfigError` naming the first bad setting.
 
     ``for_serving=False`` skips the authentication checks, for commands such as ``migrate``
-    that touch only the database.
+    that touch only the database. A name in the config file that is no setting is an error
+    (with a suggestion); relative paths in the file are relative to the file's folder.
     """
     config_file = config_file or os.environ.get(f"{ENV_PREFIX}CONFIG_FILE") or None
     if config_file is not None and not Path(config_file).is_file():
         raise ConfigError(f"config file {config_file} does not exist")
+    overrides: dict[str, str] = {}
+    if config_file is not None:
+        values = _read_config_file(Path(config_file))
+        problems = unknown_settings(values, source=f"in {config_file}")
+        if problems:
+            raise ConfigError(problems[0])
+        overrides = _file_paths_made_absolute(values, Path(config_file), os.environ)
     try:
-        settings = Settings(_env_file=Path(config_file) if config_file else None)
+        settings = Settings(_env_file=Path(config_file) if config_file else None, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        error = exc.errors()[0]
-        name = ENV_PREFIX + "_".join(str(part) for part in error["loc"][:1]).upper()
-        message = str(error["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{name}: {message}") from None
+        raise ConfigError(_describe(exc.errors()[0])) from None
     settings.master_key_bytes()
     if for_serving:
         settings.check_auth()
         settings.check_delivery()
     return settings
+
+
+def _describe(error: Mapping[str, object]) -> str:
+    """One pydantic error → ``FDPUSH_NAME: what is wrong``."""
+    loc = error["loc"]
+    field = str(loc[0]) if isinstance(loc, tuple) and loc else ""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{ENV_PREFIX}{field.upper()}: {message}"
+
+
+# --- names that are no setting, and relative paths in a config file ------------------------------
+
+_KNOWN_ELSEWHERE = {f"{ENV_PREFIX}CONFIG_FILE"}
+
+
+def _setting_names() -> set[str]:
+    return {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields} | _KNOWN_ELSEWHERE
+
+
+def unknown_settings(
+    names: Mapping[str, object], *, source: str = "in the environment"
+) -> list[str]:
+    """One line per name in ``names`` that looks meant for fdpush but is no setting.
+
+    Environment names count only with the ``FDPUSH_`` prefix (other programs share it); in a
+    config file every name counts. Each line suggests the nearest setting when one is close.
+    """
+    known = sorted(_setting_names())
+    problems = []
+    for name in names:
+        upper = name.upper()
+        if upper in known:
+            continue
+        if source == "in the environment" and not upper.startswith(ENV_PREFIX):
+            continue
+        candidate = upper if upper.startswith(ENV_PREFIX) else ENV_PREFIX + upper
+        close = difflib.get_close_matches(candidate, known, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else " (fdpush config example lists them)"
+        problems.append(f"{name} ({source}): not a setting{hint}")
+    return problems
+
+
+def _read_config_file(path: Path) -> dict[str, str]:
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def _path_fields() -> set[str]:
+    return {
+        name
+        for name, field in Settings.model_fields.items()
+        if field.annotation is Path or Path in get_args(field.annotation)
+    }
+
+
+def _file_paths_made_absolute(
+    values: Mapping[str, str], config_file: Path, environ: Mapping[str, str]
+) -> dict[str, str]:
+    """The file's relative paths, made relative to the file's folder (as init arguments).
+
+    Only for settings the environment does not set: the environment still wins.
+    """
+    folder = config_file.resolve().parent
+    paths = _path_fields()
+    overrides: dict[str, str] = {}
+    for name, value in values.items():
+        field = name.upper().removeprefix(ENV_PREFIX).lower()
+        if not value or environ.get(name.upper()) or field not in Settings.model_fields:
+            continue
+        if field in paths and not Path(value).is_absolute():
+            overrides[field] = str(folder / value)
+        elif field == "database_url" and value.startswith("sqlite:///"):
+            path = value.removeprefix("sqlite:///")
+            if path and not path.startswith(("/", ":memory:")):
+                overrides[field] = "sqlite:///" + str(folder / path)
+    return overrides
+
+
+# --- fdpush config check, fdpush config example ------------------------------------------------
+
+
+def config_problems(
+    config_file: str | os.PathLike[str] | None, environ: Mapping[str, str]
+) -> list[str]:
+    """Every problem of a configuration, one line each, without starting or creating anything.
+
+    What ``serve`` would refuse, plus names that are no setting and a missing master key.
+    """
+    config_file = config_file or environ.get(f"{ENV_PREFIX}CONFIG_FILE") or None
+    problems = unknown_settings(environ)
+    if config_file is not None and not Path(config_file).is_file():
+        return [*problems, f"config file {config_file} does not exist"]
+    overrides: dict[str, str] = {}
+    if config_file is not None:
+        values = _read_config_file(Path(config_file))
+        problems += unknown_settings(values, source=f"in {config_file}")
+        overrides = _file_paths_made_absolute(values, Path(config_file), environ)
+    known = set(Settings.model_fields)
+    for name, value in environ.items():  # ``environ`` as the environment: it wins over the file
+        field = name.upper().removeprefix(ENV_PREFIX).lower()
+        if name.upper().startswith(ENV_PREFIX) and field in known and value:
+            overrides[field] = value
+    try:
+        settings = Settings(_env_file=Path(config_file) if config_file else None, **overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        return problems + [_describe(error) for error in exc.errors()]
+    for check in (settings.master_key_bytes, settings.check_auth, settings.check_delivery):
+        try:
+            check()
+        except ConfigError as exc:
+            problems.append(str(exc))
+    try:
+        check_master_key(settings)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def _example_value(value: object) -> str:
+    if value is None or value == ():
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, RateLimit):
+        return f"{value.requests}/{value.seconds}"
+    if isinstance(value, Path):
+        return value.as_posix() if value.is_absolute() else f"./{value.as_posix()}"
+    return str(value)
+
+
+def _sections() -> dict[str, str]:
+    """Field name → the ``# --- section`` comment above it in the Settings class."""
+    sections: dict[str, str] = {}
+    current = ""
+    try:
+        source = inspect.getsource(Settings)
+    except OSError:  # installed without sources: one list without headings
+        return sections
+    for line in source.splitlines():
+        heading = re.match(r"^    # --- (.+)$", line)
+        field = re.match(r"^    ([a-z_]+): ", line)
+        if heading:
+            current = heading.group(1)
+        elif field:
+            sections[field.group(1)] = current
+    return sections
+
+
+def example_config() -> str:
+    """A commented configuration file: every setting, its meaning and its default.
+
+    Every line is commented out, so the file as it is changes nothing; uncomment what you set.
+    """
+    out = [
+        "# fdpush configuration: FDPUSH_*=value lines, for `fdpush --config FILE` or the",
+        "# environment (which wins over the file). Every setting is listed with its default,",
+        "# commented out. Relative paths are relative to this file's folder.",
+        "# Made by `fdpush config example`; check a configuration with `fdpush config check`.",
+    ]
+    sections = _sections()
+    last_section = None
+    for name, field in Settings.model_fields.items():
+        section = sections.get(name, "")
+        if section != last_section:
+            out += ["", f"# === {section}" if section else "# ==="]
+            last_section = section
+        description = " ".join((field.description or "").split())
+        choices = get_args(field.annotation) if "Literal" in str(field.annotation) else ()
+        out.append("")
+        out += [f"# {line}" for line in _wrap(description)]
+        if choices and not any(str(choice) in description for choice in choices):
+            out.append(f"# One of: {', '.join(map(str, choices))}.")
+        out.append(f"#{ENV_PREFIX}{name.upper()}={_example_value(field.default)}")
+    return "\n".join(out) + "\n"
+
+
+def _wrap(text: str, width: int = 98) -> list[str]:
+    return textwrap.wrap(text, width) or ["(no description)"]
+
+
+def check_master_key(settings: Settings) -> None:
+    """Outside dev mode a master key must exist: configured, or in the key file.
+
+    Generating one is a development convenience only: a production service that made its own
+    key would seal devices' keys under a secret nobody has backed up.
+    """
+    if settings.master_key is not None or settings.auth_mode == "dev":
+        return
+    if not settings.master_key_file.exists():
+        raise ConfigError(
+            f"FDPUSH_MASTER_KEY: required with FDPUSH_AUTH_MODE={settings.auth_mode} (no key "
+            f"file at {settings.master_key_file}); set it to Base64 of 32 random bytes, e.g. "
+            "from: openssl rand -base64 32 (and back it up)"
+        )
 
 
 def resolve_master_key(settings: Settings) -> bytes:
@@ -304,6 +575,7 @@ def resolve_master_key(settings: Settings) -> bytes:
     configured = settings.master_key_bytes()
     if configured is not None:
         return configured
+    check_master_key(settings)
     path = settings.master_key_file
     source = f"FDPUSH_MASTER_KEY_FILE ({path})"
     if path.exists():

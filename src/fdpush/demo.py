@@ -16,6 +16,7 @@ import base64
 import os
 import secrets
 import shlex
+import signal
 import tempfile
 import threading
 import time
@@ -473,8 +474,15 @@ def _status_of(device: DemoDevice, channel: str) -> str:
 
 def _table(outcome: DemoOutcome) -> Table:
     table = Table(title="What each device received", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("device", "event", "channel", "device's state", "received"):
-        table.add_column(column)
+    # A cut channel id or word is useless: columns wrap between words instead, and the widths
+    # below fit 80 columns.
+    table.add_column("device", min_width=max(len(d.label) for d in outcome.devices))
+    longest_word = max(len(word) for e in outcome.events for word in e.what.split())
+    table.add_column("event", min_width=longest_word)
+    longest_channel = max(len(event.channel) for event in outcome.events)
+    table.add_column("channel", no_wrap=True, min_width=longest_channel)
+    table.add_column("state", max_width=len("(default)"))
+    table.add_column("received", no_wrap=True, min_width=len("✔ decrypted"))
     for device in outcome.devices:
         opened = outcome.received.get(device.label, [])
         name = f"{device.label} [dim]{device.platform}[/dim]"
@@ -500,36 +508,53 @@ def _table(outcome: DemoOutcome) -> Table:
 
 
 def _try_it(chain: _Chain, devices: list[DemoDevice]) -> str:
+    """Commands to try the running chain by hand, each line at most 80 columns wide.
+
+    The token, the internal key and an event body go into files of the demo's folder (deleted
+    with it), so that the lines stay short and the secrets out of the terminal's scrollback.
+    """
     anna = devices[0]
-    pushkey = quote(anna.pushkey, safe="")
-    url = chain.service.url
-    pki = chain.workdir / "pki"
+    folder = chain.workdir
+    _write_private(folder / "token", chain.token(anna.user))
+    _write_private(folder / "internal.key", chain.internal_key)
+    event = {
+        "user_id": anna.user,
+        "channel": "erp.communication.new",
+        "identifier": "by-hand",
+        "payload": {"ChannelId": "erp.communication.new", "Identifier": "by-hand"},
+    }
+    _write_private(folder / "event.json", orjson.dumps(event).decode())
     q = shlex.quote
+    # The production gateway keeps no inbox (the mock providers have what it forwarded).
+    target = (
+        "$GW/metrics"
+        if chain.gateway.production
+        else f"$GW/_dev/inbox?app_id={anna.app_id}&pushkey=$PK"
+    )
     return "\n".join(
         [
-            f"TOKEN={q(chain.token(anna.user))}   # {anna.user}, valid for an hour",
-            f'curl -s -H "Authorization: Bearer $TOKEN" {url}/push/v1/pushers',
-            f'curl -s -H "Authorization: Bearer $TOKEN" {url}/push/v1/channels/{pushkey}',
-            f'curl -s -H "Authorization: Bearer $TOKEN" {url}/push/v1/history/device/{pushkey}',
-            f"KEY={q(chain.internal_key)}",
-            f'curl -s -H "Authorization: Bearer $KEY" {url}/internal/v1/events -d '
-            + q(
-                '{"user_id": "'
-                + anna.user
-                + '", "channel": "erp.communication.new", "identifier": "by-hand", '
-                '"payload": {"ChannelId": "erp.communication.new", "Identifier": "by-hand"}}'
-            ),
-            f"curl -s --cacert {pki / 'ca.pem'} --cert {pki / 'client.pem'} "
-            f"--key {pki / 'client.key'} "
-            + (
-                q(f"{chain.gateway.url}/metrics")
-                if chain.gateway.production
-                else q(
-                    f"{chain.gateway.url}/_dev/inbox?app_id={anna.app_id}&pushkey={anna.pushkey}"
-                )
-            ),
+            f"D={q(str(folder))}",
+            f"URL={chain.service.url}  GW={chain.gateway.url}",
+            f"# {anna.label}: its pushkey (URL-encoded), its user's token",
+            f"PK={q(quote(anna.pushkey, safe=''))}",
+            'TOKEN=$(cat "$D/token")  KEY=$(cat "$D/internal.key")',
+            "",
+            'curl -s -H "Authorization: Bearer $TOKEN" "$URL/push/v1/pushers"',
+            'curl -s -H "Authorization: Bearer $TOKEN" "$URL/push/v1/channels/$PK"',
+            'curl -s -H "Authorization: Bearer $TOKEN" "$URL/push/v1/history/device/$PK"',
+            'curl -s -H "Authorization: Bearer $KEY" "$URL/internal/v1/events" \\',
+            '  -d @"$D/event.json"',
+            'curl -s --cacert "$D/pki/ca.pem" --cert "$D/pki/client.pem" \\',
+            '  --key "$D/pki/client.key" \\',
+            f'  "{target}"',
         ]
     )
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")
 
 
 def run_demo(
@@ -549,19 +574,21 @@ def run_demo(
     devices, events = scenario()
     outcome = DemoOutcome(devices, events)
     with ExitStack() as stack:
+        _stop_like_ctrl_c(stack)
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fdpush-demo-")))
         configure_logging("info", path=workdir / "service.log")
         console.print("[bold]fdpush demo[/bold]: a Fachdienst, a Push Gateway and four apps")
         with console.status("starting the service and the gateway (mutual TLS)…"):
             chain = stack.enter_context(_running_chain(workdir, port, production_gateway))
-        console.print(f"  service  {chain.service.url}  (SQLite in {workdir}, dev auth)")
-        kind = "production gateway" if production_gateway else "gateway"
+        console.print(f"  service  {chain.service.url}  (SQLite, dev authentication)")
+        kind = "gateway (production)" if production_gateway else "gateway"
         console.print(f"  {kind}  {chain.gateway.url}  (client certificate required)")
         if production_gateway:
             assert isinstance(chain.gateway, _ProductionGateway)
             console.print(
                 f"  mock APNs  {chain.gateway.apns.url}   mock FCM  {chain.gateway.fcm.url}"
             )
+        console.print(f"  files    {workdir}  (deleted at the end)")
         keyrings = _register(chain, devices)
         console.print(f"  {len(devices)} apps registered, each with a fresh iss and its choices")
         _emit_and_settle(chain, events, outcome, console)
@@ -585,9 +612,25 @@ def run_demo(
         if not once:
             console.print("\nThe service keeps running. Try it by hand:\n")
             console.print(_try_it(chain, devices), markup=False, highlight=False, soft_wrap=True)
-            console.print("\nCtrl-C stops it and deletes everything it made.")
+            console.print("\nCtrl-C (or SIGTERM) stops it and deletes everything it made.")
             _wait_for_interrupt()
     return outcome
+
+
+def _stop_like_ctrl_c(stack: ExitStack) -> None:
+    """SIGTERM and SIGHUP end the demo as Ctrl-C does: its folder (with private keys) is deleted.
+
+    Only in the main thread (where Python runs signal handlers); the previous handlers come back
+    when the demo ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        stack.callback(signal.signal, signum, signal.signal(signum, interrupt))
 
 
 def _wait_for_interrupt() -> None:

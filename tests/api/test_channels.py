@@ -1,4 +1,4 @@
-"""Channels: the catalog and each device's choices, in both layouts (issue 2, "Channels").
+"""Channels: the catalog and each device's choices, in both layouts (docs/concept.md, "Channels").
 
 The default test catalog (``conftest.CHANNELS``) is
 ``erp.task.activate=enabled, erp.communication.new, erp.task.close=disabled``: one channel of

@@ -7,12 +7,11 @@ answer must pass two checks:
 - ``not_a_server_error``: no input ever produces a 5xx;
 - ``response_schema_conformance``: a response with a status the spec documents matches the
   spec's schema for it. Status-code conformance is deliberately not checked: the spec lists only
-  200/400/429, while the issue requires 401, 404 and 413 as well.
+  200/400/429, while fdpush also answers 401, 404 and 413 (docs/decisions.md).
 
-The specs are loaded straight from ``spec/`` (gematik's published files, copied unchanged from
-``../shared/spec``; their relative ``$ref``s into ``definitions/*.yaml`` resolve against the
-file), never edited. Known quirks of the
-published files that schemathesis copes with as they are:
+The specs are loaded straight from ``spec/`` (gematik's published files, copied unchanged; their
+relative ``$ref``s into ``definitions/*.yaml`` resolve against the file), never edited. Known quirks
+of the published files that schemathesis copes with as they are:
 
 - the seed spec's ``GET /channels/v1`` and ``GET /channels/v1/{pushtoken}`` declare a request
   body (a copy of the response schema), so GETs are sent with a JSON body, which the service must
@@ -44,7 +43,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from conftest import CHANNELS, Service, dev_token, new_user, registration
 
-# The published specs, next to the repository (../shared/spec, as the issue names them).
+# gematik's published specs, copied unchanged into the repository.
 SPEC_ROOT = Path(__file__).resolve().parents[2] / "spec"
 SPECS = {
     # name: (file, where its paths are mounted on the service)

@@ -8,10 +8,10 @@ Three directions:
   documented schemas, so what the spec promises a client can send, we document as accepted;
 - what the running service really answers is valid under the spec's own response schemas.
 
-The specs are read from ``spec/`` (gematik's published files, copied unchanged from
-``../shared/spec``) and never modified; their relative ``$ref``s into ``definitions/*.yaml`` are
-inlined here, and OpenAPI 3.0's ``nullable`` is translated to JSON
-Schema so that ``jsonschema`` can check against the 3.0.3 (current) file too.
+The specs are read from ``spec/`` (gematik's published files, copied unchanged) and never modified;
+their relative ``$ref``s into ``definitions/*.yaml`` are inlined here, and OpenAPI 3.0's
+``nullable`` is translated to JSON Schema so that ``jsonschema`` can check against the 3.0.3
+(current) file too.
 """
 
 from __future__ import annotations
@@ -30,18 +30,16 @@ from jsonschema import Draft202012Validator
 
 from conftest import Service, new_user, registration
 
-# The published specs, next to the repository (../shared/spec, as the issue names them).
+# gematik's published specs, copied unchanged into the repository.
 SPEC_ROOT = Path(__file__).resolve().parents[2] / "spec"
 SPEC_FILES = {
     "current": SPEC_ROOT / "current" / "fd_openapi.yaml",
     "seed": SPEC_ROOT / "seed-2025-01" / "fd_openapi.yaml",
 }
 MOUNT = {"current": "/push/v1", "seed": ""}
-# The notification history of the current spec is not part of this issue (issue 2 lists the
-# pusher and channel endpoints only); it is the one published path we do not serve yet.
 NOT_IN_THIS_ISSUE: set[str] = set()  # every published operation is served
 # Ours beyond the published files: the internal events API (not a client API), and the history
-# endpoints in the seed layout too (issue 3: "In both layouts").
+# endpoints in the seed layout too (docs/delivery.md, "History").
 OUR_EXTENSIONS_PREFIXES = ("/internal/v1/", "/history/v1/")
 # The seed spec documents GET channels with the channel list as a *request* body and an empty
 # object as the 200 answer (a copy-paste slip); the list is what the operation really answers.
@@ -394,7 +392,7 @@ def test_interactive_docs_are_served(service: Service) -> None:
 PUBLISHED = Path(__file__).resolve().parents[2].parent / "shared" / "spec"
 
 
-@pytest.mark.skipif(not PUBLISHED.is_dir(), reason="the published ../shared/spec is not at hand")
+@pytest.mark.skipif(not PUBLISHED.is_dir(), reason="the published specs are not at hand")
 def test_our_copy_of_the_specs_is_the_published_text() -> None:
     """``spec/`` is gematik's files, byte for byte: the tests check against the real contract."""
     ours = sorted(p.relative_to(SPEC_ROOT) for p in SPEC_ROOT.rglob("*") if p.is_file())

@@ -1,4 +1,5 @@
-"""Pushers: ``POST pushers/set`` and ``GET pushers`` in both layouts (issue 2, "Pushers").
+"""Pushers: ``POST pushers/set`` and ``GET pushers`` in both layouts (docs/concept.md, "What the
+Client-FD API promises").
 
 Every rule runs against the real service over HTTP, on SQLite and PostgreSQL. Where a request
 must fail, the test also checks that it left nothing behind.

@@ -1,5 +1,5 @@
 """What the service keeps: no iss, keys sealed under the master key, the audit log, and a
-consistent state under concurrent writers (issue 2, "Storage", "Audit" and the key schedule).
+consistent state under concurrent writers (docs/concept.md, "Sealing"; docs/decisions.md).
 
 The database is read with a driver of the test's own (``service.query``), and the sealed key
 material is opened with an implementation written here, independent of ``fdpush.crypto``.
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from conftest import Service, free_port, new_user, registration
 
-# The test vector of CONCEPT.md ("Encryption").
+# The test vector of docs/concept.md ("Sealing").
 VECTOR_ISS = "f2ca1bb6c7e907d06dafe4687e579fce76b37e4e93b7605022da52e6ccc26fd2"
 VECTOR_2023_10 = (
     "185fed66ea5cabbe00147bbd298b5dab0ed41b57ab254d35897b3a4504306e3b"  # secret

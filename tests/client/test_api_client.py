@@ -1,4 +1,4 @@
-"""The client kit's HTTP client (issue 4) against the real service, in both layouts.
+"""The client kit's HTTP client (docs/client-kit.md) against the real service, in both layouts.
 
 Each test talks to a running ``fdpush serve`` (SQLite and PostgreSQL) the way an app would,
 and checks what the service stored or answered — not only that the client returned.

@@ -1,10 +1,12 @@
-"""Interop (issue 4): the kit opens what the service sends, and agrees with a third party.
+"""Interop: the kit opens what the service sends, and agrees with a third party.
+
+See docs/client-kit.md.
 
 - Through the whole chain: an app registers through the kit's client with the kit's keyring,
   the real service seals and delivers over mutual TLS to the development gateway, and the app
   opens the APNs or FCM push the gateway shows for its device — then finds the same message in
   the history by the identifier that travelled with it.
-- Against an independent implementation written below from CONCEPT.md alone (no fdpush import,
+- Against an independent implementation written below from docs/concept.md alone (no fdpush import,
   no shared test helper): what it seals, the kit opens; what fdpush's sender seals, it opens.
 """
 
@@ -28,7 +30,7 @@ from fdpush import crypto
 from fdpush.client import FachdienstClient, Keyring
 from fdpush.gateway import GatewayThread, TestPki
 
-# --- a third implementation, from CONCEPT.md "Encryption" alone -------------------------------
+# --- a third implementation, from docs/concept.md "Sealing" alone -------------------------------
 
 
 def third_party_keys(iss: bytes, first_month: str, month: str) -> bytes:

@@ -1,4 +1,4 @@
-"""The client kit's keyring (issue 4): what the app keeps, what it opens, what it refuses.
+"""The client kit's keyring (docs/client-kit.md): what the app keeps, opens and refuses.
 
 Notifications here are sealed by the service's own sender path (``fdpush.crypto``: the month
 ratchet from the registration's iss, the frame, AES-256-GCM) — what the kit must open — and

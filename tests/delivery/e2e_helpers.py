@@ -1,6 +1,6 @@
 """Helpers for the end-to-end delivery tests: an independent app side, and the rig around it.
 
-**The app side** is written from ``CONCEPT.md`` alone — it does not import ``fdpush.crypto`` or
+**The app side** is written from ``docs/concept.md`` alone — it does not import ``fdpush.crypto`` or
 ``fdpush.domain``, so a mistake there cannot cancel out here: HKDF-SHA256 (RFC 5869, on
 ``hmac``), the month ratchet from the iss the test generated, AES-256-GCM, the ``PNM1`` frame
 of 1024 bytes, Base64 of 1404 characters. :class:`AppDevice` is one app on one phone: it
@@ -48,7 +48,7 @@ CLOSE = "erp.task.close"  # default disabled
 T = TypeVar("T")
 
 
-# --- the app side (CONCEPT.md, "Encryption") -----------------------------------------------------
+# --- the app side (docs/concept.md, "Sealing") ----------------------------------------------------
 
 
 def hkdf_sha256(ikm: bytes, info: bytes, length: int = 64) -> bytes:

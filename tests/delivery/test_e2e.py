@@ -1,5 +1,5 @@
-"""End to end (issue 3): events in through the internal API, sealed notifications out to the
-Push Gateways, decrypted by an independent implementation of the app side.
+"""End to end (docs/delivery.md): events in through the internal API, sealed notifications
+out to the Push Gateways, decrypted by an independent implementation of the app side.
 
 Every test runs the real ``fdpush serve`` (SQLite and PostgreSQL) delivering over mutual TLS to
 development gateways on loopback; the app side in ``e2e_helpers`` derives its month keys from
@@ -73,7 +73,7 @@ def canonical(payload: dict) -> bytes:
 
 
 def test_the_independent_app_side_reproduces_the_concepts_test_vector() -> None:
-    """The app side the other tests trust is right: CONCEPT.md's vector, both months."""
+    """The app side the other tests trust is right: docs/concept.md's test vector, both months."""
     iss = "f2ca1bb6c7e907d06dafe4687e579fce76b37e4e93b7605022da52e6ccc26fd2"
     first = hkdf_sha256(bytes.fromhex(iss), b"2023-10")
     assert first.hex() == (
@@ -246,9 +246,9 @@ def test_a_device_whose_iss_is_months_old_decrypts_with_the_ratcheted_key(
 def test_an_idle_service_delivers_an_event_within_a_second(
     rig: Rig, gateways: tuple[GatewayThread, GatewayThread], record_property
 ) -> None:
-    """Issue 3: "an idle service delivers an event to the gateway within tens of
-    milliseconds" — the worker is woken, it does not poll. Asserted with a generous deadline
-    (1 s); the measured times are printed and recorded."""
+    """An idle service delivers an event to the gateway within tens of milliseconds: the
+    worker is woken, it does not poll (docs/delivery.md, "Waking"). Asserted with a generous
+    deadline (1 s); the measured times are printed and recorded."""
     user = new_user()
     phone = AppDevice(user, gateways[0])
     rig.register(phone)

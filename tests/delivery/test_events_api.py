@@ -1,4 +1,4 @@
-"""The internal events API (issue 3, "Events in"): who may call it, what it accepts, what it
+"""The internal events API (docs/delivery.md): who may call it, what it accepts, what it
 answers, and where it listens.
 
 The real ``fdpush serve`` (SQLite and PostgreSQL) with a development gateway over mutual TLS;

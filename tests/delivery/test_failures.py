@@ -1,5 +1,5 @@
-"""Failures (issue 3, "Out to the gateways"): whatever the gateways, the network or our own
-process do, every notification ends delivered — or, past the maximum age, failed with its
+"""Failures (docs/delivery.md, "What each answer does"): whatever the gateways, the network
+or our own process do, every notification ends delivered — or, past the maximum age, failed with its
 reason, never dropped silently.
 
 The gateways are development gateways over mutual TLS on loopback, told to misbehave through

@@ -1,8 +1,8 @@
 """The gateway client against the development Push Gateway, over mutual TLS on loopback.
 
-One test per rule of issue 3's "Out to the gateways": which endpoint gets what, results matched
-by id, what each 400/413 means, what counts as gateway trouble, TLS, connections and logs. The
-few answers the development gateway never gives come from a scripted peer
+One test per rule of docs/delivery.md's "What each answer does": which endpoint gets what, results
+matched by id, what each 400/413 means, what counts as gateway trouble, TLS, connections and logs.
+The few answers the development gateway never gives come from a scripted peer
 (:class:`delivery.helpers.ScriptedGateway`) over the same mutual TLS.
 """
 

@@ -1,5 +1,5 @@
-"""Notification history (issue 3, "History"): with ``FDPUSH_HISTORY_DAYS`` > 0 the app lists
-what was sent to its device and fetches one message by the identifier that travelled with it.
+"""Notification history (docs/delivery.md, "History"): with ``FDPUSH_HISTORY_DAYS`` > 0 the app
+lists what was sent to its device and fetches one message by the identifier that travelled with it.
 
 Both layouts (``/push/v1/history/...`` and ``/history/v1/...``), paging, only the caller's own,
 off by default, and the payload sealed at rest. The real ``fdpush serve`` (SQLite and

@@ -1,4 +1,4 @@
-"""Events from Python, delivery metrics, and the list of given-up notifications (issue 3).
+"""Events from Python, delivery metrics, and the list of given-up notifications (docs/delivery.md).
 
 - ``fdpush.Notifier`` in this (the test's) process emits into a running service's database;
   the service's worker delivers (woken by PostgreSQL ``NOTIFY``; with SQLite it finds the work

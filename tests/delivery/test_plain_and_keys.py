@@ -1,4 +1,4 @@
-"""Plain notifications and the key schedule at send time (issue 3, "Sealing").
+"""Plain notifications and the key schedule at send time (docs/concept.md, "Sealing").
 
 - With ``FDPUSH_ENCRYPTION=optional`` a pusher registered without ``encryption`` gets plain
   notifications (``notify/batch``, ``content`` = the payload, ``event_id`` = our notification

@@ -1,7 +1,7 @@
 """Helpers for the development gateway's tests: request builders and the spec's schemas.
 
 Error and result bodies are checked against ``push_gateway_openapi.yaml`` itself (loaded from
-``../shared/spec/current``), with jsonschema, so the tests follow the spec, not our reading of it.
+``spec/current``), with jsonschema, so the tests follow the spec, not our reading of it.
 """
 
 from __future__ import annotations

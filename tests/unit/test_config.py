@@ -19,8 +19,11 @@ from fdpush.config import (
     GatewayHost,
     RateLimit,
     Settings,
+    config_problems,
+    example_config,
     load_settings,
     resolve_master_key,
+    unknown_settings,
 )
 
 DEV_SECRET = "config-test-secret-0123456789abcdef"
@@ -409,3 +412,181 @@ def test_an_empty_variable_means_not_set(monkeypatch: pytest.MonkeyPatch) -> Non
     settings = load_with(monkeypatch, FDPUSH_RATE_LIMIT="", FDPUSH_PORT="")
     assert settings.rate_limit == RateLimit(30, 60)
     assert settings.port == 8080
+
+
+# --- names that are no setting ----------------------------------------------------------------
+
+
+def test_a_misspelt_name_in_the_config_file_stops_start_up_with_a_suggestion(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "fdpush.env"
+    path.write_text(
+        f"FDPUSH_AUTH_MODE=dev\nFDPUSH_AUTH_DEV_SECRET={DEV_SECRET}\nFDPUSH_PROT=9000\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(caught.value) == (
+        f"FDPUSH_PROT (in {path}): not a setting; did you mean FDPUSH_PORT?"
+    )
+
+
+def test_a_name_without_prefix_in_the_config_file_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "fdpush.env"
+    path.write_text("DATABASE_URL=sqlite:///x.db\n")
+    with pytest.raises(ConfigError, match=r"^DATABASE_URL .*did you mean FDPUSH_DATABASE_URL\?$"):
+        load_settings(path)
+
+
+def test_unknown_environment_names_are_found_with_suggestions() -> None:
+    environ = {
+        "FDPUSH_MASTERKEY": "x",
+        "FDPUSH_GATEWAY_ALLOW_LIST": "x",
+        "FDPUSH_PORT": "1",
+        "FDPUSH_CONFIG_FILE": "x",
+        "FDPUSH_SOMETHING_ELSE_ENTIRELY": "x",
+        "HOME": "/root",  # not ours: other programs share the environment
+    }
+    problems = unknown_settings(environ)
+    assert problems == [
+        "FDPUSH_MASTERKEY (in the environment): not a setting; did you mean FDPUSH_MASTER_KEY?",
+        "FDPUSH_GATEWAY_ALLOW_LIST (in the environment): not a setting; "
+        "did you mean FDPUSH_GATEWAY_ALLOWLIST?",
+        "FDPUSH_SOMETHING_ELSE_ENTIRELY (in the environment): not a setting "
+        "(fdpush config example lists them)",
+    ]
+
+
+# --- relative paths in a config file ----------------------------------------------------------
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_its_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Started from another folder, the file's database and key file are still the same ones."""
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (folder / "ca.pem").write_text("x")
+    path = folder / "fdpush.env"
+    path.write_text(
+        "FDPUSH_AUTH_MODE=dev\n"
+        f"FDPUSH_AUTH_DEV_SECRET={DEV_SECRET}\n"
+        "FDPUSH_DATABASE_URL=sqlite:///./data/fdpush.db\n"
+        "FDPUSH_MASTER_KEY_FILE=keys/master.key\n"
+        "FDPUSH_GATEWAY_CA_FILE=ca.pem\n"
+        "FDPUSH_AUTH_JWKS_FILE=/abs/jwks.json\n"
+    )
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(path, for_serving=False)
+    assert settings.database_url == f"sqlite:///{folder}/data/fdpush.db"
+    assert settings.master_key_file == folder / "keys" / "master.key"
+    assert settings.gateway_ca_file == folder / "ca.pem"
+    assert settings.auth_jwks_file == Path("/abs/jwks.json")
+    settings.check_delivery()  # the CA file is found although the working folder is elsewhere
+
+
+def test_the_environment_still_wins_over_a_relative_path_in_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "fdpush.env"
+    path.write_text("FDPUSH_MASTER_KEY_FILE=in-file.key\nFDPUSH_DATABASE_URL=sqlite:///f.db\n")
+    monkeypatch.setenv("FDPUSH_MASTER_KEY_FILE", "from-env.key")
+    monkeypatch.setenv("FDPUSH_DATABASE_URL", "sqlite:///:memory:")
+    settings = load_settings(path, for_serving=False)
+    assert settings.master_key_file == Path("from-env.key")
+    assert settings.database_url == "sqlite:///:memory:"
+
+
+@pytest.mark.usefixtures("dev_env")
+def test_relative_paths_in_the_environment_stay_relative_to_the_working_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = load_with(monkeypatch, FDPUSH_DATABASE_URL="sqlite:///./here.db")
+    assert settings.database_url == "sqlite:///./here.db"
+
+
+# --- production needs a master key ------------------------------------------------------------
+
+
+def test_jwt_mode_without_a_master_key_refuses_and_makes_no_key_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "master.key"
+    settings = Settings(auth_mode="jwt", master_key_file=key_file)
+    with pytest.raises(ConfigError) as caught:
+        resolve_master_key(settings)
+    message = str(caught.value)
+    assert message.startswith("FDPUSH_MASTER_KEY: required with FDPUSH_AUTH_MODE=jwt")
+    assert "\n" not in message
+    assert not key_file.exists()
+
+
+def test_jwt_mode_reads_an_existing_key_file(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    key_file = tmp_path / "master.key"
+    key_file.write_text(base64.b64encode(key).decode())
+    key_file.chmod(0o600)
+    assert resolve_master_key(Settings(auth_mode="jwt", master_key_file=key_file)) == key
+
+
+# --- fdpush config example / check ------------------------------------------------------------
+
+
+def test_every_setting_has_a_description() -> None:
+    missing = [name for name, field in Settings.model_fields.items() if not field.description]
+    assert missing == []
+
+
+def test_the_example_lists_every_setting_with_its_default() -> None:
+    text = example_config()
+    lines = [line for line in text.splitlines() if line.startswith("#FDPUSH_")]
+    assert [line.split("=", 1)[0][1:] for line in lines] == [
+        f"FDPUSH_{name.upper()}" for name in Settings.model_fields
+    ]
+    assert "#FDPUSH_PORT=8080" in lines
+    assert "#FDPUSH_RATE_LIMIT=30/60" in lines
+    assert "#FDPUSH_MIGRATE_ON_START=1" in lines
+    assert "#FDPUSH_MASTER_KEY_FILE=./fdpush.master-key" in lines
+    assert all(line.startswith("#") or not line for line in text.splitlines())
+
+
+def test_the_example_uncommented_gives_the_defaults(tmp_path: Path) -> None:
+    """Each default as written in the example reads back as the same value."""
+    path = tmp_path / "all.env"
+    path.write_text(
+        "\n".join(line[1:] for line in example_config().splitlines() if line.startswith("#FDPUSH_"))
+        + "\n"
+    )
+    from_file = Settings(_env_file=path)  # type: ignore[call-arg]
+    assert from_file == Settings()
+
+
+def test_config_problems_lists_every_problem_and_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "fdpush.env"
+    path.write_text(
+        "FDPUSH_AUTH_MODE=jwt\nFDPUSH_PORT=x\nFDPUSH_MAX_BODY_BYTES=1\nFDPUSH_CHANELS=a\n"
+    )
+    problems = config_problems(path, {"FDPUSH_LOGLEVEL": "debug"})
+    assert problems == [
+        "FDPUSH_LOGLEVEL (in the environment): not a setting; did you mean FDPUSH_LOG_LEVEL?",
+        f"FDPUSH_CHANELS (in {path}): not a setting; did you mean FDPUSH_CHANNELS?",
+        "FDPUSH_PORT: Input should be a valid integer, unable to parse string as an integer",
+        "FDPUSH_MAX_BODY_BYTES: Input should be greater than or equal to 1024",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fdpush.env"]
+
+
+def test_config_problems_of_a_good_production_configuration(tmp_path: Path) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    environ = {
+        "FDPUSH_AUTH_MODE": "jwt",
+        "FDPUSH_AUTH_JWKS_FILE": str(jwks),
+        "FDPUSH_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+    }
+    assert config_problems(None, environ) == []
+    del environ["FDPUSH_MASTER_KEY"]
+    (problem,) = config_problems(None, environ)
+    assert problem.startswith("FDPUSH_MASTER_KEY: required")

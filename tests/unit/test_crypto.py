@@ -25,7 +25,7 @@ from fdpush import crypto
 from fdpush.crypto import CryptoError, KeyGeneration
 from fdpush.domain.keys import KeyVault, current_period
 
-# CONCEPT.md, "Test vector".
+# docs/concept.md, "Sealing" (the test vector).
 ISS = bytes.fromhex("f2ca1bb6c7e907d06dafe4687e579fce76b37e4e93b7605022da52e6ccc26fd2")
 OCT_SECRET = "185fed66ea5cabbe00147bbd298b5dab0ed41b57ab254d35897b3a4504306e3b"
 OCT_KEY = "3b4adcd58dea98db8e9cb0f5763fcd04fe932d67926cc04b20ba2a2f304ffff9"

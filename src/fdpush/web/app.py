@@ -31,6 +31,7 @@ from fdpush.logs import set_reference_key
 from fdpush.storage.database import Database
 from fdpush.web.auth import Authenticator
 from fdpush.web.client_api import ClientApi, client_router, request_body_models
+from fdpush.web.docs import add_docs, add_security_schemes
 from fdpush.web.errors import install_error_handlers
 from fdpush.web.internal_api import internal_body_models, internal_router
 from fdpush.web.middleware import BodyLimitMiddleware, HttpMetrics, ObserveMiddleware
@@ -105,8 +106,8 @@ def create_app(settings: Settings, *, access_log: bool = True) -> FastAPI:
         lifespan=lifespan,
         redirect_slashes=False,
         default_response_class=JsonResponse,
-        openapi_url="/openapi.json",
-        docs_url="/docs",
+        openapi_url="/openapi.json" if settings.api_docs else None,
+        docs_url=None,  # add_docs: Swagger UI from the package, not a CDN
         redoc_url=None,
     )
     app.state.database = db
@@ -133,6 +134,8 @@ def create_app(settings: Settings, *, access_log: bool = True) -> FastAPI:
     if settings.internal_port is None:
         app.include_router(internal_router())
     _add_operations_routes(app, db)
+    if settings.api_docs:
+        add_docs(app)
     _document_request_bodies(app)
     app.state.metrics_registry = registry
     app.state.http_metrics = HttpMetrics(registry)
@@ -158,13 +161,15 @@ def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool =
         version=__version__,
         default_response_class=JsonResponse,
         redirect_slashes=False,
-        openapi_url="/openapi.json",
-        docs_url="/docs",
+        openapi_url="/openapi.json" if settings.api_docs else None,
+        docs_url=None,
         redoc_url=None,
     )
     _set_internal_state(app, settings, main.state.events)
     install_error_handlers(app)
     app.include_router(internal_router())
+    if settings.api_docs:
+        add_docs(app)
     _document_request_bodies(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
@@ -217,6 +222,7 @@ def _document_request_bodies(app: FastAPI) -> None:
                 )
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema
+            add_security_schemes(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
