@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,6 +41,14 @@ from fdpush.web.responses import JsonResponse
 __all__ = ["create_app", "create_internal_app"]
 
 log = logging.getLogger(__name__)
+
+# FastAPI's own OpenTelemetry instrumentation (newer FastAPI versions) asks the global
+# providers on every request; the service exports Prometheus metrics instead.
+_NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def create_app(settings: Settings, *, access_log: bool = True) -> FastAPI:
@@ -108,6 +117,7 @@ def create_app(settings: Settings, *, access_log: bool = True) -> FastAPI:
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
+        **_NO_TELEMETRY,
     )
     app.state.database = db
     app.state.client_api = ClientApi(
@@ -161,6 +171,7 @@ def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool =
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
+        **_NO_TELEMETRY,
     )
     _set_internal_state(app, settings, main.state.events)
     install_error_handlers(app)
