@@ -146,9 +146,19 @@ def serve(obj: _Context, host: str | None, port: int | None, no_access_log: bool
                 )
             )
         )
-    asyncio.run(_serve_all(servers))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_serve_all(servers))
     if not servers[0].started:
         sys.exit(3)
+
+
+def _loop_factory() -> Any:
+    """uvloop's event loop where it is installed (with uvicorn[standard], except on Windows)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _second_server(config: Any) -> Any:

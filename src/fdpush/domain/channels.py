@@ -35,10 +35,9 @@ class ChannelService:
         return channel_id in self._ids
 
     async def device_channels(self, user_id: str, pushkey: str) -> list[ChannelState]:
-        async with self._db.read() as conn:
-            if not await queries.device_exists(conn, user_id, pushkey):
-                raise NotFound("No pusher with this pushkey")
-            chosen = await queries.get_states(conn, user_id, pushkey)
+        chosen = await queries.device_states(self._db, user_id, pushkey)
+        if chosen is None:
+            raise NotFound("No pusher with this pushkey")
         return [ChannelState(c.id, chosen.get(c.id, c.default)) for c in self._catalog]
 
     async def update(self, user_id: str, pushkey: str, changes: Sequence[ChannelState]) -> None:

@@ -13,9 +13,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    null,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fdpush.storage.database import Database
 from fdpush.storage.schema import audit_log, channel_states, pusher_keys, pushers
 
 __all__ = [
@@ -24,6 +36,7 @@ __all__ = [
     "delete_device_states",
     "delete_pusher",
     "device_exists",
+    "device_states",
     "get_pusher",
     "get_states",
     "list_pushers",
@@ -213,6 +226,33 @@ async def get_states(conn: AsyncConnection, user_id: str, pushkey: str) -> dict[
         )
     )
     return {row.channel_id: row.status for row in result}
+
+
+# One statement (one round trip) for "is this the user's device, and what did it choose":
+# a marker row (NULL, NULL) when the user has a pusher with this pushkey, then the states.
+_DEVICE_STATES = union_all(
+    select(null().label("channel_id"), null().label("status")).where(
+        exists().where(
+            pushers.c.user_id == bindparam("user_id"), pushers.c.pushkey == bindparam("pushkey")
+        )
+    ),
+    select(channel_states.c.channel_id, channel_states.c.status).where(
+        channel_states.c.user_id == bindparam("user_id"),
+        channel_states.c.pushkey == bindparam("pushkey"),
+    ),
+)
+
+
+async def device_states(db: Database, user_id: str, pushkey: str) -> dict[str, str] | None:
+    """A device's explicit channel choices, or None when the user has no such device.
+
+    The API's hottest read: it takes the database, not a connection, and runs on its own
+    (``Database.fetch_all``).
+    """
+    rows = await db.fetch_all(_DEVICE_STATES, {"user_id": user_id, "pushkey": pushkey})
+    if not any(channel is None for channel, _ in rows):
+        return None
+    return {channel: status for channel, status in rows if channel is not None}
 
 
 async def set_states(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,6 +42,14 @@ from fdpush.web.responses import JsonResponse
 __all__ = ["create_app", "create_internal_app"]
 
 log = logging.getLogger(__name__)
+
+# FastAPI's own OpenTelemetry instrumentation (newer FastAPI versions) asks the global
+# providers on every request; the service exports Prometheus metrics instead.
+_NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def create_app(settings: Settings, *, access_log: bool = True) -> FastAPI:
@@ -109,6 +118,7 @@ def create_app(settings: Settings, *, access_log: bool = True) -> FastAPI:
         openapi_url="/openapi.json" if settings.api_docs else None,
         docs_url=None,  # add_docs: Swagger UI from the package, not a CDN
         redoc_url=None,
+        **_NO_TELEMETRY,
     )
     app.state.database = db
     app.state.client_api = ClientApi(
@@ -164,6 +174,7 @@ def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool =
         openapi_url="/openapi.json" if settings.api_docs else None,
         docs_url=None,
         redoc_url=None,
+        **_NO_TELEMETRY,
     )
     _set_internal_state(app, settings, main.state.events)
     install_error_handlers(app)

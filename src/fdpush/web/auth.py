@@ -3,13 +3,18 @@
 ``jwt`` mode verifies the identity provider's tokens against a PEM public key (EC P-256 → ES256,
 RSA → RS256/PS256) or a JWKS file; ``dev`` mode takes HS256 tokens signed with a shared secret
 (``fdpush token USER_ID`` prints one). ``exp`` is always required.
+
+A token that passed every check is remembered (by its SHA-256, for at most a minute and never
+past its ``exp``), so an app's requests in a row cost one signature check, not one each.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
+from collections import OrderedDict
 from typing import Any
 
 import jwt
@@ -28,6 +33,8 @@ log = logging.getLogger(__name__)
 _ASYMMETRIC = {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
 _USER_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
 MAX_TOKEN_LENGTH = 16 * 1024
+VERIFIED_TOKENS_KEPT = 10_000
+VERIFIED_TOKEN_SECONDS = 60.0
 
 
 def _load_public_key(pem: bytes) -> tuple[Any, list[str]]:
@@ -58,6 +65,8 @@ class Authenticator:
         self._key: Any = None
         self._algorithms: list[str] = []
         self._jwks: jwt.PyJWKSet | None = None
+        # SHA-256 of a verified token -> (user id, until when it may be taken without checks)
+        self._verified: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
         if self._mode == "dev":
             assert settings.auth_dev_secret is not None
             self._key = settings.auth_dev_secret.get_secret_value().encode()
@@ -107,6 +116,24 @@ class Authenticator:
             raise MissingToken("Missing access token (expected 'Authorization: Bearer <token>')")
         if len(token) > MAX_TOKEN_LENGTH:
             raise UnknownToken("Unrecognised access token")
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        now = time.time()
+        known = self._verified.get(digest)
+        if known is not None:
+            if known[1] > now:
+                return known[0]
+            del self._verified[digest]
+        user_id, expires = self._verify(token)
+        self._remember(digest, user_id, min(expires, now + VERIFIED_TOKEN_SECONDS))
+        return user_id
+
+    def _remember(self, digest: bytes, user_id: str, until: float) -> None:
+        self._verified[digest] = (user_id, until)
+        if len(self._verified) > VERIFIED_TOKENS_KEPT:
+            self._verified.popitem(last=False)  # the oldest
+
+    def _verify(self, token: str) -> tuple[str, float]:
+        """The user id of a token that passes every check, and its ``exp``."""
         try:
             key, algorithms = self._key_for(token)
             claims = jwt.decode(
@@ -129,7 +156,7 @@ class Authenticator:
         user_id = claims.get(self._user_claim)
         if not isinstance(user_id, str) or not _USER_ID.fullmatch(user_id):
             raise Forbidden(f"Token carries no usable {self._user_claim!r} claim")
-        return user_id
+        return user_id, float(claims["exp"])
 
 
 def issue_dev_token(secret: str, user_id: str, ttl_seconds: int = 86400, claim: str = "sub") -> str:

@@ -35,7 +35,6 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = TooLarge(f"Request body exceeds {self.max_bytes} bytes")
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -43,7 +42,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > self.max_bytes:
-                    await error_response(too_large)(scope, receive, send)
+                    await self._refuse(scope, receive, send)
                     return
         received = 0
         started = False
@@ -67,7 +66,11 @@ class BodyLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await error_response(too_large)(scope, receive, send)
+                await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        too_large = TooLarge(f"Request body exceeds {self.max_bytes} bytes")
+        await error_response(too_large)(scope, receive, send)
 
 
 class HttpMetrics:
