@@ -226,7 +226,7 @@ class DeliveryWorker:
             return []
         now = self._clock()
         async with self._db.write() as conn:
-            rows = await outbox.claim(
+            rows, targets, bodies = await outbox.claim_with_context(
                 conn,
                 owner=self.worker_id,
                 now_ms=int(now * 1000),
@@ -234,13 +234,8 @@ class DeliveryWorker:
                 limit=limit,
                 skip_gateways=self._busy_gateways(),
             )
-            if not rows:
-                return []
-            targets, bodies = await outbox.sending_context(
-                conn,
-                (r.pusher_id for r in rows if r.pusher_id is not None),
-                (r.event_id for r in rows),
-            )
+        if not rows:
+            return []
         period = current_period(datetime.fromtimestamp(now, BERLIN))
         composed = compose(
             rows,

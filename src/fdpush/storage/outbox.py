@@ -40,6 +40,7 @@ __all__ = [
     "Recipient",
     "Target",
     "claim",
+    "claim_with_context",
     "event_counts",
     "finish",
     "insert_event_rows",
@@ -118,13 +119,17 @@ async def insert_event_rows(
     """
     if conn.dialect.name == "postgresql":
         if event_rows:
-            await conn.execute(_INSERT_EVENTS, _columns(event_rows, _EVENT_COLUMNS))
-        if notification_rows:
+            # One statement, one round trip: both inserts and the wake-up (foreign keys are
+            # checked at the end of the statement, when both tables have their rows).
             await conn.execute(
-                _INSERT_NOTIFICATIONS, _columns(notification_rows, _NOTIFICATION_COLUMNS)
+                _INSERT_EVENTS_AND_NOTIFICATIONS,
+                {
+                    **_columns(event_rows, _EVENT_COLUMNS, "e_"),
+                    **_columns(notification_rows, _NOTIFICATION_COLUMNS, "n_"),
+                    "channel": notify_channel or "",
+                    "wake": bool(notification_rows) and notify_channel is not None,
+                },
             )
-            if notify_channel is not None:
-                await conn.execute(text("SELECT pg_notify(:c, '')"), {"c": notify_channel})
         return
     if event_rows:
         await conn.execute(insert(events), list(event_rows))
@@ -155,18 +160,24 @@ _NOTIFICATION_COLUMNS = {
 }
 
 
-def _unnest_insert(table: str, columns: Mapping[str, str]) -> Any:
+def _unnest_insert(table: str, columns: Mapping[str, str], prefix: str) -> str:
     names = ", ".join(columns)
-    arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns.items())
-    return text(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})")  # noqa: S608
+    arrays = ", ".join(f"CAST(:{prefix}{name} AS {kind}[])" for name, kind in columns.items())
+    # Only our own table and column names: no input reaches this text.
+    return f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"  # noqa: S608
 
 
-_INSERT_EVENTS = _unnest_insert("events", _EVENT_COLUMNS)
-_INSERT_NOTIFICATIONS = _unnest_insert("notifications", _NOTIFICATION_COLUMNS)
+_INSERT_EVENTS_AND_NOTIFICATIONS = text(
+    f"WITH e AS ({_unnest_insert('events', _EVENT_COLUMNS, 'e_')}), "
+    f"n AS ({_unnest_insert('notifications', _NOTIFICATION_COLUMNS, 'n_')}) "
+    "SELECT CASE WHEN CAST(:wake AS boolean) THEN pg_notify(:channel, '') END"
+)
 
 
-def _columns(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str]) -> dict[str, Any]:
-    return {name: [row[name] for row in rows] for name in columns}
+def _columns(
+    rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str], prefix: str
+) -> dict[str, Any]:
+    return {prefix + name: [row[name] for row in rows] for name in columns}
 
 
 # --- the worker's side ---------------------------------------------------------------------------
@@ -253,6 +264,87 @@ async def claim(
         )
     )
     return [Claimed(*row) for row in result]
+
+
+_CLAIM_WITH_CONTEXT = text(
+    """
+    WITH due AS (
+        SELECT id FROM notifications
+        WHERE status = 'pending' AND next_attempt_at <= :now
+          AND (lease_expires_at IS NULL OR lease_expires_at < :now)
+          AND NOT (gateway = ANY(CAST(:skip AS text[])))
+        ORDER BY next_attempt_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE notifications n SET lease_owner = :owner, lease_expires_at = :until
+        FROM due WHERE n.id = due.id
+        RETURNING n.id, n.event_id, n.pusher_id, n.gateway, n.encrypted, n.body, n.attempts,
+                  n.created_at
+    )
+    SELECT c.id, c.event_id, c.pusher_id, c.gateway, c.encrypted, c.body, c.attempts,
+           c.created_at,
+           p.user_id, p.app_id, p.pushkey, p.pushkey_ts, p.data, p.key_identifier,
+           (SELECT array_agg(k.period ORDER BY k.period) FROM pusher_keys k
+             WHERE k.pusher_id = p.id) AS periods,
+           (SELECT array_agg(k.material ORDER BY k.period) FROM pusher_keys k
+             WHERE k.pusher_id = p.id) AS materials,
+           e.prio, e.identifier, e.payload
+    FROM claimed c
+    LEFT JOIN pushers p ON p.id = c.pusher_id
+    LEFT JOIN events e ON e.id = c.event_id
+    """
+)
+
+
+async def claim_with_context(
+    conn: AsyncConnection,
+    *,
+    owner: str,
+    now_ms: int,
+    lease_ms: int,
+    limit: int,
+    skip_gateways: Sequence[str] = (),
+) -> tuple[list[Claimed], dict[int, Target], dict[str, EventBody]]:
+    """:func:`claim` and :func:`sending_context` at once (PostgreSQL: one round trip)."""
+    if conn.dialect.name != "postgresql":
+        rows = await claim(
+            conn,
+            owner=owner,
+            now_ms=now_ms,
+            lease_ms=lease_ms,
+            limit=limit,
+            skip_gateways=skip_gateways,
+        )
+        if not rows:
+            return [], {}, {}
+        targets, bodies = await sending_context(
+            conn,
+            (r.pusher_id for r in rows if r.pusher_id is not None),
+            (r.event_id for r in rows),
+        )
+        return rows, targets, bodies
+    result = await conn.execute(
+        _CLAIM_WITH_CONTEXT,
+        {
+            "now": now_ms,
+            "until": now_ms + lease_ms,
+            "owner": owner,
+            "limit": limit,
+            "skip": list(skip_gateways),
+        },
+    )
+    claimed: list[Claimed] = []
+    found: dict[int, Target] = {}
+    events_found: dict[str, EventBody] = {}
+    for r in result:
+        claimed.append(Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]))
+        if r[2] is not None and r[8] is not None and r[2] not in found:
+            generations = tuple(zip(r[14] or (), r[15] or (), strict=True))
+            found[r[2]] = Target(r[2], r[8], r[9], r[10], r[11], r[12], r[13], generations)
+        if r[16] is not None and r[1] not in events_found:
+            events_found[r[1]] = EventBody(r[1], r[16], r[17], r[18])
+    return claimed, found, events_found
 
 
 async def sending_context(
