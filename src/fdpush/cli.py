@@ -25,7 +25,7 @@ from fdpush.config import (
 )
 from fdpush.logs import configure_logging
 
-__all__ = ["main"]
+__all__ = ["config_option", "main"]
 
 
 class _Context:

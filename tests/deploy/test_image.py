@@ -127,8 +127,8 @@ def test_install_and_start_as_the_image_does(tmp_path: Path) -> None:
     build_env = {k: v for k, v in os.environ.items() if not k.startswith(("FDPUSH_", "VIRTUAL"))}
     for args in build.all("ENV"):
         build_env.update(parse_env(args))
-    # The base image's `python` is the interpreter running these tests.
-    build_env["PATH"] = f"{Path(sys.executable).parent}:{build_env['PATH']}"
+    # The base image's `python` is the interpreter under these tests (outside their virtualenv).
+    build_env["PATH"] = f"{Path(sys.base_prefix) / 'bin'}:{build_env['PATH']}"
     python = Path(sys.base_prefix) / "bin" / "python3"
     for step in build.all("RUN"):
         command = step.replace("/opt/fdpush", str(venv))

@@ -48,7 +48,14 @@ def test_every_resource_matches_the_kubernetes_schema() -> None:
     for resource in resources():
         kubernetes_validate.validate(resource, version, strict=True)
         kinds.add(resource["kind"])
-    assert kinds == {"ConfigMap", "Deployment", "Job", "Service", "PodDisruptionBudget"}
+    assert kinds == {
+        "ConfigMap",
+        "Deployment",
+        "Job",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
 
 
 def test_the_validator_rejects_a_misplaced_field() -> None:
@@ -119,3 +126,18 @@ def test_configmap_holds_known_settings_and_no_secrets() -> None:
 def image_user() -> int:
     users = re.findall(r"^USER\s+(\d+)", (REPO / "Dockerfile").read_text(), re.MULTILINE)
     return int(users[-1])
+
+
+def test_only_labelled_clients_reach_the_internal_port() -> None:
+    (policy,) = by_kind("NetworkPolicy")
+    (api,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "fdpush-api"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= (
+        api["spec"]["template"]["metadata"]["labels"].items()
+    )
+    names = {port["name"] for port in containers(api)[0]["ports"]}
+    rules = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
+    assert set(rules) == names == {"http", "internal"}
+    assert rules["http"] is None  # open: the ingress and Prometheus
+    assert rules["internal"]  # restricted to labelled pods
+    for peer in rules["internal"]:
+        assert peer["podSelector"]["matchLabels"] == {"fdpush.internal-client": "true"}
