@@ -199,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"setup failed: {exc}", file=sys.stderr)
             return 3
         try:
-            figures = asyncio.run(measure(options, rounds, service, gateway, Database(database_url)))
+            figures = asyncio.run(
+                measure(options, rounds, service, gateway, Database(database_url))
+            )
         finally:
             service.stop()
             gateway.stop()

@@ -5,7 +5,7 @@ gateway trouble (5xx, 429, timeouts, connection errors …) **opens** it for an 
 growing, fully jittered wait (at least the gateway's ``Retry-After``, at most ``max_seconds``);
 when the wait has passed it is **half-open**: one request at a time may probe the gateway, and
 its outcome closes the circuit again or opens it for longer. So a gateway that is down gets a
-trickle of probes, not a storm of retries (issue 3: "the backoff kept per gateway").
+trickle of probes, not a storm of retries: the backoff is kept per gateway.
 
 :class:`Circuits` keeps one circuit per base URL, made on first use.
 
