@@ -534,11 +534,13 @@ class Gateway:
 class Profiler:
     """``py-spy record`` attached to the service for the measured phase (raw stacks)."""
 
-    def __init__(self, pid: int, output: Path) -> None:
+    def __init__(self, pid: int, output: Path, *, subprocesses: bool = False) -> None:
         py_spy = Path(sys.executable).with_name("py-spy")
         self.output = output
         output.parent.mkdir(parents=True, exist_ok=True)
         command = [str(py_spy), "record", "--format", "raw", "--rate", "200"]
+        if subprocesses:
+            command.append("--subprocesses")
         self.process = subprocess.Popen(
             [*command, "--pid", str(pid), "--output", str(output)],
             stdout=subprocess.DEVNULL,
@@ -1093,9 +1095,15 @@ async def measure_backend(
         # --- end to end: the clock runs from the first event request to the last ack
         batches = workload.event_batches()
         expected = len(workload.devices)
-        profiler = None
+        profiler = worker_profiler = None
         if options.profile_dir is not None:
             profiler = Profiler(service.pid, options.profile_dir / f"service-{backend}.txt")
+            if service.worker is not None:  # separate delivery processes: sampled apart
+                worker_profiler = Profiler(
+                    service.worker.pid,
+                    options.profile_dir / f"worker-{backend}.txt",
+                    subprocesses=True,
+                )
             await asyncio.sleep(1.0)  # let py-spy attach before the clock starts
         log_start = service.log_size()  # start-up warnings (dev auth) are not the phase's
         usage = Usage(service.pids, gateway.pid)
@@ -1115,6 +1123,9 @@ async def measure_backend(
                 break
             await asyncio.sleep(POLL_INTERVAL_S)  # poll interval, not a wait for the result
         profile = None
+        if worker_profiler is not None:
+            worker_profiler.stop()
+            print(f"  worker processes' profile: {worker_profiler.output}")
         if profiler is not None:
             complaint = profiler.stop()
             profile = (

@@ -101,6 +101,8 @@ def advance(
         youngest = vault.open(*owner, youngest_period, material)
     except crypto.CryptoError:
         return None
+    if youngest_period == period and len(generations) == 1:
+        return Advance(youngest, (), ())  # the common case: this month's key, nothing to do
     newer = crypto.ratchet(youngest, period)
     newest = newer[-1] if newer else youngest
     added = tuple(

@@ -14,11 +14,12 @@ notification.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    String,
     and_,
+    any_,
     bindparam,
     delete,
     exists,
@@ -33,6 +34,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fdpush.storage.schema import channel_states, events, notifications, pusher_keys, pushers
+
+_TEXT_ARRAY = postgresql.ARRAY(String)
+
+
+def _among(conn: AsyncConnection, column: Any, values: Sequence[Any]) -> Any:
+    """``column IN values``; on PostgreSQL ``column = ANY(:array)``, one prepared statement
+    whatever the number of values (an IN list is a new statement text for every length)."""
+    if conn.dialect.name == "postgresql":
+        kind = _TEXT_ARRAY if isinstance(column.type, String) else postgresql.ARRAY(column.type)
+        return column == any_(bindparam(None, list(values), type_=kind))
+    return column.in_(list(values))
+
 
 __all__ = [
     "Claimed",
@@ -54,8 +67,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Recipient:
+class Recipient(NamedTuple):
     """A pusher an event may go to (what fan-out needs; no key material)."""
 
     pusher_id: int
@@ -82,7 +94,7 @@ async def recipients(
                 pushers.c.data,
                 pushers.c.key_identifier,
             )
-            .where(pushers.c.user_id.in_(list(user_ids)))
+            .where(_among(conn, pushers.c.user_id, user_ids))
             .order_by(pushers.c.id)
         )
     ).all()
@@ -94,8 +106,8 @@ async def recipients(
                 channel_states.c.channel_id,
                 channel_states.c.status,
             ).where(
-                channel_states.c.user_id.in_(list(user_ids)),
-                channel_states.c.channel_id.in_(list(channel_ids)),
+                _among(conn, channel_states.c.user_id, user_ids),
+                _among(conn, channel_states.c.channel_id, channel_ids),
             )
         )
     ).all()
@@ -183,8 +195,7 @@ def _columns(
 # --- the worker's side ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
+class Claimed(NamedTuple):
     """A leased outbox row. ``body`` only on rows written before revision 0003."""
 
     id: str
@@ -197,8 +208,7 @@ class Claimed:
     created_at: int
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
     """A pusher as the worker needs it to seal and address a notification."""
 
     pusher_id: int
@@ -211,8 +221,7 @@ class Target:
     generations: tuple[tuple[str, bytes], ...]  # (period, sealed material), oldest first
 
 
-@dataclass(frozen=True, slots=True)
-class EventBody:
+class EventBody(NamedTuple):
     """An event as the worker needs it: its payload sealed at rest, prio and identifier."""
 
     id: str
@@ -422,7 +431,7 @@ async def renew(conn: AsyncConnection, *, owner: str, ids: Sequence[str], until_
     if ids:
         await conn.execute(
             update(notifications)
-            .where(notifications.c.id.in_(list(ids)), notifications.c.lease_owner == owner)
+            .where(_among(conn, notifications.c.id, ids), notifications.c.lease_owner == owner)
             .values(lease_expires_at=until_ms)
         )
 
@@ -434,7 +443,7 @@ async def finish(
     if ids:
         await conn.execute(
             update(notifications)
-            .where(notifications.c.id.in_(list(ids)), notifications.c.status == "pending")
+            .where(_among(conn, notifications.c.id, ids), notifications.c.status == "pending")
             .values(
                 status=status,
                 finished_at=now_ms,
@@ -484,7 +493,7 @@ async def release(
             values["attempts"] = notifications.c.attempts + 1
         await conn.execute(
             update(notifications)
-            .where(notifications.c.id.in_(list(ids)), notifications.c.status == "pending")
+            .where(_among(conn, notifications.c.id, ids), notifications.c.status == "pending")
             .values(**values)
         )
 
