@@ -146,6 +146,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    workers: int = Field(1, ge=1, le=64)  # API processes of `fdpush serve` (PostgreSQL for > 1)
 
     # --- storage
     database_url: str = "sqlite:///./fdpush.db"

@@ -8,6 +8,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -19,6 +20,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from fdpush import __version__
 from fdpush.config import Settings, resolve_master_key
@@ -52,12 +54,16 @@ _NO_TELEMETRY: dict[str, Any] = (
 )
 
 
-def create_app(settings: Settings, *, access_log: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings, *, access_log: bool = True, metrics_dir: Path | None = None
+) -> FastAPI:
     """Build the service. Configuration problems raise ``ConfigError`` here, before serving.
 
     The client API always; the internal (events) API too unless ``FDPUSH_INTERNAL_PORT`` gives
     it a listener of its own (:func:`create_internal_app`); the delivery worker runs in the
-    app's lifespan unless ``FDPUSH_SERVE_WORKER=0``.
+    app's lifespan unless ``FDPUSH_SERVE_WORKER=0``. ``metrics_dir``: this is one of several
+    API processes, whose metrics prometheus-client keeps in that directory; ``/metrics`` then
+    answers for all of them.
     """
     authenticator = Authenticator(settings)  # first: a bad auth setup must not leave a key file
     settings.check_delivery()
@@ -148,7 +154,7 @@ def create_app(settings: Settings, *, access_log: bool = True) -> FastAPI:
     app.include_router(client_router(settings.base_path))
     if settings.internal_port is None:
         app.include_router(internal_router())
-    _add_operations_routes(app, db)
+    _add_operations_routes(app, db, metrics_dir)
     _document_request_bodies(app)
     app.state.metrics_registry = registry
     app.state.http_metrics = HttpMetrics(registry)
@@ -190,7 +196,7 @@ def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool =
     return app
 
 
-def _add_operations_routes(app: FastAPI, db: Database) -> None:
+def _add_operations_routes(app: FastAPI, db: Database, metrics_dir: Path | None) -> None:
     @app.get("/health/live", tags=["Operations"], summary="The process is up")
     async def live() -> dict[str, str]:
         return {"status": "ok"}
@@ -206,7 +212,12 @@ def _add_operations_routes(app: FastAPI, db: Database) -> None:
 
     @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
-        body = generate_latest(request.app.state.metrics_registry)
+        if metrics_dir is None:
+            body = generate_latest(request.app.state.metrics_registry)
+        else:  # every process's files, merged (process_* metrics exist per process only)
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+            body = generate_latest(registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
