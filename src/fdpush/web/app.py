@@ -69,7 +69,7 @@ def create_app(
     settings.check_delivery()
     master_key = resolve_master_key(settings)
     set_reference_key(master_key)
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, pool_size=settings.database_pool_size)
     vault = KeyVault(master_key)
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
