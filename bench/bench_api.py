@@ -119,6 +119,7 @@ class Options:
     postgres_url: str
     python: str
     json_path: Path | None
+    service_env: tuple[tuple[str, str], ...] = ()
 
 
 def parse_options(argv: list[str] | None = None) -> Options:
@@ -182,6 +183,13 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument("--json", dest="json_path", type=Path, help="also write figures here")
     parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="FDPUSH_X=VALUE",
+        help="another setting for the service, e.g. FDPUSH_SERVE_WORKER=0 (repeatable)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a small smoke run: 3 s per scenario, 20 users"
     )
     args = parser.parse_args(argv)
@@ -205,6 +213,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
     missing = wrk_missing()
     if missing is not None:
         parser.error(missing)
+    service_env = []
+    for item in args.service_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("FDPUSH_"):
+            parser.error(f"--service-env {item!r}: expected FDPUSH_NAME=VALUE")
+        service_env.append((name, value))
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
     return Options(
         backends=backends,
@@ -223,6 +237,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         postgres_url=args.postgres_url,
         python=args.python,
         json_path=args.json_path,
+        service_env=tuple(service_env),
     )
 
 
@@ -393,6 +408,7 @@ class Service:
         workdir: Path,
         *,
         workers: int = 1,
+        settings: tuple[tuple[str, str], ...] = (),
         command: list[str] | None = None,
         env: dict[str, str] | None = None,
         ready_path: str = "/health/ready",
@@ -417,6 +433,7 @@ class Service:
                 "FDPUSH_CHANNELS": ",".join(f"{ident}={status}" for ident, status in CHANNELS),
                 "FDPUSH_MAX_PUSHERS_PER_USER": str(MAX_PUSHERS_PER_USER),
                 "FDPUSH_WORKERS": str(workers),
+                **dict(settings),
             }
         else:
             self.command = [c.replace("{port}", str(self.port)) for c in command]
@@ -928,7 +945,13 @@ def run_backend(backend: str, options: Options) -> list[ScenarioFigures]:
         database_for(backend, options, Path(tmp)) as database_url,
     ):
         workload = Workload(options.users, options.devices_per_user)
-        service = Service(options.python, database_url, Path(tmp), workers=options.workers)
+        service = Service(
+            options.python,
+            database_url,
+            Path(tmp),
+            workers=options.workers,
+            settings=options.service_env,
+        )
         try:
             figures = measure_backend(backend, service, workload, options, Path(tmp))
         except ServiceError as exc:

@@ -4,11 +4,10 @@ development ``gateway``."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +20,7 @@ from fdpush.config import (
     config_problems,
     example_config,
     load_settings,
+    resolve_master_key,
     unknown_settings,
 )
 from fdpush.logs import configure_logging
@@ -102,86 +102,46 @@ def cli(ctx: click.Context, config_file: Path | None) -> None:
 @cli.command()
 @click.option("--host", help="Listen address (default FDPUSH_HOST, 127.0.0.1).")
 @click.option("--port", type=int, help="Listen port (default FDPUSH_PORT, 8080).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    help="API processes on the one port (default FDPUSH_WORKERS, 1; above 1 needs PostgreSQL).",
+)
 @click.option("--no-access-log", is_flag=True, help="Do not log one line per request.")
 @click.pass_obj
-def serve(obj: _Context, host: str | None, port: int | None, no_access_log: bool) -> None:
+def serve(
+    obj: _Context, host: str | None, port: int | None, workers: int | None, no_access_log: bool
+) -> None:
     """Run the service (applies migrations first unless FDPUSH_MIGRATE_ON_START=0)."""
-    import uvicorn
-
-    from fdpush.web.app import create_app
+    from fdpush.web import server
 
     settings = obj.settings()
+    workers = workers or settings.workers
+    if workers > 1 and settings.database_url.startswith("sqlite"):
+        raise click.ClickException(
+            "configuration: FDPUSH_WORKERS / --workers above 1 needs PostgreSQL: SQLite has one "
+            "writer at a time, so several processes would only queue on its file lock; with "
+            "SQLite run one process"
+        )
     _check_database(settings.database_url)
+    host = host or settings.host
+    port = settings.port if port is None else port
     try:
-        app = create_app(settings, access_log=not no_access_log)
+        if workers == 1:
+            if not server.serve(settings, host=host, port=port, access_log=not no_access_log):
+                sys.exit(server.EXIT_NOT_STARTED)
+            return
+        # Once here, not racing in each process: the migrations, and the master key file.
+        if settings.migrate_on_start:
+            _migrate(settings)
+        resolve_master_key(settings)
+        sys.exit(
+            server.serve_processes(
+                settings, workers=workers, host=host, port=port, access_log=not no_access_log
+            )
+        )
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
-    servers = [
-        uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=host or settings.host,
-                port=settings.port if port is None else port,
-                log_config=None,
-                access_log=False,
-                server_header=False,
-                lifespan="on",
-            )
-        )
-    ]
-    if settings.internal_port is not None:
-        from fdpush.web.app import create_internal_app
-
-        internal = create_internal_app(app, settings, access_log=not no_access_log)
-        servers.append(
-            _second_server(
-                uvicorn.Config(
-                    internal,
-                    host=settings.internal_host or settings.host,
-                    port=settings.internal_port,
-                    log_config=None,
-                    access_log=False,
-                    server_header=False,
-                    lifespan="off",
-                )
-            )
-        )
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve_all(servers))
-    if not servers[0].started:
-        sys.exit(3)
-
-
-def _loop_factory() -> Any:
-    """uvloop's event loop where it is installed (with uvicorn[standard], except on Windows)."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def _second_server(config: Any) -> Any:
-    """A listener that leaves signal handling to the first one, which stops it."""
-    import uvicorn
-
-    class SecondServer(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield
-
-    return SecondServer(config)
-
-
-async def _serve_all(servers: list[Any]) -> None:
-    first, *others = servers
-    tasks = [asyncio.create_task(s.serve()) for s in others]
-    try:
-        await first.serve()
-    finally:
-        for server in others:
-            server.should_exit = True
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _check_database(url: str) -> None:
@@ -212,9 +172,13 @@ def _check_database(url: str) -> None:
 @click.pass_obj
 def migrate(obj: _Context) -> None:
     """Bring the database schema to the newest version."""
-    from fdpush.storage.database import Database
+    revision = _migrate(obj.settings(for_serving=False))
+    click.echo(f"database schema is at revision {revision}")
 
-    settings = obj.settings(for_serving=False)
+
+def _migrate(settings: Settings) -> str | None:
+    """Apply the migrations; a failure is one line and a non-zero exit."""
+    from fdpush.storage.database import Database
 
     async def run() -> str | None:
         db = Database(settings.database_url)
@@ -224,11 +188,10 @@ def migrate(obj: _Context) -> None:
             await db.close()
 
     try:
-        revision = asyncio.run(run())
+        return asyncio.run(run())
     except Exception as exc:  # noqa: BLE001 - say what failed, in one line, and exit non-zero
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise click.ClickException(f"migration failed: {type(exc).__name__}: {reason}") from None
-    click.echo(f"database schema is at revision {revision}")
 
 
 @cli.command()

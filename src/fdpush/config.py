@@ -164,6 +164,8 @@ class Settings(BaseSettings):
     """Largest request body; larger ones get 413 M_TOO_LARGE."""
     api_docs: bool = True
     """Serve /docs (Swagger UI, from the package: works offline) and /openapi.json; 0: neither."""
+    workers: int = Field(1, ge=1, le=64)
+    """API processes of `fdpush serve` on one port (its --workers; PostgreSQL for more than 1)."""
 
     # --- storage
     database_url: str = "sqlite:///./fdpush.db"
@@ -171,6 +173,8 @@ class Settings(BaseSettings):
     ?sslmode=verify-full work). A relative SQLite path in a config file is relative to that
     file.
     """
+    database_pool_size: int = Field(10, ge=1, le=200)
+    """PostgreSQL connections per process (API or delivery)."""
     migrate_on_start: bool = True
     """Apply migrations when serving (several processes may start at once); 0 when a migration job
     does it.

@@ -519,3 +519,19 @@ def test_authentication_comes_before_parsing(service: Service) -> None:
         service.base_url + "/push/v1/pushers/set", content=b"{not json", timeout=30
     )
     assert_error(response, 401, "M_MISSING_TOKEN")
+
+
+def test_a_remembered_token_still_expires(start_service: Callable[..., Service]) -> None:
+    """Verified tokens are remembered for a while, but never past their ``exp``."""
+    service = start_service(FDPUSH_AUTH_JWT_LEEWAY_SECONDS="0")
+    expires = int(time.time()) + 2
+    token = jwt.encode({"sub": new_user(), "exp": expires}, DEV_SECRET, "HS256")
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=service.base_url, headers=headers, timeout=10) as client:
+        assert client.get(PUSHERS).status_code == 200
+        assert client.get(PUSHERS).status_code == 200  # the remembered token
+        while time.time() < expires + 1:  # past exp (whole seconds) by a margin
+            time.sleep(0.1)
+        response = client.get(PUSHERS)
+    assert response.status_code == 401
+    assert response.json()["errcode"] == "M_UNKNOWN_TOKEN"

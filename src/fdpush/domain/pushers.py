@@ -124,8 +124,8 @@ class PusherService:
             "key_identifier": None if reg.encryption is None else reg.encryption.key_identifier,
         }
         async with self._db.write(user_lock(user_id), device_lock(reg.pushkey)) as conn:
-            existing = await queries.get_pusher(conn, user_id, reg.app_id, reg.pushkey)
-            if existing is None and await queries.count_pushers(conn, user_id) >= self._max_pushers:
+            existing, count = await queries.pusher_slot(conn, user_id, reg.app_id, reg.pushkey)
+            if existing is None and count >= self._max_pushers:
                 raise ResourceLimitExceeded(
                     f"Too many pushers: at most {self._max_pushers} per user; delete one first"
                 )
@@ -145,10 +145,18 @@ class PusherService:
                         app_id=reg.app_id,
                         pushkey=reg.pushkey,
                     )
-            pusher_id, created = await queries.upsert_pusher(
-                conn, user_id=user_id, app_id=reg.app_id, pushkey=reg.pushkey, values=values
+            created = existing is None
+            pusher_id = await queries.save_pusher(
+                conn,
+                existing,
+                user_id=user_id,
+                app_id=reg.app_id,
+                pushkey=reg.pushkey,
+                values=values,
             )
-            await queries.replace_keys(conn, pusher_id, [sealed] if sealed else [])
+            await queries.replace_keys(
+                conn, pusher_id, [sealed] if sealed else [], new_pusher=created
+            )
             await queries.record_audit(
                 conn,
                 action="pusher.created" if created else "pusher.updated",

@@ -32,8 +32,6 @@ _TAKE_LOCKS = text(
 ).bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
 _MIGRATION_LOCK = "fdpush:migrations"
 _Query = Select[Any] | CompoundSelect[Any]
-# libpq's URL parameters that asyncpg spells differently (asyncpg takes sslmode's values as ssl).
-_LIBPQ_TO_ASYNCPG = {"sslmode": "ssl", "connect_timeout": "timeout"}
 # Prepared statements kept per connection: more than the service's distinct statements, so
 # each is parsed and planned once per connection, not once per request.
 _STATEMENT_CACHE_SIZE = 500
@@ -57,9 +55,29 @@ def _async_url(url: str) -> str:
 
 
 def _asyncpg_url(parsed: URL) -> URL:
-    query = {_LIBPQ_TO_ASYNCPG.get(k, k): v for k, v in parsed.query.items()}
-    query.setdefault("prepared_statement_cache_size", str(_STATEMENT_CACHE_SIZE))
-    return parsed.set(drivername="postgresql+asyncpg", query=query)
+    """The URL for SQLAlchemy: host, port, user, password, database and our own options; the
+    libpq parameters (``sslmode``, ``sslrootcert``, ...) go to asyncpg in ``_libpq_dsn``."""
+    return parsed.set(
+        drivername="postgresql+asyncpg",
+        query={"prepared_statement_cache_size": str(_STATEMENT_CACHE_SIZE)},
+    )
+
+
+def _asyncpg_connect_args(url: str) -> dict[str, Any]:
+    """The operator's URL as a libpq DSN for asyncpg, which reads ``sslmode``, ``sslrootcert``
+    and the other libpq parameters as libpq does (unknown ones become server settings, such as
+    ``application_name``), except ``connect_timeout``, which it takes as ``timeout``."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    parsed = make_url(url)
+    query = dict(parsed.query)
+    args: dict[str, Any] = {}
+    timeout = query.pop("connect_timeout", None)
+    if isinstance(timeout, str) and timeout.isdigit() and int(timeout) > 0:
+        args["timeout"] = int(timeout)
+    dsn = parsed.set(drivername="postgresql", query=query)
+    args["dsn"] = dsn.render_as_string(hide_password=False)
+    return args
 
 
 class Database:
@@ -74,7 +92,11 @@ class Database:
             # again under load), no ping before each checkout (a dead connection fails one
             # statement and is replaced).
             kwargs.update(
-                pool_size=pool_size, max_overflow=0, pool_pre_ping=False, pool_recycle=3600
+                pool_size=pool_size,
+                max_overflow=0,
+                pool_pre_ping=False,
+                pool_recycle=3600,
+                connect_args=_asyncpg_connect_args(url),
             )
         else:
             database = make_url(self.url).database

@@ -32,20 +32,19 @@ from fdpush.storage.schema import audit_log, channel_states, pusher_keys, pusher
 
 __all__ = [
     "PusherRow",
-    "count_pushers",
     "delete_device_states",
     "delete_pusher",
     "device_exists",
     "device_states",
-    "get_pusher",
     "get_states",
     "list_pushers",
+    "pusher_slot",
     "pushkey_hash",
     "record_audit",
     "remove_other_users_pushers",
     "replace_keys",
+    "save_pusher",
     "set_states",
-    "upsert_pusher",
 ]
 
 
@@ -104,23 +103,39 @@ async def list_pushers(conn: AsyncConnection, user_id: str) -> list[PusherRow]:
     return [_row(r) for r in result]
 
 
-async def get_pusher(
+# Statements built once: building one per call (and computing its cache key) cost the write
+# path more than executing it. Parameters are bound by name at execution.
+_PUSHER_SLOT = select(
+    select(pushers.c.id)
+    .where(
+        pushers.c.user_id == bindparam("user_id"),
+        pushers.c.app_id == bindparam("app_id"),
+        pushers.c.pushkey == bindparam("pushkey"),
+    )
+    .scalar_subquery()
+    .label("existing"),
+    select(func.count())
+    .select_from(pushers)
+    .where(pushers.c.user_id == bindparam("user_id"))
+    .scalar_subquery()
+    .label("pushers"),
+)
+_INSERT_PUSHER = insert(pushers).returning(pushers.c.id)
+_UPDATE_PUSHER = update(pushers).where(pushers.c.id == bindparam("pusher_id"))
+_DELETE_KEYS = delete(pusher_keys).where(pusher_keys.c.pusher_id == bindparam("pusher_id"))
+_INSERT_KEYS = insert(pusher_keys)
+_INSERT_AUDIT = insert(audit_log)
+
+
+async def pusher_slot(
     conn: AsyncConnection, user_id: str, app_id: str, pushkey: str
-) -> PusherRow | None:
-    result = await conn.execute(
-        select(*_PUSHER_COLUMNS).where(
-            pushers.c.user_id == user_id, pushers.c.app_id == app_id, pushers.c.pushkey == pushkey
-        )
-    )
-    row = result.first()
-    return None if row is None else _row(row)
-
-
-async def count_pushers(conn: AsyncConnection, user_id: str) -> int:
-    result = await conn.execute(
-        select(func.count()).select_from(pushers).where(pushers.c.user_id == user_id)
-    )
-    return int(result.scalar_one())
+) -> tuple[int | None, int]:
+    """The id of the user's pusher with this app_id and pushkey (None when there is none), and
+    how many pushers the user has: in one round trip."""
+    row = (
+        await conn.execute(_PUSHER_SLOT, {"user_id": user_id, "app_id": app_id, "pushkey": pushkey})
+    ).one()
+    return (None if row.existing is None else int(row.existing)), int(row.pushers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,35 +180,29 @@ async def remove_other_users_pushers(
     return sorted({row.user_id for row in result})
 
 
-async def upsert_pusher(
+async def save_pusher(
     conn: AsyncConnection,
+    existing: int | None,
     *,
     user_id: str,
     app_id: str,
     pushkey: str,
     values: Mapping[str, Any],
-) -> tuple[int, bool]:
-    """Create the pusher or update it in place; return ``(id, created)``.
+) -> int:
+    """Update pusher ``existing`` in place, or create the pusher when it is None; return its id.
 
-    The caller holds the locks that make select-then-write safe (see ``Database.write``).
+    The caller holds the locks that make check-then-write safe (see ``Database.write``).
     """
     now = _now()
     stored = {**values, "data": orjson.dumps(values["data"]).decode("utf-8"), "updated_at": now}
-    existing = await conn.execute(
-        select(pushers.c.id).where(
-            pushers.c.user_id == user_id, pushers.c.app_id == app_id, pushers.c.pushkey == pushkey
-        )
-    )
-    pusher_id = existing.scalar_one_or_none()
-    if pusher_id is not None:
-        await conn.execute(update(pushers).where(pushers.c.id == pusher_id).values(**stored))
-        return int(pusher_id), False
+    if existing is not None:
+        await conn.execute(_UPDATE_PUSHER, {**stored, "pusher_id": existing})
+        return existing
     result = await conn.execute(
-        insert(pushers)
-        .values(user_id=user_id, app_id=app_id, pushkey=pushkey, created_at=now, **stored)
-        .returning(pushers.c.id)
+        _INSERT_PUSHER,
+        {"user_id": user_id, "app_id": app_id, "pushkey": pushkey, "created_at": now, **stored},
     )
-    return int(result.scalar_one()), True
+    return int(result.scalar_one())
 
 
 async def delete_pusher(conn: AsyncConnection, user_id: str, app_id: str, pushkey: str) -> bool:
@@ -209,13 +218,21 @@ async def delete_pusher(conn: AsyncConnection, user_id: str, app_id: str, pushke
 
 
 async def replace_keys(
-    conn: AsyncConnection, pusher_id: int, generations: Iterable[tuple[str, bytes]]
+    conn: AsyncConnection,
+    pusher_id: int,
+    generations: Iterable[tuple[str, bytes]],
+    *,
+    new_pusher: bool = False,
 ) -> None:
-    """Replace a pusher's stored key generations with ``(period, sealed material)`` pairs."""
-    await conn.execute(delete(pusher_keys).where(pusher_keys.c.pusher_id == pusher_id))
+    """Replace a pusher's stored key generations with ``(period, sealed material)`` pairs
+    (``new_pusher``: it was created in this transaction and has none yet)."""
+    if not new_pusher:
+        await conn.execute(_DELETE_KEYS, {"pusher_id": pusher_id})
     rows = [{"pusher_id": pusher_id, "period": p, "material": m} for p, m in generations]
-    if rows:
-        await conn.execute(insert(pusher_keys), rows)
+    if len(rows) == 1:
+        await conn.execute(_INSERT_KEYS, rows[0])
+    elif rows:
+        await conn.execute(_INSERT_KEYS, rows)
 
 
 async def get_states(conn: AsyncConnection, user_id: str, pushkey: str) -> dict[str, str]:
@@ -306,15 +323,16 @@ async def record_audit(
 ) -> None:
     """Append an audit record. Never pass secrets in ``detail``."""
     await conn.execute(
-        insert(audit_log).values(
-            at=_now(),
-            action=action,
-            actor=actor,
-            user_id=user_id,
-            app_id=app_id,
-            pushkey_hash=pushkey_hash(pushkey),
-            detail=None if detail is None else orjson.dumps(detail).decode("utf-8"),
-        )
+        _INSERT_AUDIT,
+        {
+            "at": _now(),
+            "action": action,
+            "actor": actor,
+            "user_id": user_id,
+            "app_id": app_id,
+            "pushkey_hash": pushkey_hash(pushkey),
+            "detail": None if detail is None else orjson.dumps(detail).decode("utf-8"),
+        },
     )
 
 

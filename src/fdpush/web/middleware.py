@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fdpush.web.errors import TooLarge, error_response
@@ -90,6 +90,14 @@ class HttpMetrics:
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
+        # With several API processes (serve --workers) one series per living process, labelled
+        # with its pid: how the load spreads over them.
+        self.process_requests = Gauge(
+            "fdpush_http_process_requests",
+            "HTTP requests this API process has answered since it started",
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
 
 
 class ObserveMiddleware:
@@ -122,5 +130,6 @@ class ObserveMiddleware:
             method = scope.get("method", "?")
             self.metrics.requests.labels(template, method, str(status)).inc()
             self.metrics.latency.labels(template, method).observe(elapsed)
+            self.metrics.process_requests.inc()
             if self.access_log_enabled:
                 access_log.info("%s %s %d %.1fms", method, template, status, elapsed * 1000.0)
