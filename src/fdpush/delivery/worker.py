@@ -225,15 +225,14 @@ class DeliveryWorker:
         if limit <= 0:
             return []
         now = self._clock()
-        async with self._db.write() as conn:
-            rows, targets, bodies = await outbox.claim_with_context(
-                conn,
-                owner=self.worker_id,
-                now_ms=int(now * 1000),
-                lease_ms=int(self._options.lease_seconds * 1000),
-                limit=limit,
-                skip_gateways=self._busy_gateways(),
-            )
+        rows, targets, bodies = await outbox.claim_with_context(
+            self._db,
+            owner=self.worker_id,
+            now_ms=int(now * 1000),
+            lease_ms=int(self._options.lease_seconds * 1000),
+            limit=limit,
+            skip_gateways=self._busy_gateways(),
+        )
         if not rows:
             return []
         period = current_period(datetime.fromtimestamp(now, BERLIN))
@@ -419,15 +418,16 @@ class DeliveryWorker:
         for pushkey in sorted(dead_pushkeys):
             rejected.extend(await forget_rejected_pushkey(self._db, gateway, pushkey))
         now_ms = int(self._clock() * 1000)
-        async with self._db.write() as conn:
-            await outbox.finish(conn, delivered, status="delivered", now_ms=now_ms, error=None)
-            await outbox.finish(
-                conn, sorted(set(rejected)), status="rejected", now_ms=now_ms, error="rejected"
-            )
-            await outbox.finish_each(conn, failed, status="failed", now_ms=now_ms)
-            if recovered:
-                resumed = await outbox.resume(conn, gateway, TROUBLE_PREFIX, now_ms=now_ms)
+        await outbox.settle(
+            self._db,
+            [(i, "delivered", None) for i in delivered]
+            + [(i, "rejected", "rejected") for i in sorted(set(rejected))]
+            + [(i, "failed", reason) for i, reason in failed.items()],
+            now_ms=now_ms,
+        )
         if recovered:
+            async with self._db.write() as conn:
+                resumed = await outbox.resume(conn, gateway, TROUBLE_PREFIX, now_ms=now_ms)
             log.info("gateway %s recovered; sending its %d waiting notifications", label, resumed)
             self._wake.set()
         if self._metrics is not None:

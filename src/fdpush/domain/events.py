@@ -117,23 +117,23 @@ class EventService:
     async def emit(self, events: Sequence[EventRequest]) -> list[EmitResult]:
         """Fan out and queue ``events`` durably; the results say how many devices each reaches.
 
-        One transaction: the events (payload sealed once under the master key) and one small
-        outbox row per subscribed device. The worker ratchets and seals when it sends.
+        The events (payload sealed once under the master key) and one small outbox row per
+        subscribed device are stored at once, all or none, before this returns. The worker
+        ratchets and seals when it sends.
         """
         payloads = [self.check(e) for e in events]
         now_ms = int(self._clock() * 1000)
         users = sorted({e.user_id for e in events})
-        async with self._db.write() as conn:
-            recipients, states = await outbox.recipients(
-                conn, users, sorted({e.channel for e in events})
-            )
-            plan = self._fan_out(events, payloads, recipients, states, now_ms)
-            await outbox.insert_event_rows(
-                conn,
-                plan.event_rows,
-                plan.notification_rows,
-                notify_channel=NOTIFY_CHANNEL if self._db.dialect == "postgresql" else None,
-            )
+        recipients, states = await outbox.fan_out_read(
+            self._db, users, sorted({e.channel for e in events})
+        )
+        plan = self._fan_out(events, payloads, recipients, states, now_ms)
+        await outbox.queue(
+            self._db,
+            plan.event_rows,
+            plan.notification_rows,
+            notify_channel=NOTIFY_CHANNEL if self._db.dialect == "postgresql" else None,
+        )
         if plan.notification_rows:
             self._on_new_work()
         return plan.results

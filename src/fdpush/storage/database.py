@@ -18,7 +18,16 @@ from typing import Any
 import asyncpg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import BigInteger, CompoundSelect, Connection, Select, bindparam, event, text
+from sqlalchemy import (
+    BigInteger,
+    CompoundSelect,
+    Connection,
+    Select,
+    TextClause,
+    bindparam,
+    event,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -31,7 +40,7 @@ _TAKE_LOCKS = text(
     " WITH ORDINALITY AS t(id, n) ORDER BY t.n"
 ).bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
 _MIGRATION_LOCK = "fdpush:migrations"
-_Query = Select[Any] | CompoundSelect[Any]
+_Query = Select[Any] | CompoundSelect[Any] | TextClause
 # Prepared statements kept per connection: more than the service's distinct statements, so
 # each is parsed and planned once per connection, not once per request.
 _STATEMENT_CACHE_SIZE = 500
@@ -124,9 +133,10 @@ class Database:
     async def fetch_all(
         self, statement: _Query, params: Mapping[str, Any]
     ) -> Sequence[Sequence[Any]]:
-        """The rows of *one* read statement, without BEGIN and COMMIT around it.
+        """The rows of *one* statement, without BEGIN and COMMIT around it.
 
-        For the hottest reads of the API. A single statement is atomic and sees one snapshot on
+        For the hottest statements of the API and of delivery (a data-modifying one commits on
+        its own when it returns). A single statement is atomic and sees one snapshot on
         its own, so no transaction is needed, which saves two round trips. On PostgreSQL the
         statement, compiled once, goes straight to asyncpg (its prepared statement cache), past
         SQLAlchemy's per-execution work. Use ``read`` for anything more than one statement.

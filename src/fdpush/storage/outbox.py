@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fdpush.storage.database import Database
 from fdpush.storage.schema import channel_states, events, notifications, pusher_keys, pushers
 
 _TEXT_ARRAY = postgresql.ARRAY(String)
@@ -75,6 +76,71 @@ class Recipient(NamedTuple):
     pushkey: str
     data: str
     key_identifier: str | None
+
+
+_RECIPIENTS = text(
+    """
+    SELECT p.id, p.user_id, p.pushkey, p.data, p.key_identifier,
+           (SELECT array_agg(s.channel_id) FROM channel_states s
+             WHERE s.user_id = p.user_id AND s.pushkey = p.pushkey
+               AND s.channel_id = ANY(CAST(:channels AS text[]))) AS chosen,
+           (SELECT array_agg(s.status) FROM channel_states s
+             WHERE s.user_id = p.user_id AND s.pushkey = p.pushkey
+               AND s.channel_id = ANY(CAST(:channels AS text[]))) AS statuses
+    FROM pushers p
+    WHERE p.user_id = ANY(CAST(:users AS text[]))
+    ORDER BY p.id
+    """
+)
+
+
+async def fan_out_read(
+    db: Database, user_ids: Sequence[str], channel_ids: Sequence[str]
+) -> tuple[list[Recipient], dict[tuple[str, str, str], str]]:
+    """:func:`recipients` as one statement without a transaction (PostgreSQL: one round trip).
+
+    Fan-out reads a moment before it writes; a pusher registered in between gets the next
+    event, as it would have had it registered a moment later.
+    """
+    if db.dialect != "postgresql":
+        async with db.read() as conn:
+            return await recipients(conn, user_ids, channel_ids)
+    rows = await db.fetch_all(_RECIPIENTS, {"users": list(user_ids), "channels": list(channel_ids)})
+    found: list[Recipient] = []
+    states: dict[tuple[str, str, str], str] = {}
+    for r in rows:
+        found.append(Recipient(r[0], r[1], r[2], r[3], r[4]))
+        for channel, status in zip(r[5] or (), r[6] or (), strict=True):
+            states[(r[1], r[2], channel)] = status
+    return found, states
+
+
+async def queue(
+    db: Database,
+    event_rows: Sequence[Mapping[str, Any]],
+    notification_rows: Sequence[Mapping[str, Any]],
+    *,
+    notify_channel: str | None,
+) -> None:
+    """Store events and their notifications durably (committed on return), waking workers.
+
+    PostgreSQL: one statement, which commits on its own. SQLite: one write transaction.
+    """
+    if not event_rows:
+        return
+    if db.dialect == "postgresql":
+        await db.fetch_all(
+            _INSERT_EVENTS_AND_NOTIFICATIONS,
+            {
+                **_columns(event_rows, _EVENT_COLUMNS, "e_"),
+                **_columns(notification_rows, _NOTIFICATION_COLUMNS, "n_"),
+                "channel": notify_channel or "",
+                "wake": bool(notification_rows) and notify_channel is not None,
+            },
+        )
+        return
+    async with db.write() as conn:
+        await insert_event_rows(conn, event_rows, notification_rows, notify_channel=None)
 
 
 async def recipients(
@@ -307,7 +373,7 @@ _CLAIM_WITH_CONTEXT = text(
 
 
 async def claim_with_context(
-    conn: AsyncConnection,
+    db: Database,
     *,
     owner: str,
     now_ms: int,
@@ -315,25 +381,27 @@ async def claim_with_context(
     limit: int,
     skip_gateways: Sequence[str] = (),
 ) -> tuple[list[Claimed], dict[int, Target], dict[str, EventBody]]:
-    """:func:`claim` and :func:`sending_context` at once (PostgreSQL: one round trip)."""
-    if conn.dialect.name != "postgresql":
-        rows = await claim(
-            conn,
-            owner=owner,
-            now_ms=now_ms,
-            lease_ms=lease_ms,
-            limit=limit,
-            skip_gateways=skip_gateways,
-        )
-        if not rows:
-            return [], {}, {}
-        targets, bodies = await sending_context(
-            conn,
-            (r.pusher_id for r in rows if r.pusher_id is not None),
-            (r.event_id for r in rows),
-        )
+    """:func:`claim` and :func:`sending_context` at once (PostgreSQL: one statement, which
+    commits on its own)."""
+    if db.dialect != "postgresql":
+        async with db.write() as conn:
+            rows = await claim(
+                conn,
+                owner=owner,
+                now_ms=now_ms,
+                lease_ms=lease_ms,
+                limit=limit,
+                skip_gateways=skip_gateways,
+            )
+            if not rows:
+                return [], {}, {}
+            targets, bodies = await sending_context(
+                conn,
+                (r.pusher_id for r in rows if r.pusher_id is not None),
+                (r.event_id for r in rows),
+            )
         return rows, targets, bodies
-    result = await conn.execute(
+    result = await db.fetch_all(
         _CLAIM_WITH_CONTEXT,
         {
             "now": now_ms,
@@ -451,6 +519,54 @@ async def finish(
                 lease_owner=None,
                 lease_expires_at=None,
             )
+        )
+
+
+_SETTLE = text(
+    """
+    UPDATE notifications n
+    SET status = o.status, finished_at = :now, last_error = o.error,
+        lease_owner = NULL, lease_expires_at = NULL
+    FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:errors AS text[]))
+         AS o(id, status, error)
+    WHERE n.id = o.id AND n.status = 'pending'
+    """
+)
+
+
+async def settle(
+    db: Database, outcomes: Sequence[tuple[str, str, str | None]], *, now_ms: int
+) -> None:
+    """End notifications: ``(id, status, reason)`` each, status ``delivered``, ``rejected`` or
+    ``failed`` (PostgreSQL: one statement, which commits on its own)."""
+    if not outcomes:
+        return
+    if db.dialect == "postgresql":
+        await db.fetch_all(
+            _SETTLE,
+            {
+                "now": now_ms,
+                "ids": [o[0] for o in outcomes],
+                "statuses": [o[1] for o in outcomes],
+                "errors": [None if o[2] is None else o[2][:512] for o in outcomes],
+            },
+        )
+        return
+    async with db.write() as conn:
+        await conn.execute(
+            update(notifications)
+            .where(notifications.c.id == bindparam("nid"), notifications.c.status == "pending")
+            .values(
+                status=bindparam("st"),
+                finished_at=now_ms,
+                last_error=bindparam("reason"),
+                lease_owner=None,
+                lease_expires_at=None,
+            ),
+            [
+                {"nid": i, "st": st, "reason": None if e is None else e[:512]}
+                for i, st, e in outcomes
+            ],
         )
 
 
