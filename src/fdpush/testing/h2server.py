@@ -193,11 +193,12 @@ class H2ServerThread:
         client_ca: Path | None = None,
         max_concurrent_streams: int | None = None,
         host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self.handler = handler
         self.max_concurrent_streams = max_concurrent_streams
         self.host = host
-        self.port = 0
+        self.port = port
         self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._context.load_cert_chain(str(cert), str(key))
         self._context.set_alpn_protocols(["h2"])
@@ -215,17 +216,18 @@ class H2ServerThread:
     @property
     def url(self) -> str:
         """``https://host:port``."""
-        return f"https://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
 
     def start(self) -> None:
-        """Listen on a free port; returns once it accepts connections."""
+        """Listen (port 0: on a free one); returns once it accepts connections."""
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(self._listen(), self._loop)
         future.result(10)
 
     async def _listen(self) -> None:
         self._server = await self._loop.create_server(
-            lambda: _Connection(self), self.host, 0, ssl=self._context, backlog=512
+            lambda: _Connection(self), self.host, self.port, ssl=self._context, backlog=512
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
