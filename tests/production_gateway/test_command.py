@@ -128,9 +128,32 @@ client_ca = "{pki.ca_cert}"
         stop_process(process)
 
 
-def test_a_bad_configuration_ends_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ('[[apns_apps]]\napp_id = "x.apns"\n', "gateway.toml"),
+        (
+            '[[apns_apps]]\napp_id = "x.apns"\nkey_file = "not-a-key.p8"\nkey_id = "K"\n'
+            'team_id = "T"\n',
+            "APNs key K: not a PEM private key",
+        ),
+        (
+            '[[fcm_apps]]\napp_id = "p.a.firebase"\nservice_account = "not-a-key.p8"\n',
+            "not-a-key.p8",
+        ),
+        ('[[fcm_apps]]\napp_id = "p.a.firebase"\nservice_account = "missing.json"\n', "missing"),
+    ],
+)
+def test_a_bad_configuration_ends_with_one_line(
+    tmp_path: Path, pki: TestPki, body: str, named: str
+) -> None:
+    (tmp_path / "not-a-key.p8").write_text("hello")
     config = tmp_path / "gateway.toml"
-    config.write_text('mode = "production"\n[[apns_apps]]\napp_id = "x.apns"\n')
+    listen = (
+        f'[listen]\ncert = "{pki.server_cert}"\nkey = "{pki.server_key}"\n'
+        f'client_ca = "{pki.ca_cert}"\n'
+    )
+    config.write_text(f'mode = "production"\n{listen}{body}')
     result = subprocess.run(
         [sys.executable, "-m", "fdpush", "gateway", "--config", str(config)],
         capture_output=True,
@@ -139,7 +162,8 @@ def test_a_bad_configuration_ends_with_one_line(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode != 0
-    assert "gateway.toml" in result.stderr
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_apns_certificate_authentication(

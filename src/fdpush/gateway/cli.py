@@ -101,9 +101,11 @@ def run_gateway(
 def run_from_config(path: Path) -> None:
     """Serve the gateway the configuration file describes (either mode) until interrupted."""
     from fdpush.gateway.production import load_config, serve_production
+    from fdpush.gateway.production.dispatch import check_credentials
 
     try:
         config = load_config(path)
+        check_credentials(config)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     configure_logging(config.log_level, config.log_format)
