@@ -12,6 +12,7 @@ from gateway.helpers import (
     ENCRYPTED,
     NOTIFY,
     PLAIN_BATCH,
+    assert_spec_response,
     device,
     encrypted_item,
     new_pushkey,
@@ -108,6 +109,7 @@ def test_notify_to_an_unconfigured_app_is_500(client: httpx.Client) -> None:
     response = client.post(NOTIFY, json={"notification": notification})
     assert response.status_code == 500
     assert response.json()["error"] == "Unexpected failure during processing."
+    assert_spec_response(NOTIFY, 500, response.json())
 
 
 # --- classification of provider answers --------------------------------------------------------
@@ -273,6 +275,7 @@ def test_notify_with_a_transient_failure_is_503_with_retry_after(
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert response.json()["error"] == "Push Gateway under maintenance or overloaded."
+    assert_spec_response(NOTIFY, 503, response.json())
 
 
 def test_a_provider_that_does_not_answer_fails_in_time_and_the_connection_recovers(

@@ -17,6 +17,7 @@ from fdpush.testing import ApnsKey, MockApns, MockFcm
 from gateway.helpers import (
     ENCRYPTED,
     NOTIFY,
+    assert_spec_response,
     device,
     encrypted_item,
     new_pushkey,
@@ -219,6 +220,7 @@ def test_a_full_queue_answers_503_with_retry_after(
         assert response.status_code == 503
         assert response.headers["retry-after"] == "7"
         assert response.json() == {"error": "Push Gateway under maintenance or overloaded."}
+        assert_spec_response(ENCRYPTED, 503, response.json())
         assert apns.received == []  # refused whole
 
         answers: list[httpx.Response] = []

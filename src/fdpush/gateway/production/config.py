@@ -62,8 +62,9 @@ class LimitsConfig(_Section):
 class DeliveryConfig(_Section):
     """Answering, retrying, queueing and remembering rejections."""
 
-    # Every item is answered within this time: delivered, rejected, or failed.
-    answer_within_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    # Every item is answered within this time: delivered, rejected, or failed. Below the
+    # Fachdienste's request timeout (fdpush's sender: 10 s), so an answer is never too late.
+    answer_within_seconds: Annotated[float, Field(gt=0, le=300)] = 8.0
     retry_base_seconds: Annotated[float, Field(gt=0)] = 0.2
     retry_max_seconds: Annotated[float, Field(gt=0)] = 5.0
     # FCM: "wait at least one minute" after QUOTA_EXCEEDED.
