@@ -233,20 +233,26 @@ def test_goaway_and_connection_loss_are_retried(client: httpx.Client, apns: Mock
     assert apns.server.connections_opened >= opened + 2
 
 
-def test_fcm_quota_pauses_that_app_only(client: httpx.Client, fcm: MockFcm, apns: MockApns) -> None:
-    fcm.fail_next(1, "QUOTA_EXCEEDED", retry_after=30)
-    result = send_one(client, FCM_APP, new_pushkey())
-    assert result["status"] == "failed"
-    assert "QUOTA_EXCEEDED" in result["error"]
-    # The app stays paused at least a minute (FCM's guidance): not even asked again ...
-    asked = len(fcm.answers)
-    later = send_one(client, FCM_APP, new_pushkey())
-    assert later["status"] == "failed"
-    assert "retry in" in later["error"]
-    assert len(fcm.answers) == asked
-    # ... while another project and APNs go on.
-    assert send_one(client, OTHER_FCM_APP, new_pushkey())["status"] == "success"
-    assert send_one(client, APNS_APP, new_pushkey())["status"] == "success"
+def test_fcm_quota_pauses_that_app_only(
+    start_gateway: StartGateway, pki, fcm: MockFcm, apns: MockApns
+) -> None:
+    from .conftest import client_for
+
+    # A gateway of its own: the pause would outlast this test.
+    with client_for(start_gateway(), pki) as client:
+        fcm.fail_next(1, "QUOTA_EXCEEDED", retry_after=30)
+        result = send_one(client, FCM_APP, new_pushkey())
+        assert result["status"] == "failed"
+        assert "QUOTA_EXCEEDED" in result["error"]
+        # The app stays paused at least a minute (FCM's guidance): not even asked again ...
+        asked = len(fcm.answers)
+        later = send_one(client, FCM_APP, new_pushkey())
+        assert later["status"] == "failed"
+        assert "retry in 6" in later["error"]  # 60 s (at least a minute), not the 30 asked
+        assert len(fcm.answers) == asked
+        # ... while another project and APNs go on.
+        assert send_one(client, OTHER_FCM_APP, new_pushkey())["status"] == "success"
+        assert send_one(client, APNS_APP, new_pushkey())["status"] == "success"
 
 
 def test_plain_item_partial_and_failed(client: httpx.Client, apns: MockApns) -> None:
@@ -319,3 +325,17 @@ def test_an_app_configured_for_background_pushes_gets_them_alert_less(
     assert push.headers["apns-priority"] == "5"
     assert push.payload["aps"] == {"content-available": 1}
     assert len(push.payload["ciphertext"]) == 1404
+
+
+def test_seed_era_notify_carries_the_encrypted_fields(client: httpx.Client, fcm: MockFcm) -> None:
+    pushkey = new_pushkey()
+    sealed = encrypted_item(pushkey=pushkey, app_id=FCM_APP)["notification"]
+    notification = {
+        "devices": [device(pushkey, FCM_APP)],
+        **{k: sealed[k] for k in ("ciphertext", "time_message_encrypted", "key_identifier")},
+    }
+    response = client.post("/_matrix/push/v1/notify", json={"notification": notification})
+    assert response.json() == {"rejected": []}
+    [message] = fcm.accepted_for(pushkey)
+    assert message.message["data"]["ciphertext"] == sealed["ciphertext"]
+    assert message.message["android"]["priority"] == "HIGH"  # prio optional, high by default
