@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import subprocess
 import sys
 import time
@@ -49,10 +51,12 @@ def test_production_mode_from_a_configuration_file(
     fcm, accounts = fcm_server
     fcm.reset()
     config = tmp_path / "gateway.toml"
+    (tmp_path / "log.key").write_bytes(b"k" * 32)
     config.write_text(
         f"""
 mode = "production"
 log_format = "json"
+log_reference_key_file = "log.key"
 
 [listen]
 host = "127.0.0.1"
@@ -104,6 +108,10 @@ service_account = "{accounts[FCM_APP]}"
     text = log.read_text()
     assert '"message":"pushkey rejected by the provider"' in text  # JSON lines
     assert dead not in text
+    # The reference is keyed with the configured key: the same in every process.
+    key = hmac.new(b"k" * 32, b"fdpush/log-reference/v1", hashlib.sha256).digest()
+    ref = hmac.new(key, f"pushkey\x00{dead}".encode(), hashlib.sha256).hexdigest()[:16]
+    assert f'"pushkey":"pk:{ref}"' in text
 
 
 def test_development_mode_from_a_configuration_file(tmp_path: Path, pki: TestPki) -> None:

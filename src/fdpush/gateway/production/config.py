@@ -139,6 +139,9 @@ class GatewayConfig(_Section):
     mode: Literal["development", "production"] = "production"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "json"
+    # Keys the pushkey references in logs (``pk:…``), so they stay the same across restarts and
+    # replicas; none: a random key per process.
+    log_reference_key_file: FilePath | None = None
     listen: ListenConfig = ListenConfig()
     limits: LimitsConfig = LimitsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
@@ -184,6 +187,7 @@ _PATH_KEYS = {
     "certificate_key",
     "service_account",
     "rejection_memory_file",
+    "log_reference_key_file",
 }
 
 
