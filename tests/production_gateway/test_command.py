@@ -14,6 +14,7 @@ import pytest
 
 from fdpush.gateway import TestPki
 from fdpush.gateway.production import ProductionGatewayThread
+from fdpush.gateway.production.config import ApnsApp, FcmApp
 from fdpush.gateway.runner import READY_LINE, stop_process
 from fdpush.testing import ApnsKey, MockApns, MockFcm
 from gateway.helpers import ENCRYPTED, encrypted_item, new_pushkey
@@ -199,8 +200,6 @@ def test_apns_certificate_authentication(
     ],
 )
 def test_app_configuration_is_checked(app: dict[str, str]) -> None:
-    from fdpush.gateway.production.config import ApnsApp, FcmApp
-
     model = ApnsApp if app["app_id"].endswith(".apns") else FcmApp
     with pytest.raises(ValueError):
         model.model_validate(app)

@@ -7,7 +7,8 @@ import time
 import httpx
 import pytest
 
-from fdpush.testing import MockApns, MockFcm
+from fdpush.gateway import TestPki
+from fdpush.testing import ApnsKey, MockApns, MockFcm
 from gateway.helpers import (
     ENCRYPTED,
     NOTIFY,
@@ -20,7 +21,17 @@ from gateway.helpers import (
     plain_notification,
 )
 
-from .conftest import APNS_APP, APNS_TOPIC, FCM_APP, FCM_PROJECT, OTHER_FCM_APP, StartGateway
+from .conftest import (
+    APNS_APP,
+    APNS_TOPIC,
+    FCM_APP,
+    FCM_PROJECT,
+    KEY_ID,
+    OTHER_FCM_APP,
+    TEAM_ID,
+    StartGateway,
+    client_for,
+)
 
 ENCRYPTED_KEYS = ("ciphertext", "time_message_encrypted", "key_identifier", "identifier")
 
@@ -199,10 +210,8 @@ def test_fcm_permanent_answers_fail_without_rejecting(
 
 
 def test_lasting_outage_fails_within_the_deadline_never_rejects(
-    start_gateway: StartGateway, pki, apns: MockApns
+    start_gateway: StartGateway, pki: TestPki, apns: MockApns
 ) -> None:
-    from .conftest import client_for
-
     gateway = start_gateway(delivery={"answer_within_seconds": 1.0})
     apns.fail_next(10_000, 503, "ServiceUnavailable")
     pushkey = new_pushkey()
@@ -234,10 +243,8 @@ def test_goaway_and_connection_loss_are_retried(client: httpx.Client, apns: Mock
 
 
 def test_fcm_quota_pauses_that_app_only(
-    start_gateway: StartGateway, pki, fcm: MockFcm, apns: MockApns
+    start_gateway: StartGateway, pki: TestPki, fcm: MockFcm, apns: MockApns
 ) -> None:
-    from .conftest import client_for
-
     # A gateway of its own: the pause would outlast this test.
     with client_for(start_gateway(), pki) as client:
         fcm.fail_next(1, "QUOTA_EXCEEDED", retry_after=30)
@@ -285,10 +292,8 @@ def test_notify_with_a_transient_failure_is_503_with_retry_after(
 
 
 def test_a_provider_that_does_not_answer_fails_in_time_and_the_connection_recovers(
-    start_gateway: StartGateway, pki, apns: MockApns
+    start_gateway: StartGateway, pki: TestPki, apns: MockApns
 ) -> None:
-    from .conftest import client_for
-
     gateway = start_gateway(delivery={"answer_within_seconds": 1.0})
     with client_for(gateway, pki) as http:
         assert send_one(http, APNS_APP, new_pushkey())["status"] == "success"
@@ -305,10 +310,8 @@ def test_a_provider_that_does_not_answer_fails_in_time_and_the_connection_recove
 
 
 def test_an_app_configured_for_background_pushes_gets_them_alert_less(
-    start_gateway: StartGateway, pki, apns: MockApns, keys
+    start_gateway: StartGateway, pki: TestPki, apns: MockApns, keys: dict[str, ApnsKey]
 ) -> None:
-    from .conftest import KEY_ID, TEAM_ID, client_for
-
     app = {
         "app_id": APNS_APP,
         "key_file": keys[KEY_ID].path,

@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from fdpush.gateway import TestPki
+from fdpush.gateway.production import ProductionGatewayThread
 from fdpush.gateway.production.tokens import ApnsProviderToken
-from fdpush.testing import ApnsKey, MockApns, MockFcm
+from fdpush.testing import ApnsKey, MockApns, MockFcm, make_apns_key
 from gateway.helpers import (
     ENCRYPTED,
     NOTIFY,
@@ -143,8 +144,6 @@ def test_the_apns_provider_token_is_reused_then_refreshed(
 
 
 def test_an_apns_token_is_never_refreshed_faster_than_20_minutes(tmp_path: Path) -> None:
-    from fdpush.testing import make_apns_key
-
     key = make_apns_key(tmp_path, team_id=TEAM_ID, key_id=KEY_ID)
     now = [1_000_000.0]
     token = ApnsProviderToken(
@@ -184,7 +183,9 @@ def test_fcm_access_token_cached_then_renewed(
         check_fcm_tokens(gateway, pki, fcm, wall)
 
 
-def check_fcm_tokens(gateway, pki: TestPki, fcm: MockFcm, wall: Offset) -> None:  # type: ignore[no-untyped-def]
+def check_fcm_tokens(
+    gateway: ProductionGatewayThread, pki: TestPki, fcm: MockFcm, wall: Offset
+) -> None:
     issued = fcm.tokens_issued
     with client_for(gateway, pki) as http:
         items = [encrypted_item(app_id=FCM_APP) for _ in range(30)]
@@ -201,7 +202,7 @@ def check_fcm_tokens(gateway, pki: TestPki, fcm: MockFcm, wall: Offset) -> None:
         assert fcm.tokens_issued == issued + 3
 
 
-def http_metrics(gateway, pki: TestPki) -> str:  # type: ignore[no-untyped-def]
+def http_metrics(gateway: ProductionGatewayThread, pki: TestPki) -> str:
     with client_for(gateway, pki, with_client_cert=False) as http:
         return http.get("/metrics").text
 
