@@ -301,3 +301,26 @@ def test_logs_carry_no_pushkey_and_no_ciphertext(
     for secret in secrets_:
         leaks = [r.name for r in caplog.records if secret in f"{r.getMessage()} {r.__dict__}"]
         assert not leaks, f"logged by {leaks}"
+
+
+def test_stopping_answers_the_requests_in_flight_first(
+    start_gateway: StartGateway, pki: TestPki, apns: MockApns
+) -> None:
+    gateway = start_gateway()
+    apns.latency = 1.0
+    answers: list[httpx.Response] = []
+    with client_for(gateway, pki) as http:
+        sending = threading.Thread(
+            target=lambda: answers.append(
+                http.post(ENCRYPTED, json={"notifications": [encrypted_item(app_id=APNS_APP)]})
+            )
+        )
+        sending.start()
+        deadline = time.monotonic() + 5
+        while 'fdpush_gateway_queue_depth{provider="apns"} 1.0' not in http_metrics(gateway, pki):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        gateway.stop()
+        sending.join()
+    assert answers[0].status_code == 200
+    assert answers[0].json()["summary"]["successful"] == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import ssl
 import time
@@ -110,7 +111,8 @@ class ProductionGateway:
             access_log=False,
             server_header=False,
             lifespan="on",
-            timeout_graceful_shutdown=5,
+            # Requests in flight get their answers before the provider connections close.
+            timeout_graceful_shutdown=math.ceil(self.config.delivery.answer_within_seconds) + 2,
             backlog=1024,
             **options,
         )
