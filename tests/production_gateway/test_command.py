@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ import pytest
 
 from fdpush.gateway import TestPki
 from fdpush.gateway.production import ProductionGatewayThread
+from fdpush.gateway.production.config import ApnsApp, FcmApp
 from fdpush.gateway.runner import READY_LINE, stop_process
 from fdpush.testing import ApnsKey, MockApns, MockFcm
 from gateway.helpers import ENCRYPTED, encrypted_item, new_pushkey
@@ -49,10 +52,12 @@ def test_production_mode_from_a_configuration_file(
     fcm, accounts = fcm_server
     fcm.reset()
     config = tmp_path / "gateway.toml"
+    (tmp_path / "log.key").write_bytes(b"k" * 32)
     config.write_text(
         f"""
 mode = "production"
 log_format = "json"
+log_reference_key_file = "log.key"
 
 [listen]
 host = "127.0.0.1"
@@ -104,6 +109,10 @@ service_account = "{accounts[FCM_APP]}"
     text = log.read_text()
     assert '"message":"pushkey rejected by the provider"' in text  # JSON lines
     assert dead not in text
+    # The reference is keyed with the configured key: the same in every process.
+    key = hmac.new(b"k" * 32, b"fdpush/log-reference/v1", hashlib.sha256).digest()
+    ref = hmac.new(key, f"pushkey\x00{dead}".encode(), hashlib.sha256).hexdigest()[:16]
+    assert f'"pushkey":"pk:{ref}"' in text
 
 
 def test_development_mode_from_a_configuration_file(tmp_path: Path, pki: TestPki) -> None:
@@ -128,9 +137,32 @@ client_ca = "{pki.ca_cert}"
         stop_process(process)
 
 
-def test_a_bad_configuration_ends_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ('[[apns_apps]]\napp_id = "x.apns"\n', "gateway.toml"),
+        (
+            '[[apns_apps]]\napp_id = "x.apns"\nkey_file = "not-a-key.p8"\nkey_id = "K"\n'
+            'team_id = "T"\n',
+            "APNs key K: not a PEM private key",
+        ),
+        (
+            '[[fcm_apps]]\napp_id = "p.a.firebase"\nservice_account = "not-a-key.p8"\n',
+            "not-a-key.p8",
+        ),
+        ('[[fcm_apps]]\napp_id = "p.a.firebase"\nservice_account = "missing.json"\n', "missing"),
+    ],
+)
+def test_a_bad_configuration_ends_with_one_line(
+    tmp_path: Path, pki: TestPki, body: str, named: str
+) -> None:
+    (tmp_path / "not-a-key.p8").write_text("hello")
     config = tmp_path / "gateway.toml"
-    config.write_text('mode = "production"\n[[apns_apps]]\napp_id = "x.apns"\n')
+    listen = (
+        f'[listen]\ncert = "{pki.server_cert}"\nkey = "{pki.server_key}"\n'
+        f'client_ca = "{pki.ca_cert}"\n'
+    )
+    config.write_text(f'mode = "production"\n{listen}{body}')
     result = subprocess.run(
         [sys.executable, "-m", "fdpush", "gateway", "--config", str(config)],
         capture_output=True,
@@ -139,7 +171,8 @@ def test_a_bad_configuration_ends_with_one_line(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode != 0
-    assert "gateway.toml" in result.stderr
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_apns_certificate_authentication(
@@ -167,8 +200,6 @@ def test_apns_certificate_authentication(
     ],
 )
 def test_app_configuration_is_checked(app: dict[str, str]) -> None:
-    from fdpush.gateway.production.config import ApnsApp, FcmApp
-
     model = ApnsApp if app["app_id"].endswith(".apns") else FcmApp
     with pytest.raises(ValueError):
         model.model_validate(app)

@@ -7,11 +7,13 @@ import time
 import httpx
 import pytest
 
-from fdpush.testing import MockApns, MockFcm
+from fdpush.gateway import TestPki
+from fdpush.testing import ApnsKey, MockApns, MockFcm
 from gateway.helpers import (
     ENCRYPTED,
     NOTIFY,
     PLAIN_BATCH,
+    assert_spec_response,
     device,
     encrypted_item,
     new_pushkey,
@@ -19,7 +21,17 @@ from gateway.helpers import (
     plain_notification,
 )
 
-from .conftest import APNS_APP, APNS_TOPIC, FCM_APP, FCM_PROJECT, OTHER_FCM_APP, StartGateway
+from .conftest import (
+    APNS_APP,
+    APNS_TOPIC,
+    FCM_APP,
+    FCM_PROJECT,
+    KEY_ID,
+    OTHER_FCM_APP,
+    TEAM_ID,
+    StartGateway,
+    client_for,
+)
 
 ENCRYPTED_KEYS = ("ciphertext", "time_message_encrypted", "key_identifier", "identifier")
 
@@ -108,6 +120,7 @@ def test_notify_to_an_unconfigured_app_is_500(client: httpx.Client) -> None:
     response = client.post(NOTIFY, json={"notification": notification})
     assert response.status_code == 500
     assert response.json()["error"] == "Unexpected failure during processing."
+    assert_spec_response(NOTIFY, 500, response.json())
 
 
 # --- classification of provider answers --------------------------------------------------------
@@ -197,10 +210,8 @@ def test_fcm_permanent_answers_fail_without_rejecting(
 
 
 def test_lasting_outage_fails_within_the_deadline_never_rejects(
-    start_gateway: StartGateway, pki, apns: MockApns
+    start_gateway: StartGateway, pki: TestPki, apns: MockApns
 ) -> None:
-    from .conftest import client_for
-
     gateway = start_gateway(delivery={"answer_within_seconds": 1.0})
     apns.fail_next(10_000, 503, "ServiceUnavailable")
     pushkey = new_pushkey()
@@ -231,20 +242,24 @@ def test_goaway_and_connection_loss_are_retried(client: httpx.Client, apns: Mock
     assert apns.server.connections_opened >= opened + 2
 
 
-def test_fcm_quota_pauses_that_app_only(client: httpx.Client, fcm: MockFcm, apns: MockApns) -> None:
-    fcm.fail_next(1, "QUOTA_EXCEEDED", retry_after=30)
-    result = send_one(client, FCM_APP, new_pushkey())
-    assert result["status"] == "failed"
-    assert "QUOTA_EXCEEDED" in result["error"]
-    # The app stays paused at least a minute (FCM's guidance): not even asked again ...
-    asked = len(fcm.answers)
-    later = send_one(client, FCM_APP, new_pushkey())
-    assert later["status"] == "failed"
-    assert "retry in" in later["error"]
-    assert len(fcm.answers) == asked
-    # ... while another project and APNs go on.
-    assert send_one(client, OTHER_FCM_APP, new_pushkey())["status"] == "success"
-    assert send_one(client, APNS_APP, new_pushkey())["status"] == "success"
+def test_fcm_quota_pauses_that_app_only(
+    start_gateway: StartGateway, pki: TestPki, fcm: MockFcm, apns: MockApns
+) -> None:
+    # A gateway of its own: the pause would outlast this test.
+    with client_for(start_gateway(), pki) as client:
+        fcm.fail_next(1, "QUOTA_EXCEEDED", retry_after=30)
+        result = send_one(client, FCM_APP, new_pushkey())
+        assert result["status"] == "failed"
+        assert "QUOTA_EXCEEDED" in result["error"]
+        # The app stays paused at least a minute (FCM's guidance): not even asked again ...
+        asked = len(fcm.answers)
+        later = send_one(client, FCM_APP, new_pushkey())
+        assert later["status"] == "failed"
+        assert "retry in 6" in later["error"]  # 60 s (at least a minute), not the 30 asked
+        assert len(fcm.answers) == asked
+        # ... while another project and APNs go on.
+        assert send_one(client, OTHER_FCM_APP, new_pushkey())["status"] == "success"
+        assert send_one(client, APNS_APP, new_pushkey())["status"] == "success"
 
 
 def test_plain_item_partial_and_failed(client: httpx.Client, apns: MockApns) -> None:
@@ -273,13 +288,12 @@ def test_notify_with_a_transient_failure_is_503_with_retry_after(
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert response.json()["error"] == "Push Gateway under maintenance or overloaded."
+    assert_spec_response(NOTIFY, 503, response.json())
 
 
 def test_a_provider_that_does_not_answer_fails_in_time_and_the_connection_recovers(
-    start_gateway: StartGateway, pki, apns: MockApns
+    start_gateway: StartGateway, pki: TestPki, apns: MockApns
 ) -> None:
-    from .conftest import client_for
-
     gateway = start_gateway(delivery={"answer_within_seconds": 1.0})
     with client_for(gateway, pki) as http:
         assert send_one(http, APNS_APP, new_pushkey())["status"] == "success"
@@ -296,10 +310,8 @@ def test_a_provider_that_does_not_answer_fails_in_time_and_the_connection_recove
 
 
 def test_an_app_configured_for_background_pushes_gets_them_alert_less(
-    start_gateway: StartGateway, pki, apns: MockApns, keys
+    start_gateway: StartGateway, pki: TestPki, apns: MockApns, keys: dict[str, ApnsKey]
 ) -> None:
-    from .conftest import KEY_ID, TEAM_ID, client_for
-
     app = {
         "app_id": APNS_APP,
         "key_file": keys[KEY_ID].path,
@@ -316,3 +328,17 @@ def test_an_app_configured_for_background_pushes_gets_them_alert_less(
     assert push.headers["apns-priority"] == "5"
     assert push.payload["aps"] == {"content-available": 1}
     assert len(push.payload["ciphertext"]) == 1404
+
+
+def test_seed_era_notify_carries_the_encrypted_fields(client: httpx.Client, fcm: MockFcm) -> None:
+    pushkey = new_pushkey()
+    sealed = encrypted_item(pushkey=pushkey, app_id=FCM_APP)["notification"]
+    notification = {
+        "devices": [device(pushkey, FCM_APP)],
+        **{k: sealed[k] for k in ("ciphertext", "time_message_encrypted", "key_identifier")},
+    }
+    response = client.post("/_matrix/push/v1/notify", json={"notification": notification})
+    assert response.json() == {"rejected": []}
+    [message] = fcm.accepted_for(pushkey)
+    assert message.message["data"]["ciphertext"] == sealed["ciphertext"]
+    assert message.message["android"]["priority"] == "HIGH"  # prio optional, high by default

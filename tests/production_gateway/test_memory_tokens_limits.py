@@ -12,11 +12,13 @@ import httpx
 import pytest
 
 from fdpush.gateway import TestPki
+from fdpush.gateway.production import ProductionGatewayThread
 from fdpush.gateway.production.tokens import ApnsProviderToken
-from fdpush.testing import ApnsKey, MockApns, MockFcm
+from fdpush.testing import ApnsKey, MockApns, MockFcm, make_apns_key
 from gateway.helpers import (
     ENCRYPTED,
     NOTIFY,
+    assert_spec_response,
     device,
     encrypted_item,
     new_pushkey,
@@ -142,8 +144,6 @@ def test_the_apns_provider_token_is_reused_then_refreshed(
 
 
 def test_an_apns_token_is_never_refreshed_faster_than_20_minutes(tmp_path: Path) -> None:
-    from fdpush.testing import make_apns_key
-
     key = make_apns_key(tmp_path, team_id=TEAM_ID, key_id=KEY_ID)
     now = [1_000_000.0]
     token = ApnsProviderToken(
@@ -183,7 +183,9 @@ def test_fcm_access_token_cached_then_renewed(
         check_fcm_tokens(gateway, pki, fcm, wall)
 
 
-def check_fcm_tokens(gateway, pki: TestPki, fcm: MockFcm, wall: Offset) -> None:  # type: ignore[no-untyped-def]
+def check_fcm_tokens(
+    gateway: ProductionGatewayThread, pki: TestPki, fcm: MockFcm, wall: Offset
+) -> None:
     issued = fcm.tokens_issued
     with client_for(gateway, pki) as http:
         items = [encrypted_item(app_id=FCM_APP) for _ in range(30)]
@@ -200,7 +202,7 @@ def check_fcm_tokens(gateway, pki: TestPki, fcm: MockFcm, wall: Offset) -> None:
         assert fcm.tokens_issued == issued + 3
 
 
-def http_metrics(gateway, pki: TestPki) -> str:  # type: ignore[no-untyped-def]
+def http_metrics(gateway: ProductionGatewayThread, pki: TestPki) -> str:
     with client_for(gateway, pki, with_client_cert=False) as http:
         return http.get("/metrics").text
 
@@ -219,6 +221,7 @@ def test_a_full_queue_answers_503_with_retry_after(
         assert response.status_code == 503
         assert response.headers["retry-after"] == "7"
         assert response.json() == {"error": "Push Gateway under maintenance or overloaded."}
+        assert_spec_response(ENCRYPTED, 503, response.json())
         assert apns.received == []  # refused whole
 
         answers: list[httpx.Response] = []
@@ -298,3 +301,26 @@ def test_logs_carry_no_pushkey_and_no_ciphertext(
     for secret in secrets_:
         leaks = [r.name for r in caplog.records if secret in f"{r.getMessage()} {r.__dict__}"]
         assert not leaks, f"logged by {leaks}"
+
+
+def test_stopping_answers_the_requests_in_flight_first(
+    start_gateway: StartGateway, pki: TestPki, apns: MockApns
+) -> None:
+    gateway = start_gateway()
+    apns.latency = 1.0
+    answers: list[httpx.Response] = []
+    with client_for(gateway, pki) as http:
+        sending = threading.Thread(
+            target=lambda: answers.append(
+                http.post(ENCRYPTED, json={"notifications": [encrypted_item(app_id=APNS_APP)]})
+            )
+        )
+        sending.start()
+        deadline = time.monotonic() + 5
+        while 'fdpush_gateway_queue_depth{provider="apns"} 1.0' not in http_metrics(gateway, pki):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        gateway.stop()
+        sending.join()
+    assert answers[0].status_code == 200
+    assert answers[0].json()["summary"]["successful"] == 1

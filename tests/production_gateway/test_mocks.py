@@ -156,3 +156,15 @@ def test_mock_fcm_checks_tokens_projects_and_messages(
     assert quota.headers["retry-after"] == "60"
     accepted = h2.post(send, json=message, headers=bearer)
     assert accepted.json()["name"].startswith("projects/proj-a/messages/")
+
+
+def test_a_large_record_comes_back_whole(
+    h2: httpx.Client, apns: MockApns, keys: dict[str, ApnsKey]
+) -> None:
+    # Over the 16 KB frame and the 64 KB flow-control window: sent in frames as the client opens it.
+    headers = apns_headers(keys[KEY_ID])
+    payload = orjson.dumps({"aps": {}, "ciphertext": "x" * 1404})
+    for i in range(80):
+        assert h2.post(f"{apns.url}/3/device/t{i}", content=payload, headers=headers).is_success
+    received = h2.get(f"{apns.url}/_mock/received").json()["received"]
+    assert [r["token"] for r in received] == [f"t{i}" for i in range(80)]

@@ -6,6 +6,9 @@ Instead of calling APNs/FCM it records what each device would receive (readable 
 ``/_dev/inbox``), and it can be told to misbehave: reject pushkeys (once), fail items, answer
 5xx/429/503, stall. Run it with ``fdpush gateway``; see ``docs/dev-gateway.md``.
 
+The production gateway, which forwards to APNs and FCM, is :mod:`fdpush.gateway.production`
+(``fdpush gateway --config FILE``; ``docs/gateway.md``).
+
 In a test::
 
     pki = make_test_pki(tmp_path)

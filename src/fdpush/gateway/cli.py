@@ -12,7 +12,7 @@ import click
 from fdpush.gateway.core import DevGateway
 from fdpush.gateway.runner import TlsFiles, check_tls_files, serve
 from fdpush.gateway.trouble import DelayPoint, Limits, ResultOrder, Trouble
-from fdpush.logs import configure_logging
+from fdpush.logs import configure_logging, set_reference_key
 
 __all__ = ["gateway", "run_from_config", "run_gateway"]
 
@@ -101,12 +101,16 @@ def run_gateway(
 def run_from_config(path: Path) -> None:
     """Serve the gateway the configuration file describes (either mode) until interrupted."""
     from fdpush.gateway.production import load_config, serve_production
+    from fdpush.gateway.production.dispatch import check_credentials
 
     try:
         config = load_config(path)
+        check_credentials(config)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     configure_logging(config.log_level, config.log_format)
+    if config.log_reference_key_file is not None:
+        set_reference_key(config.log_reference_key_file.read_bytes())
     listen = config.listen
     tls = None
     if listen.cert is not None and listen.key is not None:

@@ -26,6 +26,7 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
+    WindowUpdated,
 )
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
@@ -76,6 +77,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._subject: str | None = None
         self._closing = False
+        self._window_opened = asyncio.Event()
         self.number = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -125,6 +127,8 @@ class _Connection(asyncio.Protocol):
                     task.add_done_callback(self._tasks.discard)
             elif isinstance(event, StreamReset):
                 self._streams.pop(event.stream_id, None)
+            elif isinstance(event, WindowUpdated):
+                self._window_opened.set()
             elif isinstance(event, ConnectionTerminated):
                 self.close()
         self._flush()
@@ -150,11 +154,24 @@ class _Connection(asyncio.Protocol):
         out.append(("content-length", str(len(response.body))))
         try:
             self._h2.send_headers(stream_id, out, end_stream=not response.body)
-            if response.body:
-                self._h2.send_data(stream_id, response.body, end_stream=True)
+            self._flush()
+            await self._send_body(stream_id, response.body)
         except H2Error:
             return  # the client reset the stream meanwhile
-        self._flush()
+
+    async def _send_body(self, stream_id: int, body: bytes) -> None:
+        """Send ``body`` in frames the peer accepts, waiting for flow-control window."""
+        rest = memoryview(body)
+        while rest and not self._closing:
+            window = self._h2.local_flow_control_window(stream_id)
+            if window <= 0:
+                self._window_opened.clear()
+                await self._window_opened.wait()
+                continue
+            size = min(window, self._h2.max_outbound_frame_size, len(rest))
+            self._h2.send_data(stream_id, bytes(rest[:size]), end_stream=size == len(rest))
+            rest = rest[size:]
+            self._flush()
 
     def _goaway(self, stream_id: int) -> None:
         if self._closing:
@@ -193,11 +210,12 @@ class H2ServerThread:
         client_ca: Path | None = None,
         max_concurrent_streams: int | None = None,
         host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self.handler = handler
         self.max_concurrent_streams = max_concurrent_streams
         self.host = host
-        self.port = 0
+        self.port = port
         self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._context.load_cert_chain(str(cert), str(key))
         self._context.set_alpn_protocols(["h2"])
@@ -215,17 +233,18 @@ class H2ServerThread:
     @property
     def url(self) -> str:
         """``https://host:port``."""
-        return f"https://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
 
     def start(self) -> None:
-        """Listen on a free port; returns once it accepts connections."""
+        """Listen (port 0: on a free one); returns once it accepts connections."""
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(self._listen(), self._loop)
         future.result(10)
 
     async def _listen(self) -> None:
         self._server = await self._loop.create_server(
-            lambda: _Connection(self), self.host, 0, ssl=self._context, backlog=512
+            lambda: _Connection(self), self.host, self.port, ssl=self._context, backlog=512
         )
         self.port = self._server.sockets[0].getsockname()[1]
 

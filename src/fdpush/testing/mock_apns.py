@@ -15,6 +15,9 @@ It checks, in Apple's order of concern, and answers with Apple's documented ``{"
   per topic); else 200 with
   ``apns-id``, and the push is recorded.
 
+The switches and the record are also reachable over HTTP (``/_mock/…``, see
+:mod:`fdpush.testing.control`), for tests in another process or language.
+
 Use::
 
     key = make_apns_key(tmp_path, team_id="TEAM000001", key_id="KEY0000001")
@@ -34,7 +37,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import unquote
@@ -45,6 +48,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fdpush.gateway.certs import TestPki
+from fdpush.testing.control import CONTROL_PREFIX, Switch, control_answer
 from fdpush.testing.h2server import H2Request, H2Response, H2ServerThread, SendGoaway
 
 __all__ = ["ApnsKey", "ApnsPush", "MockApns", "make_apns_key"]
@@ -120,6 +124,8 @@ class MockApns:
         max_concurrent_streams: int | None = 1000,
         min_token_interval: float = 20 * 60,
         clock: Callable[[], float] = time.time,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self._server = H2ServerThread(
             self._handle,
@@ -127,6 +133,8 @@ class MockApns:
             key=pki.server_key,
             client_ca=pki.ca_cert,
             max_concurrent_streams=max_concurrent_streams,
+            host=host,
+            port=port,
         )
         self._clock = clock
         self._min_token_interval = min_token_interval
@@ -220,7 +228,27 @@ class MockApns:
 
     # --- answering ---------------------------------------------------------------------------
 
+    def _switches(self) -> dict[str, Switch]:
+        return {
+            "kill": lambda b: self.kill(str(b["token"]), str(b.get("reason", "Unregistered"))),
+            "fail_next": lambda b: self.fail_next(
+                int(b.get("count", 1)),
+                int(b["status"]),
+                str(b["reason"]),
+                retry_after=None if b.get("retry_after") is None else int(b["retry_after"]),
+            ),
+            "goaway_next": lambda b: self.goaway_next(int(b.get("count", 1))),
+            "latency": lambda b: setattr(self, "latency", float(b["seconds"])),
+            "reset": lambda _b: self.reset(),
+        }
+
+    def _received_json(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [asdict(push) for push in self.received]
+
     async def _handle(self, request: H2Request) -> H2Response:
+        if request.path.startswith(CONTROL_PREFIX):
+            return control_answer(request, self._switches(), self._received_json)
         with self._lock:
             if self._goaways > 0:
                 self._goaways -= 1

@@ -12,6 +12,9 @@
   ``THIRD_PARTY_AUTH_ERROR``), dead tokens (404 ``UNREGISTERED``), a latency; else 200 with the
   message ``name``, and the message is recorded.
 
+The switches and the record are also reachable over HTTP (``/_mock/…``, see
+:mod:`fdpush.testing.control`), for tests in another process or language.
+
 Error bodies have FCM's shape: ``{"error": {"code", "message", "status", "details":
 [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode"}]}}``.
 
@@ -33,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import parse_qs
@@ -44,6 +47,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fdpush.gateway.certs import TestPki
+from fdpush.testing.control import CONTROL_PREFIX, Switch, control_answer
 from fdpush.testing.h2server import H2Request, H2Response, H2ServerThread, SendGoaway
 
 __all__ = ["FCM_ERRORS", "FcmMessage", "MockFcm"]
@@ -98,12 +102,16 @@ class MockFcm:
         token_lifetime: int = 3600,
         clock: Callable[[], float] = time.time,
         max_concurrent_streams: int | None = 1000,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self._server = H2ServerThread(
             self._handle,
             cert=pki.server_cert,
             key=pki.server_key,
             max_concurrent_streams=max_concurrent_streams,
+            host=host,
+            port=port,
         )
         self._clock = clock
         self._lock = threading.Lock()
@@ -221,7 +229,27 @@ class MockFcm:
 
     # --- answering ---------------------------------------------------------------------------
 
+    def _switches(self) -> dict[str, Switch]:
+        return {
+            "kill": lambda b: self.kill(str(b["token"])),
+            "fail_next": lambda b: self.fail_next(
+                int(b.get("count", 1)),
+                str(b["code"]),
+                retry_after=None if b.get("retry_after") is None else int(b["retry_after"]),
+            ),
+            "goaway_next": lambda b: self.goaway_next(int(b.get("count", 1))),
+            "latency": lambda b: setattr(self, "latency", float(b["seconds"])),
+            "expire_access_tokens": lambda _b: self.expire_access_tokens(),
+            "reset": lambda _b: self.reset(),
+        }
+
+    def _received_json(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [asdict(message) for message in self.received]
+
     async def _handle(self, request: H2Request) -> H2Response:
+        if request.path.startswith(CONTROL_PREFIX):
+            return control_answer(request, self._switches(), self._received_json)
         if request.path == "/token":
             return self._token(request)
         with self._lock:

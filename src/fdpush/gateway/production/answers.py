@@ -9,7 +9,7 @@ Fachdienst retries; ``rejected`` still names the dead pushkeys) or when all were
 from __future__ import annotations
 
 from fdpush.gateway.core import ItemResult
-from fdpush.gateway.models import EncryptedNotification, PlainNotification
+from fdpush.gateway.models import EncryptedNotification, PlainNotification, SeedNotification
 from fdpush.gateway.production.dispatch import Delivery
 from fdpush.gateway.production.push import Push
 from fdpush.gateway.render import ENCRYPTED_FIELDS, PLAIN_FIELDS, present_fields
@@ -26,9 +26,11 @@ def encrypted_push(note: EncryptedNotification) -> Push:
     return Push(device.app_id, device.pushkey, note.prio, fields, note.counts)
 
 
-def plain_pushes(note: PlainNotification) -> list[Push]:
-    """One push per device of a plain (Matrix-shaped) notification."""
-    fields = present_fields(note, PLAIN_FIELDS)
+def plain_pushes(note: PlainNotification | SeedNotification) -> list[Push]:
+    """One push per device of a plain (Matrix-shaped) notification; a seed-era one may also
+    carry the encrypted fields, handed on as they came."""
+    names = PLAIN_FIELDS + ENCRYPTED_FIELDS if isinstance(note, SeedNotification) else PLAIN_FIELDS
+    fields = present_fields(note, names)
     return [Push(d.app_id, d.pushkey, note.prio, fields, note.counts) for d in note.devices]
 
 

@@ -109,6 +109,16 @@ class ApnsSender:
             ),
         )
 
+    @staticmethod
+    def check(app: ApnsApp, settings: ProviderConfig) -> None:
+        """Raise ValueError when the app's key or certificate cannot be used."""
+        if app.key_file is not None and app.key_id is not None and app.team_id is not None:
+            ApnsProviderToken(app.key_file.read_bytes(), app.key_id, app.team_id, refresh_after=0)
+        try:
+            _ssl_context(app, settings)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"{app.app_id}: certificate or CA file: {exc}") from None
+
     async def send(self, push: Push) -> Attempt:
         """One ``POST /3/device/{pushkey}``; connection trouble and timeouts come back as retry."""
         message = render(push.app_id, push.pushkey, push.prio, push.fields, push.counts)

@@ -5,9 +5,11 @@ certificate; 413 over the size cap; the spec's 400s (shared with the development
 :mod:`fdpush.gateway.validation`); 503 + ``Retry-After`` when a provider's queue is full; then
 the per-item answer once every push is accepted, rejected or failed.
 
-``notify`` has no per-item status: it answers ``{"rejected": [...]}`` when every device was
-reached or rejected, 503 + ``Retry-After`` when some were not for a transient reason, and 500
-when some were refused for good (an unconfigured app_id, a notification the provider refuses).
+``notify`` (also at the seed-era path ``/_matrix/push/v1/notify``, whose notification may
+carry the encrypted fields) has no per-item status: it answers ``{"rejected": [...]}`` when
+every device was reached or rejected, 503 + ``Retry-After`` when some were not for a transient
+reason, and 500 when some were refused for good (an unconfigured app_id, a notification the
+provider refuses).
 
 Also: ``GET /health/live``, ``GET /health/ready`` (503 until the provider clients are made and
 while stopping), ``GET /metrics`` (Prometheus).
@@ -30,15 +32,18 @@ from fdpush.gateway.models import (
     EncryptedBatchRequest,
     PlainBatchRequest,
     PlainNotificationRequest,
+    SeedNotificationRequest,
 )
 from fdpush.gateway.production.answers import encrypted_push, item_result, plain_pushes
 from fdpush.gateway.production.config import GatewayConfig
 from fdpush.gateway.production.dispatch import Dispatcher, Overloaded
 from fdpush.gateway.production.metrics import GatewayMetrics
+from fdpush.gateway.production.push import Push
 from fdpush.gateway.validation import (
     BATCH_TOO_LARGE,
     NOTIFY_TOO_LARGE,
     PUSH_BASE,
+    SEED_NOTIFY_PATH,
     TooLarge,
     batch_answer,
     batch_checks,
@@ -136,13 +141,20 @@ def create_production_app(
             start += len(pushes)
         return batch_answer(results)
 
-    async def notify(body: bytes) -> Response:
-        parsed = parse(body, PlainNotificationRequest)
-        if isinstance(parsed, Response):
-            return parsed
-        model, _raw = parsed
-        assert isinstance(model, PlainNotificationRequest)
-        pushes = plain_pushes(model.notification)
+    def notify_handler(
+        schema: type[PlainNotificationRequest] | type[SeedNotificationRequest],
+    ) -> Handler:
+        async def notify(body: bytes) -> Response:
+            parsed = parse(body, schema)
+            if isinstance(parsed, Response):
+                return parsed
+            model, _raw = parsed
+            assert isinstance(model, PlainNotificationRequest | SeedNotificationRequest)
+            return await notify_answer(plain_pushes(model.notification))
+
+        return notify
+
+    async def notify_answer(pushes: list[Push]) -> Response:
         deliveries = await dispatcher.deliver(pushes)
         failed = [d for d in deliveries if d.outcome == "failed"]
         if failed:
@@ -180,7 +192,12 @@ def create_production_app(
     routes = [
         Route(
             f"{PUSH_BASE}/notify",
-            endpoint(notify, NOTIFY_TOO_LARGE, "notify"),
+            endpoint(notify_handler(PlainNotificationRequest), NOTIFY_TOO_LARGE, "notify"),
+            methods=["POST"],
+        ),
+        Route(
+            SEED_NOTIFY_PATH,
+            endpoint(notify_handler(SeedNotificationRequest), NOTIFY_TOO_LARGE, "seed notify"),
             methods=["POST"],
         ),
         Route(

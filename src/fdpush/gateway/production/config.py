@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, model_validator
 
 from fdpush.gateway.trouble import MIN_REQUEST_SIZE_KB, Limits
 
@@ -39,9 +39,9 @@ class ListenConfig(_Section):
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8443
-    cert: Path | None = None
-    key: Path | None = None
-    client_ca: Path | None = None
+    cert: FilePath | None = None
+    key: FilePath | None = None
+    client_ca: FilePath | None = None
     # RFC 4514 subjects (``CN=erp.example,O=Example``) of the Fachdienste allowed in; empty:
     # every certificate the CA issued.
     allowed_subjects: tuple[str, ...] = ()
@@ -62,8 +62,9 @@ class LimitsConfig(_Section):
 class DeliveryConfig(_Section):
     """Answering, retrying, queueing and remembering rejections."""
 
-    # Every item is answered within this time: delivered, rejected, or failed.
-    answer_within_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    # Every item is answered within this time: delivered, rejected, or failed. Below the
+    # Fachdienste's request timeout (fdpush's sender: 10 s), so an answer is never too late.
+    answer_within_seconds: Annotated[float, Field(gt=0, le=300)] = 8.0
     retry_base_seconds: Annotated[float, Field(gt=0)] = 0.2
     retry_max_seconds: Annotated[float, Field(gt=0)] = 5.0
     # FCM: "wait at least one minute" after QUOTA_EXCEEDED.
@@ -80,7 +81,7 @@ class ProviderConfig(_Section):
     """How to reach one provider (overridable for a sandbox or a mock)."""
 
     url: str
-    ca_file: Path | None = None  # None: the system's trust store
+    ca_file: FilePath | None = None  # None: the system's trust store
     connections_per_app: Annotated[int, Field(ge=1, le=16)] = 1
     streams_per_app: Annotated[int, Field(ge=1, le=1000)] = 100
     timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
@@ -90,13 +91,13 @@ class ApnsApp(_Section):
     """An iOS app: ``<bundle id>.apns``, token or certificate authentication."""
 
     app_id: Annotated[str, Field(pattern=r".+\.apns$")]
-    key_file: Path | None = None  # .p8 (token authentication)
+    key_file: FilePath | None = None  # .p8 (token authentication)
     key_id: str | None = None
     team_id: str | None = None
     # Provider JWT reuse: APNs wants 20..60 minutes between refreshes.
     token_refresh_minutes: Annotated[float, Field(ge=20, le=55)] = 40.0
-    certificate: Path | None = None  # PEM (certificate authentication)
-    certificate_key: Path | None = None
+    certificate: FilePath | None = None  # PEM (certificate authentication)
+    certificate_key: FilePath | None = None
     push_type: Literal["alert", "background"] = "alert"
 
     @model_validator(mode="after")
@@ -121,7 +122,7 @@ class FcmApp(_Section):
     """An Android app: ``<project id>.<app>.firebase``, a service account of that project."""
 
     app_id: Annotated[str, Field(pattern=r"^[^.]+\..+\.firebase$")]
-    service_account: Path
+    service_account: FilePath
 
     @property
     def project_id(self) -> str:
@@ -138,6 +139,9 @@ class GatewayConfig(_Section):
     mode: Literal["development", "production"] = "production"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "json"
+    # Keys the pushkey references in logs (``pk:…``), so they stay the same across restarts and
+    # replicas; none: a random key per process.
+    log_reference_key_file: FilePath | None = None
     listen: ListenConfig = ListenConfig()
     limits: LimitsConfig = LimitsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
@@ -183,11 +187,13 @@ _PATH_KEYS = {
     "certificate_key",
     "service_account",
     "rejection_memory_file",
+    "log_reference_key_file",
 }
 
 
 def load_config(path: Path) -> GatewayConfig:
-    """Read and check the configuration file; raises ValueError naming what is wrong."""
+    """Read and check the configuration file (named files must exist); raises ValueError
+    naming what is wrong."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:

@@ -32,7 +32,7 @@ from fdpush.gateway.production.push import Attempt, Provider, Push, Sender
 from fdpush.gateway.production.rejections import RejectionMemory
 from fdpush.logs import pushkey_ref
 
-__all__ = ["Delivery", "Dispatcher", "Overloaded"]
+__all__ = ["Delivery", "Dispatcher", "Overloaded", "check_credentials"]
 
 log = logging.getLogger("fdpush.gateway.dispatch")
 
@@ -67,6 +67,16 @@ class _Lane:
     streams: asyncio.Semaphore
     paused_until: float = 0.0  # monotonic; the provider throttles the whole app until then
     pause_reason: str = ""
+
+
+def check_credentials(config: GatewayConfig) -> None:
+    """Read every app's key, certificate and service account as the gateway will; raises
+    ValueError naming the first one it cannot use (so a bad file stops the start, not a push)."""
+    for app in config.apps().values():
+        if isinstance(app, ApnsApp):
+            ApnsSender.check(app, config.apns)
+        else:
+            FcmSender.check(app)
 
 
 class Dispatcher:

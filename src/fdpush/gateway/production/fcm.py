@@ -101,6 +101,11 @@ class FcmSender:
         )
         self._last_refused = ""
 
+    @staticmethod
+    def check(app: FcmApp) -> None:
+        """Raise ValueError when the app's service account cannot be used."""
+        ServiceAccount.load(app.service_account)
+
     async def send(self, push: Push) -> Attempt:
         """One ``messages:send``; connection trouble, timeouts and token trouble come back as
         retry."""

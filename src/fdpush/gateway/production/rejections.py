@@ -8,7 +8,8 @@ memory's time runs out.
 
 Entries are SHA-256 digests of ``app_id`` and pushkey, never the pushkeys (pushkeys are long
 random tokens: the digest does not give them away). With a file, the memory survives restarts:
-one line per rejection (``digest expires_at``), appended as it happens and compacted at start.
+one line per rejection (``digest expires_at``), appended as it happens, compacted at start and
+every 1024 rejections.
 """
 
 from __future__ import annotations
@@ -55,11 +56,11 @@ class RejectionMemory:
         with self._lock:
             self._expires[digest] = expires
             self._since_prune += 1
-            if self._since_prune >= _PRUNE_EVERY:
-                self._prune()
             if self._path is not None:
                 with self._path.open("a", encoding="ascii") as file:
                     file.write(f"{digest} {expires:.0f}\n")
+            if self._since_prune >= _PRUNE_EVERY:
+                self._prune()
 
     def is_rejected(self, app_id: str, pushkey: str) -> bool:
         """True while a rejection of this pushkey is remembered."""
@@ -81,6 +82,8 @@ class RejectionMemory:
         now = self._clock()
         self._expires = {d: e for d, e in self._expires.items() if e > now}
         self._since_prune = 0
+        if self._path is not None:
+            self._write(self._path)
 
     def _load(self, path: Path) -> None:
         now = self._clock()
@@ -93,7 +96,10 @@ class RejectionMemory:
                     continue  # a line cut short by a crash
                 if when > now and len(digest) == 64:
                     self._expires[digest] = max(when, self._expires.get(digest, 0.0))
-        # Compact: only what is still remembered, written atomically.
+        self._write(path)
+
+    def _write(self, path: Path) -> None:
+        """Replace the file by what is remembered now (compacted), atomically."""
         scratch = path.with_name(path.name + ".tmp")
         scratch.write_text(
             "".join(f"{d} {e:.0f}\n" for d, e in self._expires.items()), encoding="ascii"

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -78,21 +80,19 @@ class ProductionGateway:
         clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock`` (monotonic: deadlines, pauses) and ``wall_clock`` (token ages, the
+        rejection memory's expiry) are for tests that move time."""
         _quiet_http_libraries()
         self.config = config
         self.metrics = GatewayMetrics()
         delivery = config.delivery
-        times: dict[str, Any] = {}
-        if clock is not None:
-            times["clock"] = clock
-        if wall_clock is not None:
-            times["wall_clock"] = wall_clock
+        wall = wall_clock or time.time
         self.memory = RejectionMemory(
-            delivery.rejection_memory_hours * 3600,
-            path=delivery.rejection_memory_file,
-            **({"clock": wall_clock} if wall_clock is not None else {}),
+            delivery.rejection_memory_hours * 3600, path=delivery.rejection_memory_file, clock=wall
         )
-        self.dispatcher = Dispatcher(config, self.memory, self.metrics, **times)
+        self.dispatcher = Dispatcher(
+            config, self.memory, self.metrics, clock=clock or time.monotonic, wall_clock=wall
+        )
         self.app = create_production_app(config, self.dispatcher, self.metrics)
 
     def server(self) -> uvicorn.Server:
@@ -111,7 +111,8 @@ class ProductionGateway:
             access_log=False,
             server_header=False,
             lifespan="on",
-            timeout_graceful_shutdown=5,
+            # Requests in flight get their answers before the provider connections close.
+            timeout_graceful_shutdown=math.ceil(self.config.delivery.answer_within_seconds) + 2,
             backlog=1024,
             **options,
         )

@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import jwt
 import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 __all__ = [
     "FCM_SCOPE",
@@ -55,7 +57,13 @@ class ApnsProviderToken:
         clock: Callable[[], float] = time.time,
         on_refresh: Callable[[], None] = lambda: None,
     ) -> None:
-        self._key = key_pem
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"APNs key {key_id}: not a PEM private key ({exc})") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            raise ValueError(f"APNs key {key_id}: not a P-256 (ES256) key")
+        self._key = key
         self._key_id = key_id
         self._team_id = team_id
         self._refresh_after = max(refresh_after, MIN_APNS_REFRESH_SECONDS)
@@ -105,7 +113,10 @@ class ServiceAccount:
     @classmethod
     def load(cls, path: Path) -> ServiceAccount:
         """Read the JSON file; raises ValueError naming a missing field."""
-        data: dict[str, Any] = orjson.loads(path.read_bytes())
+        try:
+            data: dict[str, Any] = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
         missing = [
             name
             for name in ("client_email", "private_key", "private_key_id", "token_uri")
@@ -113,6 +124,12 @@ class ServiceAccount:
         ]
         if missing:
             raise ValueError(f"{path}: service account without {', '.join(missing)}")
+        try:
+            key = serialization.load_pem_private_key(data["private_key"].encode(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: private_key is not a PEM private key ({exc})") from None
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError(f"{path}: private_key is not an RSA key (RS256)")
         return cls(
             client_email=data["client_email"],
             private_key=data["private_key"],
