@@ -138,6 +138,7 @@ class Options:
     json_path: Path | None
     profile_dir: Path | None
     worker_processes: int = 0
+    mixed_channels: bool = False
 
     @property
     def users(self) -> int:
@@ -179,6 +180,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         type=int,
         default=32,
         help="requests in flight of the naive sender (default 32)",
+    )
+    parser.add_argument(
+        "--mixed-channels",
+        action="store_true",
+        help="the channel's catalog default is not_set; a third of the devices enable it, a "
+        "third disable it, a third never choose: only the first third gets notifications",
     )
     parser.add_argument(
         "--worker-processes",
@@ -282,6 +289,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         json_path=args.json_path,
         profile_dir=args.profile_dir,
         worker_processes=args.worker_processes,
+        mixed_channels=args.mixed_channels,
     )
 
 
@@ -362,7 +370,7 @@ class Service:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "service.log"
-        default = "not_set" if options.explicit_channels else "enabled"
+        default = "not_set" if options.explicit_channels or options.mixed_channels else "enabled"
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("FDPUSH_")},
             "FDPUSH_HOST": "127.0.0.1",
@@ -625,6 +633,14 @@ class Workload:
             for _ in range(options.devices_per_user)
         ]
         self.by_pushkey = {d.pushkey: d for d in self.devices}
+        # --mixed-channels: devices 0, 3, 6, … enable the channel, 1, 4, … disable it, the
+        # rest never choose (not_set): only the first third is subscribed.
+        self.mixed = options.mixed_channels
+        self.subscribed = self.devices[::3] if self.mixed else self.devices
+        self.by_pushkey_subscribed = {d.pushkey: d for d in self.subscribed}
+        self.reach = Counter(d.user for d in self.subscribed)
+        for user in self.users:
+            self.reach.setdefault(user, 0)
         # What the e-prescription service sends (docs/peers.md), one prescription per user.
         self.payloads = {
             user: {
@@ -666,7 +682,13 @@ class Workload:
 
     def enable_channel(self) -> list[Call]:
         tokens = {user: _token(user) for user in self.users}
-        body = orjson.dumps({"channels": [{"id": CHANNEL, "status": "enabled"}]})
+        enable = orjson.dumps({"channels": [{"id": CHANNEL, "status": "enabled"}]})
+        disable = orjson.dumps({"channels": [{"id": CHANNEL, "status": "disabled"}]})
+        choices = [
+            (d, enable if not self.mixed or n % 3 == 0 else disable)
+            for n, d in enumerate(self.devices)
+            if not self.mixed or n % 3 != 2
+        ]
         return [
             Call(
                 "POST",
@@ -674,7 +696,7 @@ class Workload:
                 {"Authorization": f"Bearer {tokens[d.user]}", "Content-Type": "application/json"},
                 body,
             )
-            for d in self.devices
+            for d, body in choices
         ]
 
     def event_batches(self) -> list[tuple[list[str], bytes]]:
@@ -790,7 +812,7 @@ class EventsSent:
 async def send_events(
     clients: list[httpx.AsyncClient],
     batches: list[tuple[list[str], bytes]],
-    devices_per_user: int,
+    reach_of: dict[str, int],
     problems: Problems,
 ) -> EventsSent:
     """POST the event batches from one worker per client; check each 202 answer."""
@@ -817,12 +839,13 @@ async def send_events(
                 continue
             results = response.json().get("results", [])
             reach = [r.get("notifications") for r in results]
-            if len(results) != len(users) or any(n != devices_per_user for n in reach):
+            wanted = [reach_of[user] for user in users]
+            if len(results) != len(users) or reach != wanted:
                 problems.note(
                     "errors",
                     len(users),
                     f"events: {len(results)} results for {len(users)} events, reaching "
-                    f"{sorted(set(map(str, reach)))} devices, not {devices_per_user} each",
+                    f"{sorted(set(map(str, reach)))} devices, not {sorted(set(wanted))}",
                 )
 
     await asyncio.gather(*(worker(client) for client in clients[: len(batches)]))
@@ -935,7 +958,7 @@ def check_records(
     problems: Problems,
 ) -> None:
     """Every notification exactly once at the gateway, to the right device, with the payload."""
-    expected = len(workload.devices)
+    expected = len(workload.subscribed)
     ids = Counter(r["id"] for r in records)
     duplicated = sum(n - 1 for n in ids.values() if n > 1)
     problems.note("duplicated", duplicated, f"{duplicated} notification ids recorded twice")
@@ -963,7 +986,8 @@ def check_records(
             f"{stats.get('items_failed')} for {expected} notifications (resends or refusals)",
         )
     per_device = Counter(r["pushkey"] for r in records)
-    others = [k for k, n in per_device.items() if k not in workload.by_pushkey or n != 1]
+    others = [k for k, n in per_device.items() if k not in workload.by_pushkey_subscribed or n != 1]
+    others += [k for k in workload.by_pushkey_subscribed if k not in per_device]
     problems.note("errors", len(others), f"{len(others)} devices did not get exactly one")
     keys: dict[tuple[str, str], bytes] = {}
     wrong = 0
@@ -1076,8 +1100,8 @@ async def measure_backend(
             for _ in range(max(options.register_concurrency, options.event_concurrency))
         ]
         steps = [("register", workload.register(gateway.push_url))]
-        if options.explicit_channels:
-            steps.append(("enable channel", workload.enable_channel()))
+        if options.explicit_channels or options.mixed_channels:
+            steps.append(("choose channel", workload.enable_channel()))
         for name, calls in steps:
             phase = await run_phase(
                 clients[: options.register_concurrency],
@@ -1094,7 +1118,7 @@ async def measure_backend(
 
         # --- end to end: the clock runs from the first event request to the last ack
         batches = workload.event_batches()
-        expected = len(workload.devices)
+        expected = len(workload.subscribed)
         profiler = worker_profiler = None
         if options.profile_dir is not None:
             profiler = Profiler(service.pid, options.profile_dir / f"service-{backend}.txt")
@@ -1110,9 +1134,7 @@ async def measure_backend(
         usage.begin()
         deadline = time.monotonic() + options.time_limit
         sent, (seen_all_at, recorded) = await asyncio.gather(
-            send_events(
-                clients[: options.event_concurrency], batches, options.devices_per_user, problems
-            ),
+            send_events(clients[: options.event_concurrency], batches, workload.reach, problems),
             wait_for_gateway(gateway, expected, deadline),
         )
         usage.end()
@@ -1179,7 +1201,7 @@ async def measure_backend(
     }
 
     # --- an idle service, one event at a time: the latency of a lone event
-    if options.idle_events:
+    if options.idle_events and not options.mixed_channels:  # its users must all be reached
         idle, idle_sent = await measure_idle_latency(
             service,
             gateway,
