@@ -918,6 +918,24 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
 
+    def activity(self) -> dict[str, int] | None:
+        """PostgreSQL's own counters for this database (pg_stat_database) and the WAL position:
+        what the database did, read before and after the clock (None on SQLite)."""
+        if self.url.startswith("sqlite"):
+            return None
+        import psycopg
+
+        with psycopg.connect(self.url) as conn:
+            conn.execute("SELECT pg_stat_force_next_flush()")
+            row = conn.execute(
+                "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted, tup_fetched,"
+                " blks_hit + blks_read, pg_current_wal_lsn() - '0/0'::pg_lsn"
+                " FROM pg_stat_database WHERE datname = current_database()"
+            ).fetchone()
+        assert row is not None
+        names = ("commits", "inserted", "updated", "deleted", "fetched", "blocks", "wal_bytes")
+        return {name: int(value) for name, value in zip(names, row, strict=True)}
+
     def statuses(self) -> dict[str, tuple[str, str]]:
         """notification id → (pushkey, status)."""
         query = (
@@ -1131,6 +1149,7 @@ async def measure_backend(
             await asyncio.sleep(1.0)  # let py-spy attach before the clock starts
         log_start = service.log_size()  # start-up warnings (dev auth) are not the phase's
         usage = Usage(service.pids, gateway.pid)
+        activity_before = db.activity()
         usage.begin()
         deadline = time.monotonic() + options.time_limit
         sent, (seen_all_at, recorded) = await asyncio.gather(
@@ -1138,6 +1157,7 @@ async def measure_backend(
             wait_for_gateway(gateway, expected, deadline),
         )
         usage.end()
+        activity_after = db.activity()
         settled_at = None
         while time.monotonic() < deadline + 10:
             if db.delivered() >= expected:
@@ -1198,6 +1218,12 @@ async def measure_backend(
         "gateway_batch_sizes": stats.get("batch_sizes"),
         "max_ms": round(latencies[-1], 1) if latencies else None,
         "profile": profile,
+        "database_per_notification": None
+        if activity_before is None or activity_after is None or not records
+        else {
+            name: round((activity_after[name] - activity_before[name]) / len(records), 2)
+            for name in activity_before
+        },
     }
 
     # --- an idle service, one event at a time: the latency of a lone event
@@ -1545,6 +1571,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_num(x['all_delivered_in_database_after_s'], 2)} s; "
                 f"{x['gateway_requests']} gateway requests; latency max {_num(x['max_ms'], 1)} ms"
             )
+            per = x.get("database_per_notification")
+            if per:
+                print(
+                    f"  {f.backend}: per notification the database committed "
+                    f"{per['commits']:.2f} transactions, inserted {per['inserted']:.2f}, updated "
+                    f"{per['updated']:.2f} and read {per['fetched']:.2f} rows, touched "
+                    f"{per['blocks']:.1f} blocks and wrote {per['wal_bytes']:,.0f} bytes of WAL"
+                )
             idle = x.get("idle_latency_ms")
             if idle:
                 print(

@@ -1,0 +1,223 @@
+"""In-process rules of sealing at send time: the key schedule's advance, what each claimed row
+becomes, and how notifications are cut into gateway requests. No database, no network."""
+
+from __future__ import annotations
+
+import os
+
+import orjson
+import pytest
+
+from fdpush import crypto
+from fdpush.delivery.compose import DEREGISTERED, NO_KEY, NO_PAYLOAD, compose, refusal_by
+from fdpush.delivery.gateway import OutgoingItem
+from fdpush.delivery.worker import _batches
+from fdpush.domain.errors import InvalidParam
+from fdpush.domain.keys import RETENTION_MONTHS, KeyVault, advance
+from fdpush.storage.outbox import Claimed, EventBody, Target
+
+MASTER = bytes(range(32))
+OWNER = ("user-1", "de.gematik.erezept.apns", "pk/1")
+GATEWAY = "https://gw.example/push/v1/"
+
+
+def chain(iss: bytes, start: str, months: int) -> list[crypto.KeyGeneration]:
+    first = crypto.derive_generation(iss, start)
+    return [first, *crypto.ratchet(first, _month(start, months - 1))]
+
+
+def _month(period: str, steps: int) -> str:
+    for _ in range(steps):
+        period = crypto.next_period(period)
+    return period
+
+
+def stored(vault: KeyVault, generations: list[crypto.KeyGeneration]) -> list[tuple[str, bytes]]:
+    return [(g.period, vault.seal(*OWNER, g)) for g in generations]
+
+
+# --- the key schedule at send time ---------------------------------------------------------------
+
+
+def test_this_months_key_needs_no_change() -> None:
+    vault = KeyVault(MASTER)
+    [g] = chain(os.urandom(32), "2026-11", 1)
+    step = advance(vault, OWNER, stored(vault, [g]), "2026-11")
+    assert step is not None and not step.changes
+    assert step.generation.key == g.key
+
+
+@pytest.mark.parametrize("age", [1, 2, 3, 5])
+def test_a_month_change_derives_in_sequence_and_drops_what_is_too_old(age: int) -> None:
+    """Skipped months are derived one after the other from the youngest stored generation;
+    what is persisted and deleted keeps no generation older than two months before today,
+    and never deletes the youngest."""
+    vault = KeyVault(MASTER)
+    iss = os.urandom(32)
+    [g] = chain(iss, "2026-01", 1)
+    today = _month("2026-01", age)
+    step = advance(vault, OWNER, stored(vault, [g]), today)
+    assert step is not None and step.changes
+    expected = chain(iss, "2026-01", age + 1)
+    assert step.generation.key == expected[-1].key and step.generation.period == today
+    added = dict(step.added)
+    assert sorted(added) == [
+        x.period for x in expected[1:] if crypto.periods_between(x.period, today) <= 2
+    ]
+    for period, material in added.items():
+        opened = vault.open(*OWNER, period, material)
+        assert opened.key == next(x.key for x in expected if x.period == period)
+    assert list(step.removed) == (["2026-01"] if age > RETENTION_MONTHS else [])
+
+
+def test_a_generation_ahead_of_today_is_used_as_it_is() -> None:
+    vault = KeyVault(MASTER)
+    [g] = chain(os.urandom(32), "2026-12", 1)
+    step = advance(vault, OWNER, stored(vault, [g]), "2026-11")
+    assert step is not None and step.generation.period == "2026-12" and not step.changes
+
+
+def test_keys_under_another_master_key_give_nothing_not_plain_text() -> None:
+    [g] = chain(os.urandom(32), "2026-11", 1)
+    other = KeyVault(bytes(32))
+    assert advance(KeyVault(MASTER), OWNER, stored(other, [g]), "2026-11") is None
+    assert advance(KeyVault(MASTER), OWNER, [], "2026-11") is None
+
+
+# --- what a claimed row becomes ------------------------------------------------------------------
+
+
+def row(n: int, pusher_id: int | None = 1, event_id: str = "e1", **kw: object) -> Claimed:
+    fields: dict[str, object] = {
+        "id": f"n{n}",
+        "event_id": event_id,
+        "pusher_id": pusher_id,
+        "gateway": GATEWAY,
+        "encrypted": True,
+        "body": None,
+        "attempts": 0,
+        "created_at": 0,
+    }
+    fields.update(kw)
+    return Claimed(**fields)  # type: ignore[arg-type]
+
+
+def target(vault: KeyVault, g: crypto.KeyGeneration, **kw: object) -> Target:
+    fields: dict[str, object] = {
+        "pusher_id": 1,
+        "user_id": OWNER[0],
+        "app_id": OWNER[1],
+        "pushkey": OWNER[2],
+        "pushkey_ts": 1700000000,
+        "data": orjson.dumps({"url": GATEWAY, "format": "event_id_only"}).decode(),
+        "key_identifier": "kid-1",
+        "generations": tuple(stored(vault, [g])),
+    }
+    fields.update(kw)
+    return Target(**fields)  # type: ignore[arg-type]
+
+
+def event(vault: KeyVault, payload: dict[str, object], event_id: str = "e1") -> EventBody:
+    sealed = vault.seal_record("event-payload", event_id, orjson.dumps(payload))
+    return EventBody(event_id, "high", "ident-1", sealed)
+
+
+def test_an_encrypted_pusher_gets_the_spec_notification_sealed_under_this_months_key() -> None:
+    vault = KeyVault(MASTER)
+    [g] = chain(os.urandom(32), "2026-11", 1)
+    out = compose(
+        [row(1)],
+        {1: target(vault, g)},
+        {"e1": event(vault, {"ChannelId": "erp.task.activate"})},
+        vault=vault,
+        period="2026-11",
+        gateway_refusal=lambda _url: None,
+    )
+    [ready] = out.ready
+    note = ready.item.notification
+    assert ready.item.encrypted and ready.pushkey == OWNER[2]
+    assert note["time_message_encrypted"] == "2026-11" and note["key_identifier"] == "kid-1"
+    assert note["identifier"] == "ident-1" and note["prio"] == "high"
+    assert note["device"] == {
+        "app_id": OWNER[1],
+        "pushkey": OWNER[2],
+        "pushkey_ts": 1700000000,
+        "data": {"format": "event_id_only"},  # everything but url
+        "tweaks": {},
+    }
+    opened = crypto.open_notification(g.key, note["ciphertext"])
+    assert orjson.loads(opened) == {"ChannelId": "erp.task.activate"}
+    assert orjson.loads(ready.item.encoded) == {"id": "n1", "notification": note}
+
+
+def test_rows_that_cannot_be_sent_end_with_their_reason() -> None:
+    vault = KeyVault(MASTER)
+    [g] = chain(os.urandom(32), "2026-11", 1)
+    foreign = target(vault, g, pusher_id=2, generations=tuple(stored(KeyVault(bytes(32)), [g])))
+    out = compose(
+        [row(1, pusher_id=None), row(2, pusher_id=2), row(3, event_id="gone"), row(4)],
+        {1: target(vault, g), 2: foreign},
+        {"e1": event(vault, {"a": 1}), "gone": EventBody("gone", "high", None, None)},
+        vault=vault,
+        period="2026-11",
+        gateway_refusal=lambda _url: None,
+    )
+    assert out.failed == {"n1": DEREGISTERED, "n2": NO_KEY, "n3": NO_PAYLOAD}
+    assert [r.row.id for r in out.ready] == ["n4"]
+
+
+def test_a_gateway_off_the_allow_list_is_refused_at_send_time() -> None:
+    vault = KeyVault(MASTER)
+    [g] = chain(os.urandom(32), "2026-11", 1)
+
+    def check(url: str) -> None:
+        raise InvalidParam("data.url: gateway gw.example:443 is not on the allow-list")
+
+    out = compose(
+        [row(1)],
+        {1: target(vault, g)},
+        {"e1": event(vault, {"a": 1})},
+        vault=vault,
+        period="2026-11",
+        gateway_refusal=refusal_by(check),
+    )
+    assert out.ready == [] and "allow-list" in out.failed["n1"]
+
+
+def test_a_new_month_is_reported_for_persisting_before_use() -> None:
+    vault = KeyVault(MASTER)
+    [g] = chain(os.urandom(32), "2026-09", 1)
+    out = compose(
+        [row(1), row(2)],
+        {1: target(vault, g)},
+        {"e1": event(vault, {"a": 1})},
+        vault=vault,
+        period="2026-11",
+        gateway_refusal=lambda _url: None,
+    )
+    [(pusher_id, user_id, step)] = out.key_changes  # once per pusher, not per row
+    assert (pusher_id, user_id) == (1, OWNER[0])
+    assert [p for p, _ in step.added] == ["2026-10", "2026-11"]
+
+
+# --- cutting into requests -----------------------------------------------------------------------
+
+
+def ready_item(n: int, blob: int) -> object:
+    from fdpush.delivery.compose import Ready
+
+    note = {"device": {"data": {"blob": "x" * blob}}}
+    return Ready(row(n), OutgoingItem(f"n{n}", note, True), "pk")
+
+
+def test_batches_are_bounded_by_count_and_by_bytes() -> None:
+    small = [ready_item(n, 10) for n in range(250)]
+    assert [len(b) for b in _batches(small, 100, 250_000)] == [100, 100, 50]  # type: ignore[arg-type]
+    big = [ready_item(n, 6000) for n in range(60)]
+    batches = _batches(big, 100, 250_000)  # type: ignore[arg-type]
+    assert len(batches) == 2 and sum(len(b) for b in batches) == 60
+    for batch in batches:
+        body = b'{"notifications":[' + b",".join(r.item.encoded for r in batch) + b"]}"
+        assert len(body) <= 250_000
+    huge = [ready_item(0, 300_000)]
+    assert [len(b) for b in _batches(huge, 100, 250_000)] == [1]  # type: ignore[arg-type]
