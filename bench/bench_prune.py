@@ -45,7 +45,8 @@ def fill(url: str, events: int, devices: int, keep: int, now_ms: int) -> None:
         conn.execute(
             "INSERT INTO notifications (id, event_id, gateway, encrypted, status, attempts,"
             " next_attempt_at, created_at, finished_at, pusher_id)"
-            " SELECT left(md5(g::text), 28) || lpad(d::text, 4, '0'), md5(g::text), 'https://gw.example/push/v1/', true,"
+            " SELECT left(md5(g::text), 28) || lpad(d::text, 4, '0'), md5(g::text),"
+            " 'https://gw.example/push/v1/', true,"
             " 'delivered', 1, %s + g, %s + g, %s + g, NULL"
             " FROM generate_series(1, %s) g, generate_series(1, %s) d",
             (old, old, old, events, devices),

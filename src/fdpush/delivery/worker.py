@@ -537,7 +537,7 @@ class DeliveryWorker:
                 self._metrics.oldest_age.set(age)
             except Exception:
                 log.debug("queue statistics unavailable", exc_info=True)
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(5.0)  # a count of the pending rows: not on every breath
 
     async def _listen(self) -> None:
         """PostgreSQL: wake on NOTIFY from processes that take events."""

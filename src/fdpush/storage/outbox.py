@@ -5,7 +5,9 @@ notification is ``pending`` until it ends ``delivered``, ``rejected`` or ``faile
 *claims* due pending rows by writing its id and a lease expiry into them (PostgreSQL:
 ``FOR UPDATE SKIP LOCKED``, so workers never claim the same row), reads what it needs to seal
 them (:func:`sending_context`), and renews its leases while it works; rows of a dead worker
-become claimable again when their lease runs out.
+become claimable again when their lease runs out. A claimed row is next due when its lease
+ends (``next_attempt_at`` = the lease's expiry), so looking for due work never walks past the
+rows in flight.
 
 Every statement here handles a whole batch: the cost of a statement is paid per batch, not per
 notification.
@@ -311,10 +313,6 @@ async def claim(
         .where(
             notifications.c.status == "pending",
             notifications.c.next_attempt_at <= now_ms,
-            or_(
-                notifications.c.lease_expires_at.is_(None),
-                notifications.c.lease_expires_at < now_ms,
-            ),
         )
         .order_by(notifications.c.next_attempt_at)
         .limit(limit)
@@ -326,7 +324,11 @@ async def claim(
     result = await conn.execute(
         update(notifications)
         .where(notifications.c.id.in_(due.scalar_subquery()))
-        .values(lease_owner=owner, lease_expires_at=now_ms + lease_ms)
+        .values(
+            lease_owner=owner,
+            lease_expires_at=now_ms + lease_ms,
+            next_attempt_at=now_ms + lease_ms,
+        )
         .returning(
             notifications.c.id,
             notifications.c.event_id,
@@ -346,13 +348,13 @@ _CLAIM_WITH_CONTEXT = text(
     WITH due AS (
         SELECT id FROM notifications
         WHERE status = 'pending' AND next_attempt_at <= :now
-          AND (lease_expires_at IS NULL OR lease_expires_at < :now)
           AND NOT (gateway = ANY(CAST(:skip AS text[])))
         ORDER BY next_attempt_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ), claimed AS (
-        UPDATE notifications n SET lease_owner = :owner, lease_expires_at = :until
+        UPDATE notifications n
+        SET lease_owner = :owner, lease_expires_at = :until, next_attempt_at = :until
         FROM due WHERE n.id = due.id
         RETURNING n.id, n.event_id, n.pusher_id, n.gateway, n.encrypted, n.body, n.attempts,
                   n.created_at
@@ -500,7 +502,7 @@ async def renew(conn: AsyncConnection, *, owner: str, ids: Sequence[str], until_
         await conn.execute(
             update(notifications)
             .where(_among(conn, notifications.c.id, ids), notifications.c.lease_owner == owner)
-            .values(lease_expires_at=until_ms)
+            .values(lease_expires_at=until_ms, next_attempt_at=until_ms)
         )
 
 
@@ -797,6 +799,7 @@ async def resume(conn: AsyncConnection, gateway: str, marker: str, *, now_ms: in
             notifications.c.status == "pending",
             notifications.c.gateway == gateway,
             notifications.c.next_attempt_at > now_ms,
+            notifications.c.lease_owner.is_(None),  # not the ones in flight right now
             notifications.c.last_error.startswith(marker, autoescape=True),
         )
         .values(next_attempt_at=now_ms)
