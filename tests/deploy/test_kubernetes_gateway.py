@@ -145,6 +145,7 @@ def test_deployment_runs_the_gateway_non_root_with_https_probes() -> None:
     ports = {port["name"]: port["containerPort"] for port in gateway["ports"]}
     listen = tomllib.loads(toml_text())["listen"]
     assert ports == {"https": listen["port"]}
+    assert listen["host"] in ("0.0.0.0", "::")  # loopback would hide it from probes and peers
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/health/live"
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
@@ -278,11 +279,10 @@ def test_a_gateway_from_it_answers_the_kubelets_probes(placed_config: Path) -> N
         update={"listen": config.listen.model_copy(update={"host": "127.0.0.1"})}
     )
     assert isinstance(local, GatewayConfig)
+    # Like the kubelet: no check of the server certificate, no client certificate.
     with (
         ProductionGatewayThread(local) as gateway,
-        httpx.Client(
-            base_url=gateway.url, verify=False, timeout=5
-        ) as kubelet,  # the kubelet does not verify
+        httpx.Client(base_url=gateway.url, verify=False, timeout=5) as kubelet,
     ):
         probes = container()
         for probe in ("livenessProbe", "readinessProbe"):
