@@ -1,8 +1,9 @@
-"""The Grafana dashboard and the Prometheus rules: valid, and about metrics fdpush exports.
+"""The Grafana dashboards and the Prometheus rules: valid, and about metrics fdpush exports.
 
-Every metric and label the dashboard and the alerts query must exist in the code's metric
-registries (``DeliveryMetrics``, ``HttpMetrics``), so a renamed metric fails here instead of
-leaving an empty panel or an alert that can never fire. ``promtool`` (Debian's ``prometheus``
+Every metric and label the dashboards and the alerts query must exist in the code's metric
+registries (``DeliveryMetrics``, ``HttpMetrics`` for the service; ``GatewayMetrics`` for the
+production Push Gateway), so a renamed metric fails here instead of leaving an empty panel or an
+alert that can never fire. ``promtool`` (Debian's ``prometheus``
 package; ``./dev test`` installs it) checks the PromQL, the rules and their unit tests.
 """
 
@@ -21,13 +22,16 @@ from prometheus_client import CollectorRegistry
 
 from conftest import ON_CI
 from fdpush.delivery.worker import DeliveryMetrics
+from fdpush.gateway.production.metrics import GatewayMetrics
 from fdpush.web.middleware import HttpMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "fdpush.json"
+GATEWAY_DASHBOARD = REPO / "deploy" / "grafana" / "fdpush-gateway.json"
 PROMETHEUS = REPO / "deploy" / "prometheus"
-# Series Prometheus itself makes for every target.
-PROMETHEUS_SERIES = {"up": {"job", "instance"}}
+# Labels Prometheus adds to every scraped series, and the series it makes for every target.
+TARGET_LABELS = {"job", "instance"}
+PROMETHEUS_SERIES = {"up": TARGET_LABELS}
 PROMQL_WORDS = {
     "sum", "max", "min", "avg", "count", "rate", "increase", "histogram_quantile", "absent",
     "by", "without", "on", "ignoring", "and", "or", "unless", "bool", "offset",
@@ -35,10 +39,19 @@ PROMQL_WORDS = {
 
 
 def exported_series() -> dict[str, set[str]]:
-    """Every series name fdpush exports → its label names (``le`` for histogram buckets)."""
+    """Every series name the service exports → its label names (``le`` for histogram buckets)."""
     registry = CollectorRegistry()
     DeliveryMetrics(registry)
     HttpMetrics(registry)
+    return series_in(registry)
+
+
+def gateway_series() -> dict[str, set[str]]:
+    """Every series name the production Push Gateway exports → its label names."""
+    return series_in(GatewayMetrics().registry)
+
+
+def series_in(registry: CollectorRegistry) -> dict[str, set[str]]:
     series: dict[str, set[str]] = {}
     for collector in list(registry._collector_to_names):
         for family in collector.describe():
@@ -54,13 +67,13 @@ def exported_series() -> dict[str, set[str]]:
     return series
 
 
-def dashboard_queries() -> list[str]:
-    dashboard = json.loads(DASHBOARD.read_text())
+def dashboard_queries(path: Path = DASHBOARD) -> list[str]:
+    dashboard = json.loads(path.read_text())
     return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
-def alert_rules() -> list[dict[str, Any]]:
-    document = yaml.safe_load((PROMETHEUS / "alerts.yaml").read_text())
+def alert_rules(name: str = "alerts.yaml") -> list[dict[str, Any]]:
+    document = yaml.safe_load((PROMETHEUS / name).read_text())
     return [rule for group in document["groups"] for rule in group["rules"]]
 
 
@@ -75,7 +88,7 @@ def check_query(expr: str, known: dict[str, set[str]]) -> list[str]:
         for name in re.findall(r"\b([A-Za-z_:][A-Za-z0-9_:]*)\b(?!\s*\()", bare)
         if name not in PROMQL_WORDS
     }
-    labels_there: set[str] = set()
+    labels_there: set[str] = set(TARGET_LABELS)
     for name in sorted(used):
         if name not in known:
             problems.append(f"{name}: not a series fdpush exports")
@@ -115,12 +128,19 @@ def test_queries_name_only_exported_series(source: str) -> None:
     assert problems == []
 
 
-def test_dashboard_shape() -> None:
+@pytest.mark.parametrize(
+    ("path", "uid", "needed_titles"),
+    [
+        (DASHBOARD, "fdpush", ("Notifications by outcome", "Outbox depth", "Circuit state")),
+        (GATEWAY_DASHBOARD, "fdpush-gateway", ("Deliveries by outcome", "Rejection memory")),
+    ],
+)
+def test_dashboard_shape(path: Path, uid: str, needed_titles: tuple[str, ...]) -> None:
     """Importable by Grafana: unique panel ids, a Prometheus data-source variable, no overlap."""
-    dashboard = json.loads(DASHBOARD.read_text())
+    dashboard = json.loads(path.read_text())
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
-    assert dashboard["uid"] == "fdpush"
+    assert dashboard["uid"] == uid
     assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource"]
     cells: set[tuple[int, int]] = set()
     titles = set()
@@ -134,7 +154,7 @@ def test_dashboard_shape() -> None:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
             titles.add(panel["title"])
-    for needed in ("Notifications by outcome", "Outbox depth", "Circuit state"):
+    for needed in needed_titles:
         assert needed in titles
 
 
@@ -169,11 +189,12 @@ def test_prometheus_config_is_valid(promtool: str) -> None:
     run_promtool(promtool, "check", "config", "prometheus.yml")
 
 
-def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", [DASHBOARD, GATEWAY_DASHBOARD], ids=lambda p: p.name)
+def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path, path: Path) -> None:
     """promtool parses each dashboard query as a recording rule (Grafana's interval → 5m)."""
     rules = [
         {"record": f"fdpush:dashboard_query_{n}", "expr": expr.replace("$__rate_interval", "5m")}
-        for n, expr in enumerate(dashboard_queries())
+        for n, expr in enumerate(dashboard_queries(path))
     ]
     (tmp_path / "dashboard.yaml").write_text(
         yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]})
@@ -201,4 +222,55 @@ def test_operations_guide_explains_every_metric() -> None:
     }
     assert families
     missing = sorted(name for name in families if f"`{name}" not in guide)
+    assert missing == []
+
+
+# --- the production Push Gateway --------------------------------------------------------------
+
+
+def test_the_gateway_series_table_is_real() -> None:
+    known = gateway_series()
+    assert known["fdpush_gateway_deliveries_total"] == {"provider", "outcome"}
+    assert "le" in known["fdpush_gateway_provider_latency_seconds_bucket"]
+    assert "fdpush_notifications_total" not in known  # the service's, not the gateway's
+
+
+@pytest.mark.parametrize("source", ["dashboard", "alerts"])
+def test_gateway_queries_name_only_gateway_series(source: str) -> None:
+    known = {**gateway_series(), **PROMETHEUS_SERIES}
+    if source == "dashboard":
+        queries = dashboard_queries(GATEWAY_DASHBOARD)
+    else:
+        queries = [r["expr"] for r in alert_rules("gateway-alerts.yaml")]
+    assert queries
+    problems = [problem for query in queries for problem in check_query(query, known)]
+    assert problems == []
+
+
+def test_every_gateway_alert_has_a_unit_test_that_fires_it() -> None:
+    tests = yaml.safe_load((PROMETHEUS / "gateway-alerts_test.yaml").read_text())
+    fired = {
+        case["alertname"]
+        for test in tests["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
+    assert fired == {rule["alert"] for rule in alert_rules("gateway-alerts.yaml")}
+
+
+def test_gateway_alert_rules_are_valid_and_their_unit_tests_pass(promtool: str) -> None:
+    run_promtool(promtool, "check", "rules", "gateway-alerts.yaml")
+    assert "SUCCESS" in run_promtool(promtool, "test", "rules", "gateway-alerts_test.yaml")
+
+
+def test_gateway_guide_explains_every_metric() -> None:
+    """docs/gateway.md's metrics table names each metric the gateway exports."""
+    guide = (REPO / "docs" / "gateway.md").read_text()
+    families = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for collector in list(GatewayMetrics().registry._collector_to_names)
+        for family in collector.describe()
+    }
+    assert families
+    missing = sorted(name for name in families if f"`{name}`" not in guide)
     assert missing == []
