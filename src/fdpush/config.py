@@ -150,7 +150,8 @@ class Settings(BaseSettings):
 
     # --- storage
     database_url: str = "sqlite:///./fdpush.db"
-    database_pool_size: int = Field(10, ge=1, le=200)  # PostgreSQL connections per API process
+    # PostgreSQL connections per API process; unset: 32, shared out among `serve --workers`
+    database_pool_size: int | None = Field(None, ge=1, le=200)
     migrate_on_start: bool = True
     master_key: SecretStr | None = None
     master_key_file: Path = Path("./fdpush.master-key")

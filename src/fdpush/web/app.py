@@ -41,7 +41,12 @@ from fdpush.web.middleware import BodyLimitMiddleware, HttpMetrics, ObserveMiddl
 from fdpush.web.ratelimit import UserRateLimiter
 from fdpush.web.responses import JsonResponse
 
-__all__ = ["create_app", "create_internal_app"]
+__all__ = ["POOL_SIZE", "create_app", "create_internal_app"]
+
+# The default database pool of the service: as many connections as requests in flight at a
+# usual load (a write holds its connection while it waits for a lock; with fewer connections
+# than such writes, others queue for one and both throughput and p99 suffer).
+POOL_SIZE = 32
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +74,7 @@ def create_app(
     settings.check_delivery()
     master_key = resolve_master_key(settings)
     set_reference_key(master_key)
-    db = Database(settings.database_url, pool_size=settings.database_pool_size)
+    db = Database(settings.database_url, pool_size=settings.database_pool_size or POOL_SIZE)
     vault = KeyVault(master_key)
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
