@@ -1,7 +1,8 @@
 """The SQL of the Client-FD API: pushers, their key generations, channel states, the audit log.
 
 Every function takes an open connection, so the domain layer decides what runs in one
-transaction. Nothing here enforces a rule of the concept; it only stores and fetches.
+transaction; the one exception, ``device_states``, is a single statement that needs none.
+Nothing here enforces a rule of the concept; it only stores and fetches.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ __all__ = [
     "delete_pusher",
     "device_exists",
     "device_states",
-    "get_states",
     "list_pushers",
     "pusher_slot",
     "pushkey_hash",
@@ -364,16 +364,6 @@ async def replace_keys(
         await conn.execute(_INSERT_KEYS, rows[0])
     elif rows:
         await conn.execute(_INSERT_KEYS, rows)
-
-
-async def get_states(conn: AsyncConnection, user_id: str, pushkey: str) -> dict[str, str]:
-    """A device's explicit channel choices, ``{channel_id: status}``."""
-    result = await conn.execute(
-        select(channel_states.c.channel_id, channel_states.c.status).where(
-            channel_states.c.user_id == user_id, channel_states.c.pushkey == pushkey
-        )
-    )
-    return {row.channel_id: row.status for row in result}
 
 
 # One statement (one round trip) for "is this the user's device, and what did it choose":
