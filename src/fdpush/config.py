@@ -173,8 +173,9 @@ class Settings(BaseSettings):
     ?sslmode=verify-full work). A relative SQLite path in a config file is relative to that
     file.
     """
-    database_pool_size: int = Field(10, ge=1, le=200)
-    """PostgreSQL connections per process (API or delivery)."""
+    database_pool_size: int | None = Field(None, ge=1, le=200)
+    """PostgreSQL connections per process; unset: 32 for `serve`, shared out among its
+    --workers, and 10 per delivery process of `fdpush worker`."""
     migrate_on_start: bool = True
     """Apply migrations when serving (several processes may start at once); 0 when a migration job
     does it.

@@ -254,7 +254,7 @@ async def _child(settings: Settings, master_key: bytes) -> None:
     from fdpush.domain.keys import KeyVault
     from fdpush.storage.database import Database
 
-    db = Database(settings.database_url, pool_size=settings.database_pool_size)
+    db = Database(settings.database_url, pool_size=settings.database_pool_size or 10)
     delivery, client = make_worker(settings, db, KeyVault(master_key), CollectorRegistry())
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, delivery.stop)

@@ -124,46 +124,33 @@ class PusherService:
             "key_identifier": None if reg.encryption is None else reg.encryption.key_identifier,
         }
         async with self._db.write(user_lock(user_id), device_lock(reg.pushkey)) as conn:
-            existing, count = await queries.pusher_slot(conn, user_id, reg.app_id, reg.pushkey)
+            existing, count, removed = await queries.claim_slot(
+                conn, user_id, reg.app_id, reg.pushkey, remove_others=not reg.append
+            )
             if existing is None and count >= self._max_pushers:
-                raise ResourceLimitExceeded(
+                raise ResourceLimitExceeded(  # rolls back the removal, too
                     f"Too many pushers: at most {self._max_pushers} per user; delete one first"
                 )
-            removed: list[str] = []
-            if not reg.append:
-                removed = await queries.remove_other_users_pushers(
-                    conn, user_id, reg.app_id, reg.pushkey
+            for other in removed:
+                if not await queries.device_exists(conn, other, reg.pushkey):
+                    await queries.delete_device_states(conn, other, reg.pushkey)
+                await queries.record_audit(
+                    conn,
+                    action="pusher.removed_by_append",
+                    actor=user_id,
+                    user_id=other,
+                    app_id=reg.app_id,
+                    pushkey=reg.pushkey,
                 )
-                for other in removed:
-                    if not await queries.device_exists(conn, other, reg.pushkey):
-                        await queries.delete_device_states(conn, other, reg.pushkey)
-                    await queries.record_audit(
-                        conn,
-                        action="pusher.removed_by_append",
-                        actor=user_id,
-                        user_id=other,
-                        app_id=reg.app_id,
-                        pushkey=reg.pushkey,
-                    )
             created = existing is None
-            pusher_id = await queries.save_pusher(
+            await queries.save_registration(
                 conn,
                 existing,
                 user_id=user_id,
                 app_id=reg.app_id,
                 pushkey=reg.pushkey,
                 values=values,
-            )
-            await queries.replace_keys(
-                conn, pusher_id, [sealed] if sealed else [], new_pusher=created
-            )
-            await queries.record_audit(
-                conn,
-                action="pusher.created" if created else "pusher.updated",
-                actor=user_id,
-                user_id=user_id,
-                app_id=reg.app_id,
-                pushkey=reg.pushkey,
+                generation=sealed,
                 detail={
                     "encrypted": generation is not None,
                     "append": reg.append,

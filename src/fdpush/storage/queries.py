@@ -1,7 +1,8 @@
 """The SQL of the Client-FD API: pushers, their key generations, channel states, the audit log.
 
 Every function takes an open connection, so the domain layer decides what runs in one
-transaction. Nothing here enforces a rule of the concept; it only stores and fetches.
+transaction; the one exception, ``device_states``, is a single statement that needs none.
+Nothing here enforces a rule of the concept; it only stores and fetches.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy import (
     insert,
     null,
     select,
+    text,
     union_all,
     update,
 )
@@ -32,11 +34,11 @@ from fdpush.storage.schema import audit_log, channel_states, pusher_keys, pusher
 
 __all__ = [
     "PusherRow",
+    "claim_slot",
     "delete_device_states",
     "delete_pusher",
     "device_exists",
     "device_states",
-    "get_states",
     "list_pushers",
     "pusher_slot",
     "pushkey_hash",
@@ -44,6 +46,7 @@ __all__ = [
     "remove_other_users_pushers",
     "replace_keys",
     "save_pusher",
+    "save_registration",
     "set_states",
 ]
 
@@ -205,6 +208,152 @@ async def save_pusher(
     return int(result.scalar_one())
 
 
+# PostgreSQL: "which pusher, how many, and remove the other users' same pushers" in one round
+# trip. The reads look only at the caller's pushers, which the DELETE does not touch.
+_PG_SLOT_AND_REMOVE = text(
+    """
+    WITH removed AS (
+        DELETE FROM pushers
+        WHERE app_id = :app_id AND pushkey = :pushkey AND user_id <> :user_id AND :remove
+        RETURNING user_id
+    )
+    SELECT
+        (SELECT id FROM pushers
+         WHERE user_id = :user_id AND app_id = :app_id AND pushkey = :pushkey) AS existing,
+        (SELECT count(*) FROM pushers WHERE user_id = :user_id) AS pushers,
+        ARRAY(SELECT DISTINCT user_id FROM removed ORDER BY user_id) AS removed
+    """
+)
+
+# PostgreSQL: the pusher (created or updated), its key generation and the audit record in one
+# round trip. Key generations other than the new one go; a re-registration in the same month
+# replaces that month's material.
+_PG_CREATE = text(
+    """
+    WITH p AS (
+        INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name,
+            device_display_name, profile_tag, lang, data, pushkey_ts, encryption_method,
+            key_identifier, created_at, updated_at)
+        VALUES (:user_id, :app_id, :pushkey, :kind, :app_display_name, :device_display_name,
+            :profile_tag, :lang, :data, :pushkey_ts, :encryption_method, :key_identifier,
+            :now, :now)
+        RETURNING id
+    ),
+    k AS (
+        INSERT INTO pusher_keys (pusher_id, period, material)
+        SELECT p.id, CAST(:period AS varchar), CAST(:material AS bytea) FROM p
+        WHERE CAST(:period AS varchar) IS NOT NULL
+        ON CONFLICT (pusher_id, period) DO UPDATE SET material = EXCLUDED.material
+    )
+    INSERT INTO audit_log (at, action, actor, user_id, app_id, pushkey_hash, detail)
+    SELECT CAST(:now AS timestamptz), CAST(:action AS varchar), CAST(:user_id AS varchar),
+        CAST(:user_id AS varchar), CAST(:app_id AS varchar), CAST(:pushkey_hash AS varchar),
+        CAST(:detail AS text)
+    FROM p
+    """
+)
+_PG_UPDATE = text(
+    """
+    WITH p AS (
+        UPDATE pushers SET kind = :kind, app_display_name = :app_display_name,
+            device_display_name = :device_display_name, profile_tag = :profile_tag,
+            lang = :lang, data = :data, pushkey_ts = :pushkey_ts,
+            encryption_method = :encryption_method, key_identifier = :key_identifier,
+            updated_at = :now
+        WHERE id = :pusher_id
+        RETURNING id
+    ),
+    gone AS (
+        DELETE FROM pusher_keys WHERE pusher_id = :pusher_id
+            AND period IS DISTINCT FROM CAST(:period AS varchar)
+    ),
+    k AS (
+        INSERT INTO pusher_keys (pusher_id, period, material)
+        SELECT p.id, CAST(:period AS varchar), CAST(:material AS bytea) FROM p
+        WHERE CAST(:period AS varchar) IS NOT NULL
+        ON CONFLICT (pusher_id, period) DO UPDATE SET material = EXCLUDED.material
+    )
+    INSERT INTO audit_log (at, action, actor, user_id, app_id, pushkey_hash, detail)
+    SELECT CAST(:now AS timestamptz), CAST(:action AS varchar), CAST(:user_id AS varchar),
+        CAST(:user_id AS varchar), CAST(:app_id AS varchar), CAST(:pushkey_hash AS varchar),
+        CAST(:detail AS text)
+    FROM p
+    """
+)
+
+
+async def claim_slot(
+    conn: AsyncConnection, user_id: str, app_id: str, pushkey: str, *, remove_others: bool
+) -> tuple[int | None, int, list[str]]:
+    """The id of the user's pusher with this app_id and pushkey (None when none), how many
+    pushers the user has, and, with ``remove_others``, the other users whose pusher with this
+    app_id and pushkey was just deleted (sorted)."""
+    if conn.dialect.name == "postgresql":
+        row = (
+            await conn.execute(
+                _PG_SLOT_AND_REMOVE,
+                {"user_id": user_id, "app_id": app_id, "pushkey": pushkey, "remove": remove_others},
+            )
+        ).one()
+        existing = None if row.existing is None else int(row.existing)
+        return existing, int(row.pushers), list(row.removed)
+    existing, count = await pusher_slot(conn, user_id, app_id, pushkey)
+    removed = (
+        await remove_other_users_pushers(conn, user_id, app_id, pushkey) if remove_others else []
+    )
+    return existing, count, removed
+
+
+async def save_registration(
+    conn: AsyncConnection,
+    existing: int | None,
+    *,
+    user_id: str,
+    app_id: str,
+    pushkey: str,
+    values: Mapping[str, Any],
+    generation: tuple[str, bytes] | None,
+    detail: Mapping[str, Any],
+) -> None:
+    """Create (``existing`` None) or update the pusher, replace its key generations with
+    ``generation`` (``(period, sealed material)``) and record it in the audit log."""
+    action = "pusher.created" if existing is None else "pusher.updated"
+    if conn.dialect.name != "postgresql":
+        pusher_id = await save_pusher(
+            conn, existing, user_id=user_id, app_id=app_id, pushkey=pushkey, values=values
+        )
+        await replace_keys(
+            conn, pusher_id, [generation] if generation else [], new_pusher=existing is None
+        )
+        await record_audit(
+            conn,
+            action=action,
+            actor=user_id,
+            user_id=user_id,
+            app_id=app_id,
+            pushkey=pushkey,
+            detail=detail,
+        )
+        return
+    params = {
+        **values,
+        "data": orjson.dumps(values["data"]).decode("utf-8"),
+        "user_id": user_id,
+        "app_id": app_id,
+        "pushkey": pushkey,
+        "now": _now(),
+        "period": None if generation is None else generation[0],
+        "material": None if generation is None else generation[1],
+        "action": action,
+        "pushkey_hash": pushkey_hash(pushkey),
+        "detail": orjson.dumps(detail).decode("utf-8"),
+    }
+    if existing is None:
+        await conn.execute(_PG_CREATE, params)
+    else:
+        await conn.execute(_PG_UPDATE, {**params, "pusher_id": existing})
+
+
 async def delete_pusher(conn: AsyncConnection, user_id: str, app_id: str, pushkey: str) -> bool:
     """Delete the user's pusher (its key generations go with it); whether there was one."""
     result = await conn.execute(
@@ -233,16 +382,6 @@ async def replace_keys(
         await conn.execute(_INSERT_KEYS, rows[0])
     elif rows:
         await conn.execute(_INSERT_KEYS, rows)
-
-
-async def get_states(conn: AsyncConnection, user_id: str, pushkey: str) -> dict[str, str]:
-    """A device's explicit channel choices, ``{channel_id: status}``."""
-    result = await conn.execute(
-        select(channel_states.c.channel_id, channel_states.c.status).where(
-            channel_states.c.user_id == user_id, channel_states.c.pushkey == pushkey
-        )
-    )
-    return {row.channel_id: row.status for row in result}
 
 
 # One statement (one round trip) for "is this the user's device, and what did it choose":

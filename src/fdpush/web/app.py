@@ -34,7 +34,13 @@ from fdpush.domain.pushers import PusherService
 from fdpush.logs import set_reference_key
 from fdpush.storage.database import Database
 from fdpush.web.auth import Authenticator
-from fdpush.web.client_api import ClientApi, client_router, request_body_models
+from fdpush.web.client_api import (
+    SECURITY_SCHEME,
+    SECURITY_SCHEME_OBJECT,
+    ClientApi,
+    client_router,
+    request_body_models,
+)
 from fdpush.web.docs import add_docs, add_security_schemes
 from fdpush.web.errors import install_error_handlers
 from fdpush.web.internal_api import internal_body_models, internal_router
@@ -42,7 +48,12 @@ from fdpush.web.middleware import BodyLimitMiddleware, HttpMetrics, ObserveMiddl
 from fdpush.web.ratelimit import UserRateLimiter
 from fdpush.web.responses import JsonResponse
 
-__all__ = ["create_app", "create_internal_app"]
+__all__ = ["POOL_SIZE", "create_app", "create_internal_app"]
+
+# The default database pool of the service: as many connections as requests in flight at a
+# usual load (a write holds its connection while it waits for a lock; with fewer connections
+# than such writes, others queue for one and both throughput and p99 suffer).
+POOL_SIZE = 32
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +81,7 @@ def create_app(
     settings.check_delivery()
     master_key = resolve_master_key(settings)
     set_reference_key(master_key)
-    db = Database(settings.database_url, pool_size=settings.database_pool_size)
+    db = Database(settings.database_url, pool_size=settings.database_pool_size or POOL_SIZE)
     vault = KeyVault(master_key)
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
@@ -227,7 +238,8 @@ def _add_operations_routes(app: FastAPI, db: Database, metrics_dir: Path | None)
 
 
 def _document_request_bodies(app: FastAPI) -> None:
-    """Handlers read raw bodies (to answer Matrix errors); document the models they expect."""
+    """Handlers read raw bodies (to answer Matrix errors) and the client API checks its tokens
+    itself: document the models they expect and the bearer scheme."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -242,6 +254,9 @@ def _document_request_bodies(app: FastAPI) -> None:
             for path_item in schema.get("paths", {}).values():
                 for operation in path_item.values():
                     operation.get("responses", {}).pop("422", None)
+                    if {SECURITY_SCHEME: []} in operation.get("security", []):
+                        schemes = schema["components"].setdefault("securitySchemes", {})
+                        schemes[SECURITY_SCHEME] = SECURITY_SCHEME_OBJECT
             components.pop("HTTPValidationError", None)
             components.pop("ValidationError", None)
             for model in [*request_body_models(), *internal_body_models()]:

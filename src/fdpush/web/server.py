@@ -220,7 +220,13 @@ def serve_processes(
     bound = sockets[0].getsockname()
     log.info("fdpush: %d API processes on http://%s:%d", workers, bound[0], bound[1])
     # The processes apply no migrations: done here once (see ``serve`` in the command line).
-    process_settings = settings.model_copy(update={"migrate_on_start": False})
+    # Unless set, they share the one process's default pool among them (at least 8 each).
+    from fdpush.web.app import POOL_SIZE
+
+    pool_size = settings.database_pool_size or max(8, POOL_SIZE // workers)
+    process_settings = settings.model_copy(
+        update={"migrate_on_start": False, "database_pool_size": pool_size}
+    )
     metrics_dir = Path(tempfile.mkdtemp(prefix="fdpush-metrics-"))
     previous = os.environ.get(_METRICS_DIR_VARIABLE)
     os.environ[_METRICS_DIR_VARIABLE] = str(metrics_dir)  # inherited by the spawned processes
