@@ -343,33 +343,42 @@ async def claim(
     return [Claimed(*row) for row in result]
 
 
+# Index lookups throughout, whatever the backlog: the rows to lease come as an array of ids
+# (a join with a CTE lets the planner hash-join, reading the whole outbox on every claim), and
+# each row's pusher and event come by key (LATERAL), not by joining whole tables.
 _CLAIM_WITH_CONTEXT = text(
     """
-    WITH due AS (
-        SELECT id FROM notifications
-        WHERE status = 'pending' AND next_attempt_at <= :now
-          AND NOT (gateway = ANY(CAST(:skip AS text[])))
-        ORDER BY next_attempt_at
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    ), claimed AS (
+    WITH claimed AS (
         UPDATE notifications n
         SET lease_owner = :owner, lease_expires_at = :until, next_attempt_at = :until
-        FROM due WHERE n.id = due.id
+        WHERE n.id = ANY(ARRAY(
+            SELECT id FROM notifications
+            WHERE status = 'pending' AND next_attempt_at <= :now
+              AND NOT (gateway = ANY(CAST(:skip AS text[])))
+            ORDER BY next_attempt_at
+            LIMIT :limit
+            FOR UPDATE SKIP LOCKED
+        ))
         RETURNING n.id, n.event_id, n.pusher_id, n.gateway, n.encrypted, n.body, n.attempts,
                   n.created_at
     )
     SELECT c.id, c.event_id, c.pusher_id, c.gateway, c.encrypted, c.body, c.attempts,
            c.created_at,
            p.user_id, p.app_id, p.pushkey, p.pushkey_ts, p.data, p.key_identifier,
-           (SELECT array_agg(k.period ORDER BY k.period) FROM pusher_keys k
-             WHERE k.pusher_id = p.id) AS periods,
-           (SELECT array_agg(k.material ORDER BY k.period) FROM pusher_keys k
-             WHERE k.pusher_id = p.id) AS materials,
+           p.periods, p.materials,
            e.prio, e.identifier, e.payload
     FROM claimed c
-    LEFT JOIN pushers p ON p.id = c.pusher_id
-    LEFT JOIN events e ON e.id = c.event_id
+    LEFT JOIN LATERAL (
+        SELECT x.user_id, x.app_id, x.pushkey, x.pushkey_ts, x.data, x.key_identifier,
+               (SELECT array_agg(k.period ORDER BY k.period) FROM pusher_keys k
+                 WHERE k.pusher_id = x.id) AS periods,
+               (SELECT array_agg(k.material ORDER BY k.period) FROM pusher_keys k
+                 WHERE k.pusher_id = x.id) AS materials
+        FROM pushers x WHERE x.id = c.pusher_id
+    ) p ON true
+    LEFT JOIN LATERAL (
+        SELECT y.prio, y.identifier, y.payload FROM events y WHERE y.id = c.event_id
+    ) e ON true
     """
 )
 
