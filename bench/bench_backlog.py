@@ -159,6 +159,18 @@ async def measure(
         await asyncio.sleep(POLL_S)
     drained = time.monotonic()
     arrived = Counter(r["id"] for r in gateway.records())
+    if len(arrived) != expected or any(n > 1 for n in arrived.values()):
+        # What the service and the worker said about it (warnings and errors only).
+        worker_log = Path(service.log_path).with_name("worker.log")
+        lines = service.log_problems(0)
+        if worker_log.exists():
+            lines += [
+                line
+                for line in worker_log.read_text(errors="replace").splitlines()
+                if " WARNING " in line or " ERROR " in line
+            ]
+        for line in lines[:40]:
+            print("  log:", line[:300])
     return {
         "backend": options.backends[0],
         "devices": len(workload.devices),
@@ -191,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         workdir = Path(tmp)
         pki = make_test_pki(workdir / "pki")
-        gateway = Gateway(workdir / "gateway", pki, options.devices * rounds)
+        # Room for every notification of a device, repeats included: the check counts them all.
+        gateway = Gateway(workdir / "gateway", pki, options.devices * rounds, per_device=2 * rounds)
         try:
             service = Service(options, database_url, workdir, gateway.running.url, pki)
         except Exception as exc:

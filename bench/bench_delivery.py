@@ -477,7 +477,9 @@ class Service:
 class Gateway:
     """The development gateway as its own process (``fdpush gateway``), over mutual TLS."""
 
-    def __init__(self, workdir: Path, pki: TestPki, notifications: int) -> None:
+    def __init__(
+        self, workdir: Path, pki: TestPki, notifications: int, *, per_device: int = 100
+    ) -> None:
         keep = max(100_000, 2 * notifications)  # keep every record: the checks read them all
         try:
             self.running = GatewayProcess(
@@ -489,7 +491,7 @@ class Gateway:
                     "--inbox-total",
                     str(keep),
                     "--inbox-per-device",
-                    "100",
+                    str(per_device),
                 ],
             )
         except RuntimeError as exc:
