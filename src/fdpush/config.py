@@ -221,6 +221,10 @@ class Settings(BaseSettings):
     # --- delivery to the Push Gateways
     serve_worker: bool = True
     """`fdpush serve` runs a delivery worker in its process; 0 when `fdpush worker` delivers."""
+    ready_max_pending_age_seconds: int = Field(900, ge=0)
+    """/health/ready of `serve` with its worker: 503 while a notification waited longer (0: off)."""
+    ready_max_worker_silence_seconds: int = Field(60, ge=5)
+    """/health/ready of `serve` with its worker: 503 when it has not looked for work this long."""
     gateway_ca_file: Path | None = None
     """CA bundle that verifies the Push Gateways' certificates (default: the system store)."""
     gateway_client_cert: Path | None = None

@@ -37,6 +37,7 @@ from fdpush.web.auth import Authenticator
 from fdpush.web.client_api import ClientApi, client_router, request_body_models
 from fdpush.web.docs import add_docs, add_security_schemes
 from fdpush.web.errors import install_error_handlers
+from fdpush.web.health import Readiness
 from fdpush.web.internal_api import internal_body_models, internal_router
 from fdpush.web.middleware import BodyLimitMiddleware, HttpMetrics, ObserveMiddleware
 from fdpush.web.ratelimit import UserRateLimiter
@@ -155,7 +156,13 @@ def create_app(
     app.include_router(client_router(settings.base_path))
     if settings.internal_port is None:
         app.include_router(internal_router())
-    _add_operations_routes(app, db, metrics_dir)
+    readiness = Readiness(
+        db,
+        worker,
+        max_pending_age_seconds=settings.ready_max_pending_age_seconds,
+        max_worker_silence_seconds=settings.ready_max_worker_silence_seconds,
+    )
+    _add_operations_routes(app, readiness, metrics_dir)
     if settings.api_docs:
         add_docs(app)
     _document_request_bodies(app)
@@ -201,19 +208,20 @@ def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool =
     return app
 
 
-def _add_operations_routes(app: FastAPI, db: Database, metrics_dir: Path | None) -> None:
+def _add_operations_routes(app: FastAPI, readiness: Readiness, metrics_dir: Path | None) -> None:
     @app.get("/health/live", tags=["Operations"], summary="The process is up")
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/health/ready", tags=["Operations"], summary="The database answers")
+    @app.get(
+        "/health/ready",
+        tags=["Operations"],
+        summary="The database answers; this process's worker delivers (503 and the failing check "
+        "otherwise)",
+    )
     async def ready() -> JsonResponse:
-        try:
-            await db.ping()
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-            log.warning("readiness check failed: %s", type(exc).__name__)
-            return JsonResponse({"status": "unavailable", "database": "down"}, status_code=503)
-        return JsonResponse({"status": "ok", "database": "up"})
+        ok, body = await readiness.check()
+        return JsonResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
