@@ -41,6 +41,7 @@ from fdpush.web.health import Readiness
 from fdpush.web.internal_api import internal_body_models, internal_router
 from fdpush.web.middleware import BodyLimitMiddleware, HttpMetrics, ObserveMiddleware
 from fdpush.web.ratelimit import UserRateLimiter
+from fdpush.web.request_id import RequestIdMiddleware
 from fdpush.web.responses import JsonResponse
 
 __all__ = ["create_app", "create_internal_app"]
@@ -172,6 +173,7 @@ def create_app(
     app.add_middleware(
         ObserveMiddleware, metrics=app.state.http_metrics, access_log_enabled=access_log
     )
+    app.add_middleware(RequestIdMiddleware)  # outermost: the access line carries the id too
     return app
 
 
@@ -205,6 +207,7 @@ def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool =
     app.add_middleware(
         ObserveMiddleware, metrics=main.state.http_metrics, access_log_enabled=access_log
     )
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 
