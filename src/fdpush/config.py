@@ -162,6 +162,10 @@ class Settings(BaseSettings):
     """text or json: one line per record on stderr."""
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     """Largest request body; larger ones get 413 M_TOO_LARGE."""
+    max_header_bytes: int = Field(32 * 1024, ge=4096, le=1024 * 1024)
+    """Largest request head (request line and header fields); 431 beyond."""
+    max_header_fields: int = Field(100, ge=16, le=1000)
+    """Most header fields in a request; 431 beyond."""
     api_docs: bool = True
     """Serve /docs (Swagger UI, from the package: works offline) and /openapi.json; 0: neither."""
     workers: int = Field(1, ge=1, le=64)

@@ -40,6 +40,7 @@ from fdpush.web.errors import install_error_handlers
 from fdpush.web.health import Readiness
 from fdpush.web.internal_api import internal_body_models, internal_router
 from fdpush.web.middleware import BodyLimitMiddleware, HttpMetrics, ObserveMiddleware
+from fdpush.web.paths import RawPathGuard, parameter_prefixes
 from fdpush.web.ratelimit import UserRateLimiter
 from fdpush.web.request_id import RequestIdMiddleware
 from fdpush.web.responses import JsonResponse
@@ -154,9 +155,11 @@ def create_app(
     app.state.worker = worker
     _set_internal_state(app, settings, events)
     install_error_handlers(app)
-    app.include_router(client_router(settings.base_path))
+    routers = [client_router(settings.base_path)]
     if settings.internal_port is None:
-        app.include_router(internal_router())
+        routers.append(internal_router())
+    for router in routers:
+        app.include_router(router)
     readiness = Readiness(
         db,
         worker,
@@ -170,6 +173,7 @@ def create_app(
     app.state.metrics_registry = registry
     app.state.http_metrics = HttpMetrics(registry)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RawPathGuard, prefixes=parameter_prefixes(*routers))
     app.add_middleware(
         ObserveMiddleware, metrics=app.state.http_metrics, access_log_enabled=access_log
     )
@@ -199,11 +203,13 @@ def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool =
     )
     _set_internal_state(app, settings, main.state.events)
     install_error_handlers(app)
-    app.include_router(internal_router())
+    router = internal_router()
+    app.include_router(router)
     if settings.api_docs:
         add_docs(app)
     _document_request_bodies(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RawPathGuard, prefixes=parameter_prefixes(router))
     app.add_middleware(
         ObserveMiddleware, metrics=main.state.http_metrics, access_log_enabled=access_log
     )
