@@ -31,8 +31,10 @@ from fdpush.domain.gateway_url import GatewayUrlPolicy
 from fdpush.domain.history import HistoryService
 from fdpush.domain.keys import KeyVault
 from fdpush.domain.pushers import PusherService
+from fdpush.domain.users import UserRequests
 from fdpush.logs import set_reference_key
 from fdpush.storage.database import Database
+from fdpush.web.admin_api import admin_router
 from fdpush.web.auth import Authenticator
 from fdpush.web.client_api import ClientApi, client_router, request_body_models
 from fdpush.web.docs import add_docs, add_security_schemes
@@ -153,11 +155,11 @@ def create_app(
         history=HistoryService(db, vault, enabled=settings.history_days > 0),
     )
     app.state.worker = worker
-    _set_internal_state(app, settings, events)
+    _set_internal_state(app, settings, events, UserRequests(db))
     install_error_handlers(app)
     routers = [client_router(settings.base_path)]
     if settings.internal_port is None:
-        routers.append(internal_router())
+        routers += [internal_router(), admin_router()]
     for router in routers:
         app.include_router(router)
     readiness = Readiness(
@@ -181,8 +183,11 @@ def create_app(
     return app
 
 
-def _set_internal_state(app: FastAPI, settings: Settings, events: EventService) -> None:
+def _set_internal_state(
+    app: FastAPI, settings: Settings, events: EventService, users: UserRequests
+) -> None:
     app.state.events = events
+    app.state.users = users
     app.state.internal_api_key = (
         None if settings.internal_api_key is None else settings.internal_api_key.get_secret_value()
     )
@@ -201,15 +206,16 @@ def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool =
         redoc_url=None,
         **_NO_TELEMETRY,
     )
-    _set_internal_state(app, settings, main.state.events)
+    _set_internal_state(app, settings, main.state.events, main.state.users)
     install_error_handlers(app)
-    router = internal_router()
-    app.include_router(router)
+    routers = [internal_router(), admin_router()]
+    for router in routers:
+        app.include_router(router)
     if settings.api_docs:
         add_docs(app)
     _document_request_bodies(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RawPathGuard, prefixes=parameter_prefixes(router))
+    app.add_middleware(RawPathGuard, prefixes=parameter_prefixes(*routers))
     app.add_middleware(
         ObserveMiddleware, metrics=main.state.http_metrics, access_log_enabled=access_log
     )
