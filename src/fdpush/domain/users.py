@@ -50,7 +50,7 @@ class UserRequests:
         self._db = db
 
     async def show(self, user_id: str) -> dict[str, Any]:
-        """What a support desk needs; None-free of key material, pushkeys as references."""
+        """What a support desk needs: pushkeys as references, no key material."""
         async with self._db.read() as conn:
             record = await queries.user_record(conn, user_id, events_limit=_RECENT_EVENTS)
         return {
