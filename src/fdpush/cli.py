@@ -375,6 +375,70 @@ def config_check(obj: _Context) -> None:
     click.echo(f"configuration OK ({source})")
 
 
+@cli.group("user", cls=_Commands)
+def user_group() -> None:
+    """Data-subject requests: show, export (Art. 15) or erase (Art. 17) one user's data."""
+
+
+def _user_request(obj: _Context, work: Callable[[Any], Any]) -> Any:
+    """Run ``work(UserRequests)`` against the configured database."""
+    from fdpush.config import resolve_master_key
+    from fdpush.domain.users import UserRequests
+    from fdpush.logs import set_reference_key
+    from fdpush.storage.database import Database
+
+    settings = obj.settings(for_serving=False)
+    set_reference_key(resolve_master_key(settings))  # the device references of `show`
+
+    async def run() -> Any:
+        db = Database(settings.database_url)
+        try:
+            return await work(UserRequests(db))
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def _echo_json(value: Any) -> None:
+    import orjson
+
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+@user_group.command("show")
+@click.argument("user_id")
+@click.pass_obj
+def user_show(obj: _Context, user_id: str) -> None:
+    """Print a user's devices, channel states and recent notification outcomes as JSON.
+
+    What a support desk needs: devices appear as references (pk:...), never with key material.
+    """
+    _echo_json(_user_request(obj, lambda users: users.show(user_id)))
+
+
+@user_group.command("export")
+@click.argument("user_id")
+@click.pass_obj
+def user_export(obj: _Context, user_id: str) -> None:
+    """Print everything stored about a user as JSON (GDPR Art. 15), key material excluded."""
+    _echo_json(_user_request(obj, lambda users: users.export(user_id)))
+
+
+@user_group.command("delete")
+@click.argument("user_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def user_delete(obj: _Context, user_id: str, yes: bool) -> None:
+    """Erase a user completely (GDPR Art. 17): pushers, keys, channel states, notifications,
+    events and the audit records about them; one audit record without personal data remains."""
+    if not yes:
+        click.confirm(f"Erase everything stored about {user_id!r}?", abort=True)
+    actor = f"cli:{os.environ.get('USER', 'unknown')}"
+    counts = _user_request(obj, lambda users: users.erase(user_id, actor=actor))
+    click.echo("erased: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+
+
 def _add_gateway_command() -> None:
     from fdpush.gateway.cli import gateway
 

@@ -162,6 +162,10 @@ class Settings(BaseSettings):
     """text or json: one line per record on stderr."""
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     """Largest request body; larger ones get 413 M_TOO_LARGE."""
+    max_header_bytes: int = Field(32 * 1024, ge=4096, le=1024 * 1024)
+    """Largest request head (request line and header fields); 431 beyond."""
+    max_header_fields: int = Field(100, ge=16, le=1000)
+    """Most header fields in a request; 431 beyond."""
     api_docs: bool = True
     """Serve /docs (Swagger UI, from the package: works offline) and /openapi.json; 0: neither."""
     workers: int = Field(1, ge=1, le=64)
@@ -222,6 +226,10 @@ class Settings(BaseSettings):
     # --- delivery to the Push Gateways
     serve_worker: bool = True
     """`fdpush serve` runs a delivery worker in its process; 0 when `fdpush worker` delivers."""
+    ready_max_pending_age_seconds: int = Field(900, ge=0)
+    """/health/ready of `serve` with its worker: 503 while a notification waited longer (0: off)."""
+    ready_max_worker_silence_seconds: int = Field(60, ge=5)
+    """/health/ready of `serve` with its worker: 503 when it has not looked for work this long."""
     gateway_ca_file: Path | None = None
     """CA bundle that verifies the Push Gateways' certificates (default: the system store)."""
     gateway_client_cert: Path | None = None

@@ -581,8 +581,8 @@ def run_demo(
         with console.status("starting the service and the gateway (mutual TLS)…"):
             chain = stack.enter_context(_running_chain(workdir, port, production_gateway))
         console.print(f"  service  {chain.service.url}  (SQLite, dev authentication)")
-        kind = "gateway (production)" if production_gateway else "gateway"
-        console.print(f"  {kind}  {chain.gateway.url}  (client certificate required)")
+        note = "production gateway, mTLS" if production_gateway else "client certificate required"
+        console.print(f"  gateway  {chain.gateway.url}  ({note})")
         if production_gateway:
             assert isinstance(chain.gateway, _ProductionGateway)
             console.print(

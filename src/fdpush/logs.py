@@ -7,24 +7,41 @@ from the master key), useless for guessing the id behind them without it.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import logging
 import os
 import sys
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-__all__ = ["configure_logging", "pushkey_ref", "set_reference_key", "user_ref"]
+__all__ = [
+    "configure_logging",
+    "in_message",
+    "pushkey_ref",
+    "request_id",
+    "set_reference_key",
+    "user_ref",
+]
 
 _reference_key = os.urandom(32)
+
+# The id of the HTTP request being served (web.request_id sets it): every line logged while
+# serving it carries it, so an operator can follow one request through the log.
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fdpush_request_id", default=None
+)
+_IN_MESSAGE = "_in_message"
 
 # Attributes every LogRecord has; anything else on a record came in through ``extra=``.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
     "asctime",
     "color_message",  # uvicorn's ANSI-coloured copy of the message
+    _IN_MESSAGE,
 }
 
 
@@ -49,19 +66,42 @@ def pushkey_ref(pushkey: str) -> str:
     return "pk:" + _ref("pushkey", pushkey)
 
 
+def in_message(**fields: Any) -> dict[str, Any]:
+    """``extra=`` for fields the message already spells out: JSON lines carry them as fields,
+    text lines do not repeat them."""
+    return {**fields, _IN_MESSAGE: tuple(fields)}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    """ISO 8601, local time with its offset, to the millisecond."""
+    return datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = request_id.get()
+        if current is not None:
+            record.request_id = current
+        return True
+
+
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
-        extra = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+        omit = set(getattr(record, _IN_MESSAGE, ()))
+        extra = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and k not in omit}
         if extra:
             base += " " + " ".join(f"{k}={v}" for k, v in extra.items())
         return base
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _timestamp(record)
 
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "time": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -84,6 +124,7 @@ def configure_logging(
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(_RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

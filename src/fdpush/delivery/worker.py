@@ -34,6 +34,7 @@ from fdpush.domain.events import NOTIFY_CHANNEL
 from fdpush.domain.keys import BERLIN, Advance, KeyVault, advance, current_period
 from fdpush.domain.pushers import user_lock
 from fdpush.domain.rejections import forget_rejected_pushkey
+from fdpush.logs import in_message
 from fdpush.storage import outbox
 from fdpush.storage.database import Database
 
@@ -126,6 +127,20 @@ def _gateway_label(base_url: str) -> str:
     """host:port of a gateway base URL: bounded by the allow-list, and no path noise."""
     rest = base_url.split("://", 1)[-1]
     return rest.split("/", 1)[0]
+
+
+def _log_batch(gateway: str, count: int, status: int | None, seconds: float) -> None:
+    """One line per gateway request: which gateway (host:port), how many, its answer, how long.
+    Never what was sent: pushkeys and payloads stay out of the log."""
+    duration_ms = round(seconds * 1000.0, 1)
+    log.info(
+        "gateway %s: %d notifications, HTTP %s, %.1fms",
+        gateway,
+        count,
+        status or "none",
+        duration_ms,
+        extra=in_message(gateway=gateway, count=count, status=status, duration_ms=duration_ms),
+    )
 
 
 class DeliveryWorker:
@@ -368,8 +383,10 @@ class DeliveryWorker:
                     return
                 started = time.perf_counter()
                 outcome = await self._client.send(gateway, [r.item for r in batch])
+                elapsed = time.perf_counter() - started
+                _log_batch(label, len(batch), outcome.status_code, elapsed)
                 if self._metrics is not None:
-                    self._metrics.latency.labels(label).observe(time.perf_counter() - started)
+                    self._metrics.latency.labels(label).observe(elapsed)
                     self._metrics.batch_size.observe(len(batch))
                     self._metrics.responses.labels(label, str(outcome.status_code or "none")).inc()
                 await self._record(gateway, batch, outcome)

@@ -61,6 +61,7 @@ __all__ = [
     "finish",
     "insert_event_rows",
     "next_due",
+    "oldest_pending",
     "queue_stats",
     "recipients",
     "release",
@@ -657,6 +658,14 @@ async def queue_stats(conn: AsyncConnection) -> tuple[int, int | None]:
         )
     ).one()
     return int(row[0]), (None if row[1] is None else int(row[1]))
+
+
+async def oldest_pending(conn: AsyncConnection) -> int | None:
+    """``created_at`` (ms) of the oldest pending notification, or None when nothing waits."""
+    value = await conn.scalar(
+        select(func.min(notifications.c.created_at)).where(notifications.c.status == "pending")
+    )
+    return None if value is None else int(value)
 
 
 async def event_counts(conn: AsyncConnection, event_id: str) -> tuple[Any, dict[str, int]] | None:

@@ -30,15 +30,24 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fdpush.storage.database import Database
-from fdpush.storage.schema import audit_log, channel_states, pusher_keys, pushers
+from fdpush.storage.schema import (
+    audit_log,
+    channel_states,
+    events,
+    notifications,
+    pusher_keys,
+    pushers,
+)
 
 __all__ = [
     "PusherRow",
+    "UserRecord",
     "claim_slot",
     "delete_device_states",
     "delete_pusher",
     "device_exists",
     "device_states",
+    "erase_user",
     "list_pushers",
     "pusher_slot",
     "pushkey_hash",
@@ -48,6 +57,8 @@ __all__ = [
     "save_pusher",
     "save_registration",
     "set_states",
+    "stored_user_id",
+    "user_record",
 ]
 
 
@@ -481,3 +492,163 @@ async def audit_records(conn: AsyncConnection, user_id: str) -> Sequence[Any]:
         select(audit_log).where(audit_log.c.user_id == user_id).order_by(audit_log.c.id)
     )
     return list(result)
+
+
+# --- data-subject requests (GDPR Art. 15 and 17) ---------------------------------------------
+
+
+def stored_user_id(user_id: str) -> str:
+    """How a user id is stored: the one place that maps the id a caller names to the rows'
+    ``user_id`` (so a pseudonymised storage changes only this function)."""
+    return user_id
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    """A row as a dict with plain ``str`` keys (JSON encoders refuse SQLAlchemy's)."""
+    return {str(k): v for k, v in row._mapping.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """Everything stored about one user, without key material (rows as plain dicts)."""
+
+    pushers: list[dict[str, Any]]
+    channel_states: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    audit: list[dict[str, Any]]
+
+
+async def user_record(
+    conn: AsyncConnection, user_id: str, *, events_limit: int | None
+) -> UserRecord:
+    """The user's pushers (their ``data``, never their key generations), channel states, events
+    with their notifications' outcomes (newest first; payloads are sealed and left out), and the
+    audit records that name the user."""
+    stored = stored_user_id(user_id)
+    pusher_rows = await conn.execute(
+        select(
+            pushers.c.id,
+            pushers.c.app_id,
+            pushers.c.pushkey,
+            pushers.c.kind,
+            pushers.c.app_display_name,
+            pushers.c.device_display_name,
+            pushers.c.profile_tag,
+            pushers.c.lang,
+            pushers.c.data,
+            pushers.c.pushkey_ts,
+            pushers.c.encryption_method,
+            pushers.c.key_identifier,
+            pushers.c.created_at,
+            pushers.c.updated_at,
+            select(func.max(notifications.c.finished_at))
+            .where(
+                notifications.c.pusher_id == pushers.c.id,
+                notifications.c.status == "delivered",
+            )
+            .scalar_subquery()
+            .label("last_delivery_ms"),
+        )
+        .where(pushers.c.user_id == stored)
+        .order_by(pushers.c.id)
+    )
+    found_pushers = [_plain(r) for r in pusher_rows]
+    for row in found_pushers:
+        row["data"] = orjson.loads(row["data"])
+    states = await conn.execute(
+        select(
+            channel_states.c.pushkey,
+            channel_states.c.channel_id,
+            channel_states.c.status,
+            channel_states.c.updated_at,
+        )
+        .where(channel_states.c.user_id == stored)
+        .order_by(channel_states.c.pushkey, channel_states.c.channel_id)
+    )
+    event_query = (
+        select(
+            events.c.id,
+            events.c.channel,
+            events.c.prio,
+            events.c.identifier,
+            events.c.created_at,
+            events.c.history,
+        )
+        .where(events.c.user_id == stored)
+        .order_by(events.c.created_at.desc(), events.c.id)
+    )
+    if events_limit is not None:
+        event_query = event_query.limit(events_limit)
+    found_events = [_plain(r) for r in await conn.execute(event_query)]
+    by_event: dict[str, list[dict[str, Any]]] = {e["id"]: [] for e in found_events}
+    if by_event:
+        outcomes = await conn.execute(
+            select(
+                notifications.c.event_id,
+                notifications.c.pusher_id,
+                notifications.c.status,
+                notifications.c.attempts,
+                notifications.c.last_error,
+                notifications.c.created_at,
+                notifications.c.finished_at,
+            )
+            .where(notifications.c.event_id.in_(list(by_event)))
+            .order_by(notifications.c.created_at, notifications.c.id)
+        )
+        for r in outcomes:
+            entry = _plain(r)
+            by_event[entry.pop("event_id")].append(entry)
+    for event in found_events:
+        event["notifications"] = by_event[event["id"]]
+    audit = await conn.execute(
+        select(
+            audit_log.c.at,
+            audit_log.c.action,
+            audit_log.c.actor,
+            audit_log.c.user_id,
+            audit_log.c.app_id,
+            audit_log.c.pushkey_hash,
+            audit_log.c.detail,
+        )
+        .where((audit_log.c.user_id == stored) | (audit_log.c.actor == stored))
+        .order_by(audit_log.c.id)
+    )
+    return UserRecord(
+        pushers=found_pushers,
+        channel_states=[_plain(r) for r in states],
+        events=found_events,
+        audit=[_plain(r) for r in audit],
+    )
+
+
+async def erase_user(conn: AsyncConnection, user_id: str) -> dict[str, int]:
+    """Delete every row about the user (notifications, events, key generations, pushers,
+    channel states, the audit records about them; where the user caused a change to another
+    user's pusher, the actor becomes ``erased``). How many rows of each kind went."""
+    stored = stored_user_id(user_id)
+    user_pushers = select(pushers.c.id).where(pushers.c.user_id == stored)
+    user_events = select(events.c.id).where(events.c.user_id == stored)
+    counts: dict[str, int] = {}
+    result = await conn.execute(
+        delete(notifications).where(
+            notifications.c.event_id.in_(user_events) | notifications.c.pusher_id.in_(user_pushers)
+        )
+    )
+    counts["notifications"] = result.rowcount
+    counts["events"] = (
+        await conn.execute(delete(events).where(events.c.user_id == stored))
+    ).rowcount
+    counts["key_generations"] = (
+        await conn.execute(delete(pusher_keys).where(pusher_keys.c.pusher_id.in_(user_pushers)))
+    ).rowcount
+    counts["pushers"] = (
+        await conn.execute(delete(pushers).where(pushers.c.user_id == stored))
+    ).rowcount
+    counts["channel_states"] = (
+        await conn.execute(delete(channel_states).where(channel_states.c.user_id == stored))
+    ).rowcount
+    counts["audit_records"] = (
+        await conn.execute(delete(audit_log).where(audit_log.c.user_id == stored))
+    ).rowcount
+    await conn.execute(update(audit_log).where(audit_log.c.actor == stored).values(actor="erased"))
+    return counts

@@ -31,8 +31,10 @@ from fdpush.domain.gateway_url import GatewayUrlPolicy
 from fdpush.domain.history import HistoryService
 from fdpush.domain.keys import KeyVault
 from fdpush.domain.pushers import PusherService
+from fdpush.domain.users import UserRequests
 from fdpush.logs import set_reference_key
 from fdpush.storage.database import Database
+from fdpush.web.admin_api import admin_router
 from fdpush.web.auth import Authenticator
 from fdpush.web.client_api import (
     SECURITY_SCHEME,
@@ -43,9 +45,12 @@ from fdpush.web.client_api import (
 )
 from fdpush.web.docs import add_docs, add_security_schemes
 from fdpush.web.errors import install_error_handlers
+from fdpush.web.health import Readiness
 from fdpush.web.internal_api import internal_body_models, internal_router
 from fdpush.web.middleware import BodyLimitMiddleware, HttpMetrics, ObserveMiddleware
+from fdpush.web.paths import RawPathGuard, parameter_prefixes
 from fdpush.web.ratelimit import UserRateLimiter
+from fdpush.web.request_id import RequestIdMiddleware
 from fdpush.web.responses import JsonResponse
 
 __all__ = ["POOL_SIZE", "create_app", "create_internal_app"]
@@ -161,26 +166,39 @@ def create_app(
         history=HistoryService(db, vault, enabled=settings.history_days > 0),
     )
     app.state.worker = worker
-    _set_internal_state(app, settings, events)
+    _set_internal_state(app, settings, events, UserRequests(db))
     install_error_handlers(app)
-    app.include_router(client_router(settings.base_path))
+    routers = [client_router(settings.base_path)]
     if settings.internal_port is None:
-        app.include_router(internal_router())
-    _add_operations_routes(app, db, metrics_dir)
+        routers += [internal_router(), admin_router()]
+    for router in routers:
+        app.include_router(router)
+    readiness = Readiness(
+        db,
+        worker,
+        max_pending_age_seconds=settings.ready_max_pending_age_seconds,
+        max_worker_silence_seconds=settings.ready_max_worker_silence_seconds,
+    )
+    _add_operations_routes(app, readiness, metrics_dir)
     if settings.api_docs:
         add_docs(app)
     _document_request_bodies(app)
     app.state.metrics_registry = registry
     app.state.http_metrics = HttpMetrics(registry)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RawPathGuard, prefixes=parameter_prefixes(*routers))
     app.add_middleware(
         ObserveMiddleware, metrics=app.state.http_metrics, access_log_enabled=access_log
     )
+    app.add_middleware(RequestIdMiddleware)  # outermost: the access line carries the id too
     return app
 
 
-def _set_internal_state(app: FastAPI, settings: Settings, events: EventService) -> None:
+def _set_internal_state(
+    app: FastAPI, settings: Settings, events: EventService, users: UserRequests
+) -> None:
     app.state.events = events
+    app.state.users = users
     app.state.internal_api_key = (
         None if settings.internal_api_key is None else settings.internal_api_key.get_secret_value()
     )
@@ -199,32 +217,37 @@ def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool =
         redoc_url=None,
         **_NO_TELEMETRY,
     )
-    _set_internal_state(app, settings, main.state.events)
+    _set_internal_state(app, settings, main.state.events, main.state.users)
     install_error_handlers(app)
-    app.include_router(internal_router())
+    routers = [internal_router(), admin_router()]
+    for router in routers:
+        app.include_router(router)
     if settings.api_docs:
         add_docs(app)
     _document_request_bodies(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RawPathGuard, prefixes=parameter_prefixes(*routers))
     app.add_middleware(
         ObserveMiddleware, metrics=main.state.http_metrics, access_log_enabled=access_log
     )
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 
-def _add_operations_routes(app: FastAPI, db: Database, metrics_dir: Path | None) -> None:
+def _add_operations_routes(app: FastAPI, readiness: Readiness, metrics_dir: Path | None) -> None:
     @app.get("/health/live", tags=["Operations"], summary="The process is up")
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/health/ready", tags=["Operations"], summary="The database answers")
+    @app.get(
+        "/health/ready",
+        tags=["Operations"],
+        summary="The database answers; this process's worker delivers (503 and the failing check "
+        "otherwise)",
+    )
     async def ready() -> JsonResponse:
-        try:
-            await db.ping()
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-            log.warning("readiness check failed: %s", type(exc).__name__)
-            return JsonResponse({"status": "unavailable", "database": "down"}, status_code=503)
-        return JsonResponse({"status": "ok", "database": "up"})
+        ok, body = await readiness.check()
+        return JsonResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:

@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fdpush.logs import in_message
 from fdpush.web.errors import TooLarge, error_response
 
 __all__ = ["BodyLimitMiddleware", "HttpMetrics", "ObserveMiddleware"]
@@ -132,4 +133,14 @@ class ObserveMiddleware:
             self.metrics.latency.labels(template, method).observe(elapsed)
             self.metrics.process_requests.inc()
             if self.access_log_enabled:
-                access_log.info("%s %s %d %.1fms", method, template, status, elapsed * 1000.0)
+                duration_ms = round(elapsed * 1000.0, 1)
+                access_log.info(
+                    "%s %s %d %.1fms",
+                    method,
+                    template,
+                    status,
+                    duration_ms,
+                    extra=in_message(
+                        method=method, route=template, status=status, duration_ms=duration_ms
+                    ),
+                )

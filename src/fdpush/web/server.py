@@ -36,6 +36,7 @@ import uvicorn
 
 from fdpush.config import Settings
 from fdpush.logs import configure_logging
+from fdpush.web.protocol import http_protocol
 
 __all__ = ["EXIT_NOT_STARTED", "serve", "serve_processes"]
 
@@ -62,12 +63,18 @@ def serve(
     from fdpush.web.app import create_app, create_internal_app
 
     app = create_app(settings, access_log=access_log, metrics_dir=metrics_dir)
-    servers = [(_server(app, host, port, lifespan="on"), None if sockets is None else sockets[0])]
+    servers = [
+        (
+            _server(settings, app, host, port, lifespan="on"),
+            None if sockets is None else sockets[0],
+        )
+    ]
     if settings.internal_port is not None:
         internal = create_internal_app(app, settings, access_log=access_log)
         servers.append(
             (
                 _second_server(
+                    settings,
                     internal,
                     settings.internal_host or settings.host,
                     settings.internal_port,
@@ -80,7 +87,10 @@ def serve(
     return bool(servers[0][0].started)
 
 
-def _config(app: Any, host: str, port: int, lifespan: Literal["on", "off"]) -> uvicorn.Config:
+def _config(
+    settings: Settings, app: Any, host: str, port: int, lifespan: Literal["on", "off"]
+) -> uvicorn.Config:
+    http, bounds = http_protocol(settings.max_header_bytes, settings.max_header_fields)
     return uvicorn.Config(
         app,
         host=host,
@@ -89,14 +99,18 @@ def _config(app: Any, host: str, port: int, lifespan: Literal["on", "off"]) -> u
         access_log=False,
         server_header=False,
         lifespan=lifespan,
+        http=http,
+        **bounds,
     )
 
 
-def _server(app: Any, host: str, port: int, *, lifespan: Literal["on", "off"]) -> uvicorn.Server:
-    return uvicorn.Server(_config(app, host, port, lifespan))
+def _server(
+    settings: Settings, app: Any, host: str, port: int, *, lifespan: Literal["on", "off"]
+) -> uvicorn.Server:
+    return uvicorn.Server(_config(settings, app, host, port, lifespan))
 
 
-def _second_server(app: Any, host: str, port: int) -> uvicorn.Server:
+def _second_server(settings: Settings, app: Any, host: str, port: int) -> uvicorn.Server:
     """A listener that leaves signal handling to the first one, which stops it."""
 
     class SecondServer(uvicorn.Server):
@@ -104,7 +118,7 @@ def _second_server(app: Any, host: str, port: int) -> uvicorn.Server:
         def capture_signals(self) -> Iterator[None]:
             yield
 
-    return SecondServer(_config(app, host, port, "off"))
+    return SecondServer(_config(settings, app, host, port, "off"))
 
 
 async def _serve_all(servers: list[tuple[uvicorn.Server, socket.socket | None]]) -> None:

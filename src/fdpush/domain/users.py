@@ -1,0 +1,149 @@
+"""Data-subject requests: what a support desk may see, what a person may ask for, and erasure.
+
+- :meth:`UserRequests.show`: the user's devices (app, device name, created, last delivery),
+  channel states and recent notification outcomes; pushkeys only as log references, never key
+  material.
+- :meth:`UserRequests.export`: everything stored about the person (GDPR Art. 15), key material
+  excluded. Event payloads are stored sealed and are not part of it.
+- :meth:`UserRequests.erase`: the person erased (Art. 17) — pushers, key generations, channel
+  states, pending and past notifications, events, the audit records about them — in one
+  transaction, leaving one audit record without personal data (``user.erased`` and counts).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fdpush.domain.pushers import user_lock
+from fdpush.logs import pushkey_ref
+from fdpush.storage import queries
+from fdpush.storage.database import Database
+
+__all__ = ["UserRequests"]
+
+_RECENT_EVENTS = 20
+ERASED_ACTION = "user.erased"
+
+
+def _when_ms(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+def _when(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def _outcomes(notifications: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n in notifications:
+        counts[n["status"]] = counts.get(n["status"], 0) + 1
+    return counts
+
+
+class UserRequests:
+    """Show, export and erase one user's data."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def show(self, user_id: str) -> dict[str, Any]:
+        """What a support desk needs: pushkeys as references, no key material."""
+        async with self._db.read() as conn:
+            record = await queries.user_record(conn, user_id, events_limit=_RECENT_EVENTS)
+        return {
+            "devices": [
+                {
+                    "device": pushkey_ref(p["pushkey"]),
+                    "app_id": p["app_id"],
+                    "app_display_name": p["app_display_name"],
+                    "device_display_name": p["device_display_name"],
+                    "created": _when(p["created_at"]),
+                    "last_delivery": _when_ms(p["last_delivery_ms"]),
+                }
+                for p in record.pushers
+            ],
+            "channel_states": [
+                {
+                    "device": pushkey_ref(s["pushkey"]),
+                    "channel": s["channel_id"],
+                    "status": s["status"],
+                }
+                for s in record.channel_states
+            ],
+            "recent_events": [
+                {
+                    "event_id": e["id"],
+                    "channel": e["channel"],
+                    "created": _when_ms(e["created_at"]),
+                    "outcomes": _outcomes(e["notifications"]),
+                    "errors": sorted(
+                        {n["last_error"] for n in e["notifications"] if n["last_error"]}
+                    ),
+                }
+                for e in record.events
+            ],
+        }
+
+    async def export(self, user_id: str) -> dict[str, Any]:
+        """Everything stored about the person, as JSON-ready data, without key material."""
+        async with self._db.read() as conn:
+            record = await queries.user_record(conn, user_id, events_limit=None)
+        pusher_ids = {p["id"]: p["pushkey"] for p in record.pushers}
+        return {
+            "user_id": user_id,
+            "exported_at": datetime.now(UTC).isoformat(),
+            "pushers": [
+                {
+                    **{k: v for k, v in p.items() if k not in ("id", "last_delivery_ms")},
+                    "created_at": _when(p["created_at"]),
+                    "updated_at": _when(p["updated_at"]),
+                    "last_delivery": _when_ms(p["last_delivery_ms"]),
+                }
+                for p in record.pushers
+            ],
+            "channel_states": [
+                {**s, "updated_at": _when(s["updated_at"])} for s in record.channel_states
+            ],
+            "events": [
+                {
+                    "event_id": e["id"],
+                    "channel": e["channel"],
+                    "prio": e["prio"],
+                    "identifier": e["identifier"],
+                    "created_at": _when_ms(e["created_at"]),
+                    "in_history": bool(e["history"]),
+                    "notifications": [
+                        {
+                            "pushkey": pusher_ids.get(n["pusher_id"]),
+                            "status": n["status"],
+                            "attempts": n["attempts"],
+                            "last_error": n["last_error"],
+                            "created_at": _when_ms(n["created_at"]),
+                            "finished_at": _when_ms(n["finished_at"]),
+                        }
+                        for n in e["notifications"]
+                    ],
+                }
+                for e in record.events
+            ],
+            "audit": [{**a, "at": _when(a["at"])} for a in record.audit],
+        }
+
+    async def erase(self, user_id: str, *, actor: str) -> dict[str, int]:
+        """Erase the person; how many rows of each kind went. ``actor``: who asked (an
+        operator's name or ``admin-api``), kept in the audit record, which names no user."""
+        async with self._db.write(user_lock(user_id)) as conn:
+            counts = await queries.erase_user(conn, user_id)
+            await queries.record_audit(
+                conn,
+                action=ERASED_ACTION,
+                actor=actor,
+                user_id="-",
+                app_id="-",
+                pushkey="",
+                detail=counts,
+            )
+        return counts

@@ -1,0 +1,100 @@
+"""HTTP/1.1 with bounded request heads: size and number of header fields.
+
+uvicorn's httptools parser (what ``uvicorn[standard]`` uses) accepts a request head of any size
+and any number of fields: an 8 MB header line is read, copied and kept. Here the head (request
+line and fields) is counted as it arrives, and a head over ``max_bytes`` or with more than
+``max_fields`` fields is answered ``431 Request Header Fields Too Large`` and the connection
+closed, before the application sees anything. Without httptools, uvicorn's h11 parser bounds
+the head's size itself (it answers 400) and the field count follows from the size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+__all__ = ["http_protocol"]
+
+log = logging.getLogger(__name__)
+
+_HEAD_END = re.compile(rb"\n\r?\n")  # the empty line after the fields (bare LF tolerated)
+_REFUSAL_BODY = b'{"errcode":"M_TOO_LARGE","error":"Request header fields too large"}'
+_REFUSAL = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: application/json\r\n"
+    b"content-length: " + str(len(_REFUSAL_BODY)).encode() + b"\r\n"
+    b"connection: close\r\n\r\n" + _REFUSAL_BODY
+)
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+def http_protocol(max_bytes: int, max_fields: int) -> tuple[Any, dict[str, Any]]:
+    """``(http, extra uvicorn.Config arguments)`` that bound request heads."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # no httptools: h11 bounds the head's size
+        return "h11", {"h11_max_incomplete_event_size": max_bytes}
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        _in_head = True
+        _head_bytes = 0
+        _fields = 0
+        _carry = b""
+        _refused = False
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            if self._in_head:
+                scanned = self._carry + data
+                end = _HEAD_END.search(scanned)
+                if end is None:
+                    self._head_bytes += len(data)
+                    self._carry = scanned[-2:]
+                else:
+                    self._head_bytes += max(0, end.end() - len(self._carry))
+                    self._in_head = False
+                    self._carry = b""
+                if self._head_bytes > max_bytes:
+                    self._refuse("size")
+                    return
+            super().data_received(data)
+
+        def on_message_begin(self) -> None:
+            self._fields = 0
+            super().on_message_begin()
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._fields += 1
+            if self._fields > max_fields:
+                # Raised into the parser, which stops (and would answer 400: see below).
+                self._refuse("fields")
+                raise _HeadTooLarge
+            super().on_header(name, value)
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_head, self._head_bytes, self._carry = True, 0, b""
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._refused:  # after a refusal the parser's own complaint is moot
+                super().send_400_response(msg)
+
+        def _refuse(self, what: str) -> None:
+            self._refused = True
+            log.warning(
+                "refused a request head over the limit (%s: %d bytes, %d fields at most)",
+                what,
+                max_bytes,
+                max_fields,
+            )
+            transport: asyncio.Transport = self.transport
+            transport.write(_REFUSAL)
+            transport.close()
+
+    return BoundedHttpToolsProtocol, {}

@@ -1,0 +1,153 @@
+"""Data-subject requests (docs/operations.md): ``fdpush user show|export|delete`` and the same
+as the admin API on the internal listener. Erasure is checked by dumping every table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import Service, new_user
+from delivery.e2e_helpers import (
+    ACTIVATE,
+    INTERNAL_KEY,
+    AppDevice,
+    Rig,
+    delivery_env,
+    internal_client,
+    run_cli,
+)
+from fdpush.gateway import GatewayThread, TestPki
+from fdpush.storage.queries import pushkey_hash
+from fdpush.storage.schema import metadata
+
+
+@pytest.fixture(scope="module")
+def rig(
+    start_service: Callable[..., Service], pki: TestPki, gateway: GatewayThread
+) -> Iterator[Rig]:
+    running = Rig(start_service(**delivery_env(pki, [gateway], FDPUSH_HISTORY_DAYS="30")))
+    yield running
+    running.close()
+
+
+def populate(rig: Rig, gateway: GatewayThread) -> list[AppDevice]:
+    """A user with two devices, a channel choice and a delivered event."""
+    user = new_user()
+    devices = [AppDevice(user, gateway), AppDevice(user, gateway)]
+    for device in devices:
+        rig.register(device)
+    rig.choose(devices[0], erp_communication_new="enabled")
+    event = rig.emit(user, ACTIVATE, {"id": "160.000.000.000.001.02"}, identifier="task-1")
+    rig.delivered(event["event_id"], 2)
+    return devices
+
+
+def dump(service: Service) -> str:
+    """Every row of every table of the schema, as text."""
+    rows = []
+    for table in metadata.sorted_tables:
+        for row in service.query(f"SELECT * FROM {table.name}"):
+            rows.append(f"{table.name}: {row!r}")
+    return "\n".join(rows)
+
+
+def secrets_of(devices: list[AppDevice]) -> list[str]:
+    return [devices[0].user] + [
+        s for d in devices for s in (d.pushkey, pushkey_hash(d.pushkey), d.iss, d.key_identifier)
+    ]
+
+
+def test_the_admin_api_needs_the_internal_key(rig: Rig) -> None:
+    user = new_user()
+    for method in ("GET", "DELETE"):
+        for key in (None, "wrong-key"):
+            with internal_client(rig.service.base_url, key) as http:
+                response = http.request(method, f"/internal/v1/users/{user}")
+            assert response.status_code == 401, response.text
+
+
+def test_show_is_what_a_support_desk_needs(rig: Rig, gateway: GatewayThread) -> None:
+    devices = populate(rig, gateway)
+    response = rig.events.get(f"/internal/v1/users/{devices[0].user}")
+    assert response.status_code == 200, response.text
+    shown = response.json()
+    assert len(shown["devices"]) == 2
+    for device in shown["devices"]:
+        assert device["device"].startswith("pk:")
+        assert device["device_display_name"] == "Test phone"
+        assert device["created"] and device["last_delivery"]
+    assert {"channel": "erp.communication.new", "status": "enabled"}.items() <= (
+        shown["channel_states"][0].items()
+    )
+    (event,) = shown["recent_events"]
+    assert event["channel"] == ACTIVATE
+    assert event["outcomes"] == {"delivered": 2}
+    text = response.text
+    for secret in [s for d in devices for s in (d.pushkey, d.iss)]:
+        assert secret not in text
+    cli = run_cli(rig.service, "user", "show", devices[0].user)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["recent_events"][0]["outcomes"] == {"delivered": 2}
+
+
+def test_export_holds_everything_but_keys(rig: Rig, gateway: GatewayThread) -> None:
+    devices = populate(rig, gateway)
+    cli = run_cli(rig.service, "user", "export", devices[0].user)
+    assert cli.returncode == 0, cli.stderr
+    exported: dict[str, Any] = json.loads(cli.stdout)
+    assert exported["user_id"] == devices[0].user
+    assert {p["pushkey"] for p in exported["pushers"]} == {d.pushkey for d in devices}
+    assert {p["key_identifier"] for p in exported["pushers"]} == {d.key_identifier for d in devices}
+    assert exported["channel_states"][0]["channel_id"] == "erp.communication.new"
+    (event,) = exported["events"]
+    assert event["identifier"] == "task-1"
+    assert {n["status"] for n in event["notifications"]} == {"delivered"}
+    assert {n["pushkey"] for n in event["notifications"]} == {d.pushkey for d in devices}
+    assert len(exported["audit"]) >= 2, "the audit records of the two registrations"
+    for device in devices:
+        assert device.iss not in cli.stdout
+    assert "material" not in cli.stdout
+    via_api = rig.events.get(f"/internal/v1/users/{devices[0].user}/export")
+    assert via_api.status_code == 200
+    assert via_api.json()["pushers"] == exported["pushers"]
+
+
+@pytest.mark.parametrize("how", ["admin-api", "cli"])
+def test_erasure_leaves_nothing_behind(rig: Rig, gateway: GatewayThread, how: str) -> None:
+    devices = populate(rig, gateway)
+    bystander = populate(rig, gateway)  # another person: untouched
+    before = dump(rig.service)
+    for secret in secrets_of(devices)[:3]:
+        assert secret in before, "the check below can see what it looks for"
+    if how == "admin-api":
+        response = rig.events.delete(f"/internal/v1/users/{devices[0].user}")
+        assert response.status_code == 200, response.text
+        erased = response.json()["erased"]
+        assert erased["pushers"] == 2
+        assert erased["notifications"] == 2
+        assert erased["events"] == 1
+        assert erased["key_generations"] >= 2
+    else:
+        cli = run_cli(rig.service, "user", "delete", "--yes", devices[0].user)
+        assert cli.returncode == 0, cli.stderr
+        assert "2 pushers" in cli.stdout
+    after = dump(rig.service)
+    for secret in secrets_of(devices):
+        assert secret not in after, secret
+    assert bystander[0].user in after
+    assert bystander[0].pushkey in after
+    erased_records = rig.service.query(
+        "SELECT actor, user_id, app_id, detail FROM audit_log WHERE action = ?", ("user.erased",)
+    )
+    assert erased_records, "the erasure is recorded"
+    with internal_client(rig.service.base_url, INTERNAL_KEY) as http:
+        shown = http.get(f"/internal/v1/users/{devices[0].user}").json()
+    assert shown == {"devices": [], "channel_states": [], "recent_events": []}
+    # The person's app can register again from scratch.
+    rig.register(devices[0])
+    assert len(rig.pushers(devices[0].user)) == 1
+    assert httpx.get(rig.service.base_url + "/health/ready").status_code == 200
