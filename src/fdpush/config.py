@@ -29,6 +29,7 @@ __all__ = [
     "ConfigError",
     "GatewayHost",
     "RateLimit",
+    "RsClient",
     "Settings",
     "check_master_key",
     "config_problems",
@@ -70,6 +71,38 @@ class RateLimit:
 
     requests: int
     seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class RsClient:
+    """A technical user of the RS API and the channels it may send on (``x*``: a prefix)."""
+
+    name: str
+    channels: tuple[str, ...]
+
+    def may_send(self, channel: str) -> bool:
+        return any(
+            channel.startswith(p[:-1]) if p.endswith("*") else channel == p for p in self.channels
+        )
+
+
+def _parse_rs_clients(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    clients: list[RsClient] = []
+    for raw in value.split(";"):
+        entry = raw.strip()
+        if not entry:
+            continue
+        name, sep, channels = entry.partition("=")
+        name = name.strip()
+        patterns = tuple(c.strip() for c in channels.split(",") if c.strip())
+        if not sep or not name or not patterns:
+            raise ValueError(f"entry {entry!r} is not name=channel,channel (or name=*)")
+        if any(c.name == name for c in clients):
+            raise ValueError(f"technical user {name!r} is listed twice")
+        clients.append(RsClient(name, patterns))
+    return tuple(clients)
 
 
 def _parse_channels(value: object) -> object:
@@ -217,6 +250,28 @@ class Settings(BaseSettings):
     """
     max_events_per_batch: int = Field(100, ge=1, le=1000)
     """Events per POST /internal/v1/events/batch."""
+    internal_tls_cert: Path | None = None
+    """Server certificate (PEM) of the internal listener: set with its key and client CA, the
+    internal listener speaks TLS and requires client certificates.
+    """
+    internal_tls_key: Path | None = None
+    """The private key of FDPUSH_INTERNAL_TLS_CERT."""
+    internal_tls_client_ca: Path | None = None
+    """The CA (PEM) that issues the technical users' client certificates."""
+
+    # --- the ZETA Notification Service's RS API (/notification-service/v1, internal listener)
+    rs_clients: Annotated[tuple[RsClient, ...], NoDecode] = ()
+    """Technical users as name=channel,channel;name2=* (a channel ending in * is a prefix); a
+    client certificate is the user whose name is its CN or a DNS SAN.
+    """
+    rs_idempotency_hours: int = Field(24, ge=1, le=24 * 30)
+    """How long an Idempotency-Key (and its answer) is kept per technical user."""
+    rs_max_pending: int = Field(1_000_000, ge=1)
+    """More pending notifications than this in the outbox: new submissions get 503."""
+    rs_rate_limit: Annotated[RateLimit | None, NoDecode] = None
+    """Submissions per technical user: N/S is N requests per S seconds, 0 is off. Counted per
+    process.
+    """
 
     # --- delivery to the Push Gateways
     serve_worker: bool = True
@@ -274,7 +329,10 @@ class Settings(BaseSettings):
 
     _parse_channels = field_validator("channels", mode="before")(_parse_channels)
     _parse_allowlist = field_validator("gateway_allowlist", mode="before")(_parse_allowlist)
-    _parse_rate_limit = field_validator("rate_limit", mode="before")(_parse_rate_limit)
+    _parse_rate_limit = field_validator("rate_limit", "rs_rate_limit", mode="before")(
+        _parse_rate_limit
+    )
+    _parse_rs_clients = field_validator("rs_clients", mode="before")(_parse_rs_clients)
     _parse_require_claim = field_validator("auth_require_claim", mode="before")(
         _parse_require_claim
     )
@@ -307,6 +365,25 @@ class Settings(BaseSettings):
         ):
             if path is not None and not path.is_file():
                 raise ConfigError(f"{name}: no such file: {path}")
+
+    def internal_tls(self) -> bool:
+        """Whether the internal listener speaks mutual TLS (all three files, or none)."""
+        files = (self.internal_tls_cert, self.internal_tls_key, self.internal_tls_client_ca)
+        if all(f is None for f in files):
+            return False
+        if any(f is None for f in files):
+            raise ConfigError(
+                "FDPUSH_INTERNAL_TLS_CERT, FDPUSH_INTERNAL_TLS_KEY and "
+                "FDPUSH_INTERNAL_TLS_CLIENT_CA go together (mutual TLS)"
+            )
+        for name, path in (
+            ("FDPUSH_INTERNAL_TLS_CERT", self.internal_tls_cert),
+            ("FDPUSH_INTERNAL_TLS_KEY", self.internal_tls_key),
+            ("FDPUSH_INTERNAL_TLS_CLIENT_CA", self.internal_tls_client_ca),
+        ):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{name}: no such file: {path}")
+        return True
 
     def master_key_bytes(self) -> bytes | None:
         """The configured master key as 32 bytes, or None when it is to come from the key file."""

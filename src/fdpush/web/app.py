@@ -31,6 +31,7 @@ from fdpush.domain.gateway_url import GatewayUrlPolicy
 from fdpush.domain.history import HistoryService
 from fdpush.domain.keys import KeyVault
 from fdpush.domain.pushers import PusherService
+from fdpush.domain.zeta import RsService
 from fdpush.logs import set_reference_key
 from fdpush.storage.database import Database
 from fdpush.web.auth import Authenticator
@@ -41,6 +42,7 @@ from fdpush.web.internal_api import internal_body_models, internal_router
 from fdpush.web.middleware import BodyLimitMiddleware, HttpMetrics, ObserveMiddleware
 from fdpush.web.ratelimit import UserRateLimiter
 from fdpush.web.responses import JsonResponse
+from fdpush.web.zeta_api import RS_BASE_PATH, RsAccess, create_rs_app
 
 __all__ = ["create_app", "create_internal_app"]
 
@@ -85,6 +87,7 @@ def create_app(
         history_days=settings.history_days,
         on_new_work=worker.wake if worker is not None else lambda: None,
     )
+    internal_tls = settings.internal_tls()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -102,6 +105,12 @@ def create_app(
             log.warning("FDPUSH_CHANNELS is empty: devices have no channel to subscribe to")
         if settings.internal_api_key is None:
             log.warning("FDPUSH_INTERNAL_API_KEY is not set: the events API refuses every call")
+        if not internal_tls:
+            log.warning(
+                "The RS API (%s) runs without client certificates: the internal API key is one "
+                "technical user allowed every channel (development only)",
+                RS_BASE_PATH,
+            )
         worker_task = None if worker is None else asyncio.create_task(worker.run())
         # What exists now (modules, the app, its routes and models) lives as long as the
         # process: keep it out of the garbage collector's full passes, which otherwise walk
@@ -151,10 +160,27 @@ def create_app(
     )
     app.state.worker = worker
     _set_internal_state(app, settings, events)
+    app.state.rs_app = create_rs_app(
+        RsService(
+            db,
+            events,
+            catalog=settings.channels,
+            idempotency_hours=settings.rs_idempotency_hours,
+            max_pending=settings.rs_max_pending,
+        ),
+        RsAccess(
+            clients=settings.rs_clients,
+            tls=internal_tls,
+            api_key=app.state.internal_api_key,
+        ),
+        UserRateLimiter(settings.rs_rate_limit),
+        api_docs=settings.api_docs,
+    )
     install_error_handlers(app)
     app.include_router(client_router(settings.base_path))
     if settings.internal_port is None:
         app.include_router(internal_router())
+        app.mount(RS_BASE_PATH, app.state.rs_app)
     _add_operations_routes(app, db, metrics_dir)
     if settings.api_docs:
         add_docs(app)
@@ -191,6 +217,7 @@ def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool =
     _set_internal_state(app, settings, main.state.events)
     install_error_handlers(app)
     app.include_router(internal_router())
+    app.mount(RS_BASE_PATH, main.state.rs_app)
     if settings.api_docs:
         add_docs(app)
     _document_request_bodies(app)
