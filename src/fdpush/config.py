@@ -376,6 +376,10 @@ class Settings(BaseSettings):
                 "FDPUSH_INTERNAL_TLS_CERT, FDPUSH_INTERNAL_TLS_KEY and "
                 "FDPUSH_INTERNAL_TLS_CLIENT_CA go together (mutual TLS)"
             )
+        if self.internal_port is None:
+            raise ConfigError(
+                "FDPUSH_INTERNAL_TLS_* need the internal listener of its own (FDPUSH_INTERNAL_PORT)"
+            )
         for name, path in (
             ("FDPUSH_INTERNAL_TLS_CERT", self.internal_tls_cert),
             ("FDPUSH_INTERNAL_TLS_KEY", self.internal_tls_key),

@@ -196,6 +196,10 @@ def test_a_payload_too_large_for_the_frame_is_413(rig: Rig, gateway: GatewayThre
     assert post(rig, fits).status_code == 202
 
 
+def test_the_service_says_it_runs_without_technical_users(rig: Rig) -> None:
+    assert "without client certificates" in rig.service.logs()
+
+
 def test_unknown_paths_and_methods_answer_in_zeta_shape(rig: Rig) -> None:
     zeta_error(rig.events.get(RS + "/nothing"), 404, "NOT_FOUND")
     assert rig.events.get(RS + "/notifications").status_code == 405

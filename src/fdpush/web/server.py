@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 from collections.abc import Iterator
 from multiprocessing.connection import wait
@@ -36,6 +37,7 @@ import uvicorn
 
 from fdpush.config import Settings
 from fdpush.logs import configure_logging
+from fdpush.web.peer_cert import client_cert_protocol
 
 __all__ = ["EXIT_NOT_STARTED", "serve", "serve_processes"]
 
@@ -71,6 +73,7 @@ def serve(
                     internal,
                     settings.internal_host or settings.host,
                     settings.internal_port,
+                    tls=_internal_tls(settings),
                 ),
                 None if sockets is None else sockets[1],
             )
@@ -80,7 +83,13 @@ def serve(
     return bool(servers[0][0].started)
 
 
-def _config(app: Any, host: str, port: int, lifespan: Literal["on", "off"]) -> uvicorn.Config:
+def _config(
+    app: Any,
+    host: str,
+    port: int,
+    lifespan: Literal["on", "off"],
+    tls: dict[str, Any] | None = None,
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
@@ -89,14 +98,30 @@ def _config(app: Any, host: str, port: int, lifespan: Literal["on", "off"]) -> u
         access_log=False,
         server_header=False,
         lifespan=lifespan,
+        **(tls or {}),
     )
+
+
+def _internal_tls(settings: Settings) -> dict[str, Any] | None:
+    """uvicorn's settings for mutual TLS on the internal listener, when configured."""
+    if not settings.internal_tls():
+        return None
+    return {
+        "ssl_certfile": str(settings.internal_tls_cert),
+        "ssl_keyfile": str(settings.internal_tls_key),
+        "ssl_ca_certs": str(settings.internal_tls_client_ca),
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "http": client_cert_protocol(),
+    }
 
 
 def _server(app: Any, host: str, port: int, *, lifespan: Literal["on", "off"]) -> uvicorn.Server:
     return uvicorn.Server(_config(app, host, port, lifespan))
 
 
-def _second_server(app: Any, host: str, port: int) -> uvicorn.Server:
+def _second_server(
+    app: Any, host: str, port: int, *, tls: dict[str, Any] | None = None
+) -> uvicorn.Server:
     """A listener that leaves signal handling to the first one, which stops it."""
 
     class SecondServer(uvicorn.Server):
@@ -104,7 +129,7 @@ def _second_server(app: Any, host: str, port: int) -> uvicorn.Server:
         def capture_signals(self) -> Iterator[None]:
             yield
 
-    return SecondServer(_config(app, host, port, "off"))
+    return SecondServer(_config(app, host, port, "off", tls))
 
 
 async def _serve_all(servers: list[tuple[uvicorn.Server, socket.socket | None]]) -> None:
