@@ -102,7 +102,13 @@ async def current_user(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> str:
-    return _api(request).authenticator.authenticate(request.headers.get("authorization"))
+    authenticator = _api(request).authenticator
+    if authenticator.mode == "zeta":
+        return authenticator.authenticate_zeta(
+            request.headers.get("zeta-user-info"),
+            request.client.host if request.client is not None else None,
+        )
+    return authenticator.authenticate(request.headers.get("authorization"))
 
 
 async def writing_user(request: Request, user: Annotated[str, Depends(current_user)]) -> str:

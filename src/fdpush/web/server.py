@@ -64,7 +64,12 @@ def serve(
     from fdpush.web.app import create_app, create_internal_app
 
     app = create_app(settings, access_log=access_log, metrics_dir=metrics_dir)
-    servers = [(_server(app, host, port, lifespan="on"), None if sockets is None else sockets[0])]
+    client = _server(app, host, port, lifespan="on", tls=_client_tls(settings))
+    if settings.auth_mode == "zeta":
+        # The PEP is trusted by its own address (FDPUSH_AUTH_ZETA_TRUSTED_PROXIES): the peer
+        # must not be replaced by what an X-Forwarded-For header claims.
+        client.config.proxy_headers = False
+    servers = [(client, None if sockets is None else sockets[0])]
     if settings.internal_port is not None:
         internal = create_internal_app(app, settings, access_log=access_log)
         servers.append(
@@ -102,6 +107,18 @@ def _config(
     )
 
 
+def _client_tls(settings: Settings) -> dict[str, Any] | None:
+    """uvicorn's settings for mutual TLS on the client listener, when configured."""
+    if not settings.client_tls():
+        return None
+    return {
+        "ssl_certfile": str(settings.tls_cert),
+        "ssl_keyfile": str(settings.tls_key),
+        "ssl_ca_certs": str(settings.tls_client_ca),
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+    }
+
+
 def _internal_tls(settings: Settings) -> dict[str, Any] | None:
     """uvicorn's settings for mutual TLS on the internal listener, when configured."""
     if not settings.internal_tls():
@@ -115,8 +132,15 @@ def _internal_tls(settings: Settings) -> dict[str, Any] | None:
     }
 
 
-def _server(app: Any, host: str, port: int, *, lifespan: Literal["on", "off"]) -> uvicorn.Server:
-    return uvicorn.Server(_config(app, host, port, lifespan))
+def _server(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    lifespan: Literal["on", "off"],
+    tls: dict[str, Any] | None = None,
+) -> uvicorn.Server:
+    return uvicorn.Server(_config(app, host, port, lifespan, tls))
 
 
 def _second_server(
