@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Service
+from conftest import Service, free_port, registration
 from delivery.e2e_helpers import ACTIVATE, AppDevice, Rig, delivery_env
-from fdpush.gateway import GatewayThread, TestPki
+from fdpush.gateway import GatewayThread, TestPki, make_test_pki
 from zeta.test_rs_api import RS, kvnr, notification
 
 
@@ -135,3 +137,75 @@ def test_zeta_mode_without_a_way_to_trust_the_pep_does_not_start(
     )
     assert result.returncode != 0
     assert "FDPUSH_AUTH_ZETA_TRUSTED_PROXIES" in result.stderr + result.stdout
+
+
+class _TlsService(Service):
+    """``fdpush serve`` whose client listener requires client certificates (the PEP's)."""
+
+    def __init__(self, env: dict[str, str], database_url: str, workdir: Any, pki: TestPki) -> None:
+        self.pki = pki
+        super().__init__(env, database_url, workdir)
+        self.base_url = f"https://127.0.0.1:{self.port}"
+
+    def https(self, *, with_client_cert: bool = True, **kwargs: Any) -> httpx.Client:
+        context = self.pki.client_ssl_context(with_client_cert=with_client_cert)
+        return httpx.Client(
+            base_url=f"https://127.0.0.1:{self.port}", verify=context, timeout=30.0, **kwargs
+        )
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"fdpush serve exited early:\n{self.logs()}")
+            try:
+                with self.https() as http:
+                    if http.get("/health/ready").status_code == 200:
+                        return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"fdpush serve not ready:\n{self.logs()}")
+
+
+def test_the_pep_is_trusted_by_its_client_certificate(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    workdir = tmp_path_factory.mktemp("zeta-tls")
+    pep = make_test_pki(workdir / "pki", client_name="zeta-pep")
+    stranger = make_test_pki(workdir / "other-pki")
+    database_url = f"sqlite:///{workdir / 'fdpush.db'}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FDPUSH_")},
+        "FDPUSH_AUTH_MODE": "zeta",
+        "FDPUSH_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "FDPUSH_DATABASE_URL": database_url,
+        "FDPUSH_PORT": str(free_port()),
+        "FDPUSH_TLS_CERT": str(pep.server_cert),
+        "FDPUSH_TLS_KEY": str(pep.server_key),
+        "FDPUSH_TLS_CLIENT_CA": str(pep.ca_cert),
+        "FDPUSH_GATEWAY_ALLOWLIST": "gateway.test",
+        "FDPUSH_CHANNELS": "erp.task.activate=enabled",
+    }
+    service = _TlsService(env, database_url, workdir, pep)
+    try:
+        user = kvnr()
+        with service.https(headers={"ZETA-User-Info": user_info(user)}) as app:
+            registered = app.post("/push/v1/pushers/set", json=registration())
+            assert registered.status_code == 200, registered.text
+            assert len(app.get("/push/v1/pushers").json()["pushers"]) == 1
+        with (
+            service.https(with_client_cert=False) as app,
+            pytest.raises(httpx.TransportError),
+        ):
+            app.get("/push/v1/pushers", headers={"ZETA-User-Info": user_info(user)})
+        context = ssl.create_default_context(cafile=str(pep.ca_cert))
+        context.load_cert_chain(str(stranger.client_cert), str(stranger.client_key))
+        with (
+            httpx.Client(base_url=service.base_url, verify=context) as app,
+            pytest.raises(httpx.TransportError),
+        ):
+            app.get("/push/v1/pushers", headers={"ZETA-User-Info": user_info(user)})
+    finally:
+        service.stop()
