@@ -37,6 +37,7 @@ from fdpush.web.schemas import (
     parse_channel_changes,
     parse_json_object,
     parse_pusher_set,
+    plain_text,
 )
 
 __all__ = ["LAYOUTS", "ClientApi", "client_router", "request_body_models"]
@@ -193,7 +194,10 @@ async def get_device_history(
     cursor: Annotated[str | None, Query(alias="from", max_length=80)] = None,
 ) -> JsonResponse:
     page = await _history(request).device(
-        user, _device_pushkey(pushkey), limit=limit, cursor=cursor
+        user,
+        _device_pushkey(pushkey),
+        limit=limit,
+        cursor=None if cursor is None else plain_text("from", cursor),
     )
     body: dict[str, Any] = {
         "messages": [{"identifier": m.identifier, "payload": m.payload} for m in page.messages]
@@ -204,7 +208,7 @@ async def get_device_history(
 
 
 async def get_history_message(request: Request, user: User, notification_id: str) -> JsonResponse:
-    message = await _history(request).message(user, notification_id)
+    message = await _history(request).message(user, plain_text("notification_id", notification_id))
     return JsonResponse({"identifier": message.identifier, "payload": message.payload})
 
 

@@ -21,7 +21,13 @@ from fdpush.domain.errors import InvalidParam
 from fdpush.domain.events import EventRequest, EventService
 from fdpush.web.errors import MissingToken, UnknownToken
 from fdpush.web.responses import JsonResponse
-from fdpush.web.schemas import ErrorBody, documented_body, parse_json_object, validate_body
+from fdpush.web.schemas import (
+    ErrorBody,
+    documented_body,
+    parse_json_object,
+    plain_text,
+    validate_body,
+)
 
 __all__ = ["EventBody", "internal_router"]
 
@@ -40,10 +46,12 @@ class EventBody(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
     user_id: Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_control)]
-    channel: Annotated[str, Field(min_length=1, max_length=128)]
+    channel: Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_no_control)]
     payload: dict[str, Any]
     prio: Literal["high", "low"] = "high"
-    identifier: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    identifier: (
+        Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_no_control)] | None
+    ) = None
 
 
 class EventBatchBody(BaseModel):
@@ -128,7 +136,7 @@ async def post_event_batch(request: Request, _caller: Caller) -> JsonResponse:
 
 
 async def get_event(request: Request, _caller: Caller, event_id: str) -> JsonResponse:
-    status = await _events(request).status(event_id)
+    status = await _events(request).status(plain_text("event_id", event_id))
     return JsonResponse(
         {
             "event_id": status.event_id,
