@@ -380,3 +380,31 @@ def test_the_rate_limit_is_per_technical_user(
         assert int(response.headers["Retry-After"]) >= 1
     finally:
         rig.close()
+
+
+def test_a_key_past_its_retention_is_forgotten(rig: Rig, gateway: GatewayThread) -> None:
+    user = kvnr()
+    rig.register(AppDevice(user, gateway))
+    key = f"k-{uuid.uuid4()}"
+    first = post(rig, notification(user), **{"Idempotency-Key": key})
+    assert first.status_code == 202, first.text
+    # 25 hours ago (FDPUSH_RS_IDEMPOTENCY_HOURS is 24)
+    rig.service.query(
+        "UPDATE rs_idempotency SET created_at = created_at - ? WHERE key = ?",
+        (25 * 3600 * 1000, key),
+    )
+    again = post(rig, notification(user, prio="high"), **{"Idempotency-Key": key})
+    assert again.status_code == 202, again.text
+    assert again.json()["notification_id"] != first.json()["notification_id"]
+    assert events_of(rig, user) == 2
+    [(count,)] = rig.service.query("SELECT count(*) FROM rs_idempotency WHERE key = ?", (key,))
+    assert count == 1
+
+
+def test_receipts_hold_no_user_id(rig: Rig, gateway: GatewayThread) -> None:
+    user = kvnr()
+    rig.register(AppDevice(user, gateway))
+    key = f"k-{uuid.uuid4()}"
+    assert post(rig, notification(user), **{"Idempotency-Key": key}).status_code == 202
+    rows = rig.service.query("SELECT * FROM rs_idempotency WHERE key = ?", (key,))
+    assert len(rows) == 1 and user not in repr(rows)
