@@ -167,6 +167,11 @@ def test_a_user_without_devices_is_not_found(rig: Rig) -> None:
         {**notification("X123456789"), "user": {"id_type": "kvnr", "value": "5-2-KH-1"}},
         {**notification("X123456789"), "user": {"id_type": "telematik-id", "value": "-bad"}},
         {**notification("X123456789"), "payload": [1]},
+        # deeper than orjson writes back (254 levels), not deeper than it reads
+        (
+            '{"user":{"id_type":"kvnr","value":"X123456789"},"channel":"erp.task.activate",'
+            '"payload":' + '{"a":' * 300 + "1" + "}" * 300 + "}"
+        ).encode(),
         # 400 comes before 422: an unknown channel does not hide a bad user
         {**notification("X12345678"), "channel": "no.such.channel"},
     ],

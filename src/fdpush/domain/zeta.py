@@ -19,7 +19,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -172,7 +172,7 @@ class RsService:
         return UserChannels(found.pushers, listed)
 
     @staticmethod
-    def _aggregate(channel: ChannelDefinition, devices: Any) -> str:
+    def _aggregate(channel: ChannelDefinition, devices: Iterable[dict[str, str]]) -> str:
         chosen = [states.get(channel.id) for states in devices]
         effective = [c if c is not None else channel.default for c in chosen]
         if "enabled" in effective:
@@ -191,7 +191,10 @@ class RsService:
 
     def _check(self, client: RsClient, request: NotificationRequest) -> None:
         check_user_value(request.id_type, request.value)
-        size = len(orjson.dumps(request.payload))
+        try:
+            size = len(orjson.dumps(request.payload))
+        except orjson.JSONEncodeError:  # e.g. nested deeper than JSON can be written back
+            raise invalid("The payload cannot be sent as JSON") from None
         if size > crypto.MAX_PAYLOAD_BYTES:
             raise RsError(
                 413,
