@@ -111,6 +111,10 @@ def create_app(
                 "technical user allowed every channel (development only)",
                 RS_BASE_PATH,
             )
+            if settings.rs_clients:
+                log.warning("FDPUSH_RS_CLIENTS is ignored without FDPUSH_INTERNAL_TLS_*")
+        elif not settings.rs_clients:
+            log.warning("FDPUSH_RS_CLIENTS is empty: every RS API call is refused (403)")
         worker_task = None if worker is None else asyncio.create_task(worker.run())
         # What exists now (modules, the app, its routes and models) lives as long as the
         # process: keep it out of the garbage collector's full passes, which otherwise walk
