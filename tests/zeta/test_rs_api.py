@@ -413,3 +413,16 @@ def test_receipts_hold_no_user_id(rig: Rig, gateway: GatewayThread) -> None:
     assert post(rig, notification(user), **{"Idempotency-Key": key}).status_code == 202
     rows = rig.service.query("SELECT * FROM rs_idempotency WHERE key = ?", (key,))
     assert len(rows) == 1 and user not in repr(rows)
+
+
+def test_metrics_and_logs_name_no_user(rig: Rig, gateway: GatewayThread) -> None:
+    user = kvnr()
+    rig.register(AppDevice(user, gateway))
+    assert post(rig, notification(user)).status_code == 202
+    assert post(rig, {**notification(user), "prio": "x"}).status_code == 400
+    rig.events.get(f"{RS}/users/{user}/channels", params={"id_type": "kvnr"})
+    rig.events.get(f"{RS}/users/{user}/nothing")
+    metrics = httpx.get(rig.service.base_url + "/metrics").text
+    assert "/users/{userId}/channels" in metrics or "notification-service" in metrics
+    assert user not in metrics
+    assert user not in rig.service.logs()
