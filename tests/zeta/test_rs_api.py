@@ -86,7 +86,9 @@ def post(rig: Rig, body: Any, **headers: str) -> httpx.Response:
 
 
 def events_of(rig: Rig, user: str) -> int:
-    [(count,)] = rig.service.query("SELECT count(*) FROM events WHERE user_id = ?", (user,))
+    [(count,)] = rig.service.query(
+        "SELECT count(*) FROM events WHERE user_id = ?", (rig.service.pseudonym(user),)
+    )
     return int(count)
 
 
@@ -135,7 +137,7 @@ def test_no_active_channel_sends_nothing(rig: Rig, gateway: GatewayThread) -> No
     rows = rig.service.query(
         "SELECT count(*) FROM notifications n JOIN events e ON e.id = n.event_id"
         " WHERE e.user_id = ?",
-        (user,),
+        (rig.service.pseudonym(user),),
     )
     assert rows == [(0,)]
 

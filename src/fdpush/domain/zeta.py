@@ -143,9 +143,11 @@ class RsService:
         catalog: Sequence[ChannelDefinition],
         idempotency_hours: int,
         max_pending: int,
+        pseudonym: Callable[[str], str],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
+        self._pseudonym = pseudonym
         self._events = events
         self._catalog = tuple(catalog)
         self._defaults = {c.id: c.default for c in self._catalog}
@@ -159,7 +161,7 @@ class RsService:
         self, client: RsClient, id_type: str, value: str, *, include_inactive: bool
     ) -> UserChannels:
         check_user_value(id_type, value)
-        found = await storage.user_devices(self._db, value)
+        found = await storage.user_devices(self._db, self._pseudonym(value))
         if found.pushers == 0:
             raise RsError(404, "USER_NOT_FOUND", "No device is registered for this user")
         listed: list[tuple[str, str]] = []
@@ -208,13 +210,14 @@ class RsService:
             raise RsError(403, "FORBIDDEN", "This technical user may not send on this channel")
 
     async def _send(self, request: NotificationRequest) -> Accepted:
-        found = await storage.user_devices(self._db, request.value)
+        user_id = self._pseudonym(request.value)  # only the pseudonym is stored
+        found = await storage.user_devices(self._db, user_id)
         if found.pushers == 0:
             raise RsError(404, "USER_NOT_FOUND", "No device is registered for this user")
         await self._check_backlog()
         now_ms = int(self._clock() * 1000)
         event = EventRequest(
-            user_id=request.value,
+            user_id=user_id,
             channel=request.channel,
             payload=request.payload,
             prio=_PRIO[request.prio],

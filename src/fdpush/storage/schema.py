@@ -165,3 +165,12 @@ rs_idempotency = Table(
     Column("created_at", BigInteger, nullable=False),  # epoch ms
     Index(None, "created_at"),
 )
+
+# Facts about the stored data that migrations cannot establish (they have no master key), e.g.
+# that the user ids were replaced by their pseudonyms.
+data_steps = Table(
+    "data_steps",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("done_at", BigInteger, nullable=False),  # epoch ms
+)

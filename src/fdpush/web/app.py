@@ -6,7 +6,7 @@ import asyncio
 import gc
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from fdpush.domain.events import EventService
 from fdpush.domain.gateway_url import GatewayUrlPolicy
 from fdpush.domain.history import HistoryService
 from fdpush.domain.keys import KeyVault
+from fdpush.domain.pseudonyms import pseudonymise_stored_users
 from fdpush.domain.pushers import PusherService
 from fdpush.domain.zeta import RsService
 from fdpush.logs import set_reference_key
@@ -94,6 +95,7 @@ def create_app(
         if settings.migrate_on_start:
             revision = await db.migrate()
             log.info("database schema at revision %s (%s)", revision, db.dialect)
+        await pseudonymise_stored_users(db, vault)
         if authenticator.mode == "dev":
             log.warning(
                 "DEV AUTHENTICATION: any holder of FDPUSH_AUTH_DEV_SECRET can act as any user. "
@@ -161,9 +163,10 @@ def create_app(
         limiter=UserRateLimiter(settings.rate_limit),
         encryption_required=settings.encryption == "required",
         history=HistoryService(db, vault, enabled=settings.history_days > 0),
+        pseudonym=vault.pseudonym,
     )
     app.state.worker = worker
-    _set_internal_state(app, settings, events)
+    _set_internal_state(app, settings, events, vault.pseudonym)
     app.state.rs_app = create_rs_app(
         RsService(
             db,
@@ -171,6 +174,7 @@ def create_app(
             catalog=settings.channels,
             idempotency_hours=settings.rs_idempotency_hours,
             max_pending=settings.rs_max_pending,
+            pseudonym=vault.pseudonym,
         ),
         RsAccess(
             clients=settings.rs_clients,
@@ -198,8 +202,11 @@ def create_app(
     return app
 
 
-def _set_internal_state(app: FastAPI, settings: Settings, events: EventService) -> None:
+def _set_internal_state(
+    app: FastAPI, settings: Settings, events: EventService, pseudonym: Callable[[str], str]
+) -> None:
     app.state.events = events
+    app.state.pseudonym = pseudonym
     app.state.internal_api_key = (
         None if settings.internal_api_key is None else settings.internal_api_key.get_secret_value()
     )
@@ -218,7 +225,7 @@ def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool =
         redoc_url=None,
         **_NO_TELEMETRY,
     )
-    _set_internal_state(app, settings, main.state.events)
+    _set_internal_state(app, settings, main.state.events, main.state.pseudonym)
     install_error_handlers(app)
     app.include_router(internal_router())
     app.mount(RS_BASE_PATH, main.state.rs_app)

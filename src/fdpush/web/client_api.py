@@ -53,6 +53,7 @@ class ClientApi:
     limiter: UserRateLimiter
     encryption_required: bool
     history: HistoryService
+    pseudonym: Callable[[str], str]  # a user id as it is stored (KeyVault.pseudonym)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,13 +104,15 @@ async def current_user(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> str:
-    authenticator = _api(request).authenticator
-    if authenticator.mode == "zeta":
-        return authenticator.authenticate_zeta(
+    api = _api(request)
+    if api.authenticator.mode == "zeta":
+        user_id = api.authenticator.authenticate_zeta(
             request.headers.get("zeta-user-info"),
             request.client.host if request.client is not None else None,
         )
-    return authenticator.authenticate(request.headers.get("authorization"))
+    else:
+        user_id = api.authenticator.authenticate(request.headers.get("authorization"))
+    return api.pseudonym(user_id)  # from here on only the pseudonym (ZETA A_29957)
 
 
 async def writing_user(request: Request, user: Annotated[str, Depends(current_user)]) -> str:

@@ -1,4 +1,8 @@
-"""The RS API's Idempotency-Key receipts, one per technical user and key.
+"""The RS API's Idempotency-Key receipts, one per technical user and key; the data steps done.
+
+``data_steps`` records steps on the data that need the master key, which migrations do not have
+(the service runs them at start): ``user-pseudonyms``, the replacement of every stored user id
+by its keyed pseudonym.
 
 Revision ID: 0004
 Revises: 0003
@@ -29,8 +33,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("client", "key", name="pk_rs_idempotency"),
     )
     op.create_index("ix_rs_idempotency_created_at", "rs_idempotency", ["created_at"])
+    op.create_table(
+        "data_steps",
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("done_at", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("name", name="pk_data_steps"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("data_steps")
     op.drop_index("ix_rs_idempotency_created_at", table_name="rs_idempotency")
     op.drop_table("rs_idempotency")
