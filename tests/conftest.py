@@ -188,6 +188,12 @@ class Service:
     def master_key(self) -> bytes:
         return base64.b64decode((self.workdir / "master.key").read_text())
 
+    def pseudonym(self, user_id: str) -> str:
+        """What the database holds for ``user_id`` (only its keyed pseudonym)."""
+        from fdpush.crypto import user_pseudonym
+
+        return user_pseudonym(self.master_key(), user_id)
+
 
 @pytest.fixture(scope="module")
 def start_service(

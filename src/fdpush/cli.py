@@ -1,4 +1,4 @@
-"""The ``fdpush`` command: serve, worker, migrate, failed, token, config, demo, and the
+"""The ``fdpush`` command: serve, worker, migrate, failed, audit, token, config, demo, and the
 development ``gateway``."""
 
 from __future__ import annotations
@@ -307,6 +307,40 @@ def failed(obj: _Context, limit: int) -> None:
 
 
 @cli.command()
+@click.option("--user", "user_id", required=True, help="The user id (KVNR, Telematik-ID, …).")
+@click.pass_obj
+def audit(obj: _Context, user_id: str) -> None:
+    """List a user's audit records (pushers registered, replaced, removed).
+
+    The database holds only the user's pseudonym; this computes it with the master key.
+    """
+    from fdpush.config import resolve_master_key
+    from fdpush.domain.keys import KeyVault
+    from fdpush.storage import queries
+    from fdpush.storage.database import Database
+
+    settings = obj.settings(for_serving=False)
+    pseudonym = KeyVault(resolve_master_key(settings)).pseudonym(user_id)
+
+    async def run() -> list[Any]:
+        db = Database(settings.database_url)
+        try:
+            async with db.read() as conn:
+                return list(await queries.audit_records(conn, pseudonym))
+        finally:
+            await db.close()
+
+    rows = asyncio.run(run())
+    click.echo(f"pseudonym {pseudonym}: {len(rows)} audit record(s)")
+    for r in rows:
+        actor = "user" if r.actor == pseudonym else r.actor
+        click.echo(
+            f"{r.at:%Y-%m-%d %H:%M:%S}  {r.action:<20} by {actor:<8} {r.app_id}  "
+            f"pushkey sha256 {r.pushkey_hash[:16]}…"
+        )
+
+
+@cli.command()
 @click.option("--once", is_flag=True, help="Stop after showing the outcome (else: until Ctrl-C).")
 @click.option(
     "--port",
@@ -383,17 +417,19 @@ def user_group() -> None:
 def _user_request(obj: _Context, work: Callable[[Any], Any]) -> Any:
     """Run ``work(UserRequests)`` against the configured database."""
     from fdpush.config import resolve_master_key
+    from fdpush.domain.keys import KeyVault
     from fdpush.domain.users import UserRequests
     from fdpush.logs import set_reference_key
     from fdpush.storage.database import Database
 
     settings = obj.settings(for_serving=False)
-    set_reference_key(resolve_master_key(settings))  # the device references of `show`
+    master_key = resolve_master_key(settings)
+    set_reference_key(master_key)  # the device references of `show`
 
     async def run() -> Any:
         db = Database(settings.database_url)
         try:
-            return await work(UserRequests(db))
+            return await work(UserRequests(db, KeyVault(master_key).pseudonym))
         finally:
             await db.close()
 

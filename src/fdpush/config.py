@@ -17,6 +17,7 @@ import re
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "GatewayHost",
     "RateLimit",
+    "RsClient",
     "Settings",
     "check_master_key",
     "config_problems",
@@ -70,6 +72,49 @@ class RateLimit:
 
     requests: int
     seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class RsClient:
+    """A technical user of the RS API and the channels it may send on (``x*``: a prefix)."""
+
+    name: str
+    channels: tuple[str, ...]
+
+    def may_send(self, channel: str) -> bool:
+        return any(
+            channel.startswith(p[:-1]) if p.endswith("*") else channel == p for p in self.channels
+        )
+
+
+def _parse_rs_clients(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    clients: list[RsClient] = []
+    for raw in value.split(";"):
+        entry = raw.strip()
+        if not entry:
+            continue
+        name, sep, channels = entry.partition("=")
+        name = name.strip()
+        patterns = tuple(c.strip() for c in channels.split(",") if c.strip())
+        if not sep or not name or not patterns:
+            raise ValueError(f"entry {entry!r} is not name=channel,channel (or name=*)")
+        if any(c.name == name for c in clients):
+            raise ValueError(f"technical user {name!r} is listed twice")
+        clients.append(RsClient(name, patterns))
+    return tuple(clients)
+
+
+def _parse_networks(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    try:
+        return tuple(
+            ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip()
+        )
+    except ValueError as exc:
+        raise ValueError(f"expected addresses or CIDRs separated by commas ({exc})") from None
 
 
 def _parse_channels(value: object) -> object:
@@ -222,6 +267,28 @@ class Settings(BaseSettings):
     """
     max_events_per_batch: int = Field(100, ge=1, le=1000)
     """Events per POST /internal/v1/events/batch."""
+    internal_tls_cert: Path | None = None
+    """Server certificate (PEM) of the internal listener: set with its key and client CA, the
+    internal listener speaks TLS and requires client certificates.
+    """
+    internal_tls_key: Path | None = None
+    """The private key of FDPUSH_INTERNAL_TLS_CERT."""
+    internal_tls_client_ca: Path | None = None
+    """The CA (PEM) that issues the technical users' client certificates."""
+
+    # --- the ZETA Notification Service's RS API (/notification-service/v1, internal listener)
+    rs_clients: Annotated[tuple[RsClient, ...], NoDecode] = ()
+    """Technical users as name=channel,channel;name2=* (a channel ending in * is a prefix); a
+    client certificate is the user whose name is its CN or a DNS SAN.
+    """
+    rs_idempotency_hours: int = Field(24, ge=1, le=24 * 30)
+    """How long an Idempotency-Key (and its answer) is kept per technical user."""
+    rs_max_pending: int = Field(1_000_000, ge=1)
+    """More pending notifications than this in the outbox: new submissions get 503."""
+    rs_rate_limit: Annotated[RateLimit | None, NoDecode] = None
+    """Submissions per technical user: N/S is N requests per S seconds, 0 is off. Counted per
+    process.
+    """
 
     # --- delivery to the Push Gateways
     serve_worker: bool = True
@@ -260,8 +327,10 @@ class Settings(BaseSettings):
     """Keep sent payloads (sealed) this many days for the history endpoints; 0 is off."""
 
     # --- authentication
-    auth_mode: Literal["jwt", "dev"] = "jwt"
-    """jwt (the identity provider's tokens; production) or dev (HS256 test tokens)."""
+    auth_mode: Literal["jwt", "dev", "zeta"] = "jwt"
+    """jwt (the identity provider's tokens; production), dev (HS256 test tokens) or zeta (the
+    ZETA-User-Info header of the ZETA PEP, trusted only from the PEP).
+    """
     auth_jwt_public_key_file: Path | None = None
     """PEM public key or certificate of the identity provider: EC P-256 gives ES256, RSA gives
     RS256/PS256.
@@ -280,10 +349,26 @@ class Settings(BaseSettings):
     """name=value a token must carry (e.g. the insured-person role), else 403."""
     auth_dev_secret: SecretStr | None = None
     """The HS256 secret of dev mode (at least 32 bytes)."""
+    auth_zeta_trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    """zeta mode: the addresses or CIDRs of the ZETA PEP, separated by commas; requests from
+    anywhere else get 401.
+    """
+    tls_cert: Path | None = None
+    """Server certificate (PEM) of the client listener: set with its key and client CA, the
+    client listener speaks TLS and requires client certificates (zeta mode: the PEP's).
+    """
+    tls_key: Path | None = None
+    """The private key of FDPUSH_TLS_CERT."""
+    tls_client_ca: Path | None = None
+    """The CA (PEM) that issues the client certificates the client listener requires."""
 
     _parse_channels = field_validator("channels", mode="before")(_parse_channels)
     _parse_allowlist = field_validator("gateway_allowlist", mode="before")(_parse_allowlist)
-    _parse_rate_limit = field_validator("rate_limit", mode="before")(_parse_rate_limit)
+    _parse_rate_limit = field_validator("rate_limit", "rs_rate_limit", mode="before")(
+        _parse_rate_limit
+    )
+    _parse_rs_clients = field_validator("rs_clients", mode="before")(_parse_rs_clients)
+    _parse_networks = field_validator("auth_zeta_trusted_proxies", mode="before")(_parse_networks)
     _parse_require_claim = field_validator("auth_require_claim", mode="before")(
         _parse_require_claim
     )
@@ -317,6 +402,21 @@ class Settings(BaseSettings):
             if path is not None and not path.is_file():
                 raise ConfigError(f"{name}: no such file: {path}")
 
+    def client_tls(self) -> bool:
+        """Whether the client listener speaks mutual TLS (all three files, or none)."""
+        return _mutual_tls("FDPUSH_TLS", (self.tls_cert, self.tls_key, self.tls_client_ca))
+
+    def internal_tls(self) -> bool:
+        """Whether the internal listener speaks mutual TLS (all three files, or none)."""
+        files = (self.internal_tls_cert, self.internal_tls_key, self.internal_tls_client_ca)
+        if not _mutual_tls("FDPUSH_INTERNAL_TLS", files):
+            return False
+        if self.internal_port is None:
+            raise ConfigError(
+                "FDPUSH_INTERNAL_TLS_* need the internal listener of its own (FDPUSH_INTERNAL_PORT)"
+            )
+        return True
+
     def master_key_bytes(self) -> bytes | None:
         """The configured master key as 32 bytes, or None when it is to come from the key file."""
         if self.master_key is None:
@@ -337,12 +437,34 @@ class Settings(BaseSettings):
             ):
                 if path is not None and not path.is_file():
                     raise ConfigError(f"{name}: no such file: {path}")
+        if (
+            self.auth_mode == "zeta"
+            and not self.auth_zeta_trusted_proxies
+            and not self.client_tls()
+        ):
+            raise ConfigError(
+                "FDPUSH_AUTH_MODE=zeta trusts the ZETA-User-Info header only from the PEP: set "
+                "FDPUSH_AUTH_ZETA_TRUSTED_PROXIES or client certificates for the client listener "
+                "(FDPUSH_TLS_CERT, FDPUSH_TLS_KEY, FDPUSH_TLS_CLIENT_CA)"
+            )
         if self.auth_mode == "dev":
             secret = self.auth_dev_secret.get_secret_value() if self.auth_dev_secret else ""
             if len(secret.encode()) < 32:
                 raise ConfigError(
                     "FDPUSH_AUTH_DEV_SECRET: dev authentication needs a secret of at least 32 bytes"
                 )
+
+
+def _mutual_tls(prefix: str, files: tuple[Path | None, Path | None, Path | None]) -> bool:
+    if all(f is None for f in files):
+        return False
+    names = (f"{prefix}_CERT", f"{prefix}_KEY", f"{prefix}_CLIENT_CA")
+    if any(f is None for f in files):
+        raise ConfigError(f"{', '.join(names)} go together (mutual TLS)")
+    for name, path in zip(names, files, strict=True):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{name}: no such file: {path}")
+    return True
 
 
 def decode_master_key(text: str, source: str) -> bytes:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 import re
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ __all__ = [
     "seal_notification",
     "unframe",
     "unseal_at_rest",
+    "user_pseudonym",
 ]
 
 METHOD = "aes-hmac-sha256"
@@ -210,3 +213,11 @@ def unseal_at_rest(master_key: bytes, blob: bytes, context: bytes) -> bytes:
         return AESGCM(master_key).decrypt(nonce, sealed, context)
     except InvalidTag as exc:
         raise CryptoError("sealed blob does not open with this master key and context") from exc
+
+
+def user_pseudonym(master_key: bytes, user_id: str) -> str:
+    """The keyed pseudonym of a user id: HMAC-SHA256 under a key derived from the master key,
+    as 64 hex digits (ZETA A_29957, variant A). The same id always gives the same pseudonym, so
+    lookups work; without the master key it cannot be computed nor reversed."""
+    key = hmac.new(master_key, b"fdpush/user-pseudonym/v1", hashlib.sha256).digest()
+    return hmac.new(key, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()

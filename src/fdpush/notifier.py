@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from fdpush.config import Settings, load_settings, resolve_master_key
 from fdpush.domain.events import EmitResult, EventRequest, EventService, EventStatus
 from fdpush.domain.keys import KeyVault
+from fdpush.domain.pseudonyms import pseudonymise_stored_users
 from fdpush.storage.database import Database
 
 __all__ = ["EmitResult", "EventRequest", "EventStatus", "Notifier"]
@@ -29,9 +31,10 @@ __all__ = ["EmitResult", "EventRequest", "EventStatus", "Notifier"]
 class Notifier:
     """The events API, in process."""
 
-    def __init__(self, db: Database, events: EventService) -> None:
+    def __init__(self, db: Database, events: EventService, vault: KeyVault) -> None:
         self._db = db
         self._events = events
+        self._vault = vault
 
     @classmethod
     @asynccontextmanager
@@ -42,13 +45,15 @@ class Notifier:
         try:
             if settings.migrate_on_start:
                 await db.migrate()
+            vault = KeyVault(resolve_master_key(settings))
+            await pseudonymise_stored_users(db, vault)
             events = EventService(
                 db,
                 catalog=settings.channels,
-                vault=KeyVault(resolve_master_key(settings)),
+                vault=vault,
                 history_days=settings.history_days,
             )
-            yield cls(db, events)
+            yield cls(db, events, vault)
         finally:
             await db.close()
 
@@ -63,13 +68,15 @@ class Notifier:
     ) -> EmitResult:
         """Queue one event for the user's subscribed devices; say how many it will reach."""
         (result,) = await self._events.emit(
-            [EventRequest(user_id, channel, payload, prio, identifier)]
+            [EventRequest(self._vault.pseudonym(user_id), channel, payload, prio, identifier)]
         )
         return result
 
     async def emit_many(self, events: Sequence[EventRequest]) -> list[EmitResult]:
         """Queue several events in one transaction (all or none)."""
-        return await self._events.emit(events)
+        return await self._events.emit(
+            [replace(e, user_id=self._vault.pseudonym(e.user_id)) for e in events]
+        )
 
     async def status(self, event_id: str) -> EventStatus:
         """Where the event's notifications stand."""

@@ -227,7 +227,9 @@ def test_unknown_ids_and_bad_statuses_are_invalid_and_change_nothing(
         body = {"channels": [{"id": "erp.communication.new", "status": "enabled"}, bad]}
         error_of(http.post(device, json=body), 400, "M_INVALID_PARAM")
         assert statuses(http, device) == defaults()
-    assert service.query("SELECT count(*) FROM channel_states WHERE user_id = ?", (user,)) == [(0,)]
+    assert service.query(
+        "SELECT count(*) FROM channel_states WHERE user_id = ?", (service.pseudonym(user),)
+    ) == [(0,)]
 
 
 @pytest.mark.parametrize(
@@ -318,9 +320,9 @@ def test_deleting_the_last_pusher_of_a_device_removes_its_states(
             if still_there:
                 assert statuses(http, device)["erp.communication.new"] == "enabled"
         error_of(http.get(device), 404, "M_NOT_FOUND")
-        assert service.query("SELECT count(*) FROM channel_states WHERE user_id = ?", (user,)) == [
-            (0,)
-        ]
+        assert service.query(
+            "SELECT count(*) FROM channel_states WHERE user_id = ?", (service.pseudonym(user),)
+        ) == [(0,)]
         # Registering the device again starts from the catalog defaults.
         register(http, pushkey)
         assert statuses(http, device) == defaults()

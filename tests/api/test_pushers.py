@@ -61,13 +61,14 @@ def stored(service: Service, user: str) -> list[tuple[Any, ...]]:
     """The user's pusher rows as the database holds them."""
     return service.query(
         "SELECT app_id, pushkey, app_display_name FROM pushers WHERE user_id = ? ORDER BY id",
-        (user,),
+        (service.pseudonym(user),),
     )
 
 
 def pushkey_ts(service: Service, user: str, pushkey: str) -> int:
     [(ts,)] = service.query(
-        "SELECT pushkey_ts FROM pushers WHERE user_id = ? AND pushkey = ?", (user, pushkey)
+        "SELECT pushkey_ts FROM pushers WHERE user_id = ? AND pushkey = ?",
+        (service.pseudonym(user), pushkey),
     )
     return int(ts)
 
@@ -172,7 +173,8 @@ def test_pushkey_ts_is_recorded_on_create_and_renewed_on_update(service: Service
         assert before <= pushkey_ts(service, user, body["pushkey"]) <= time.time()
         # Age the stored value, so that the update must visibly write a new one.
         service.query(
-            "UPDATE pushers SET pushkey_ts = 1000 WHERE user_id = ? RETURNING id", (user,)
+            "UPDATE pushers SET pushkey_ts = 1000 WHERE user_id = ? RETURNING id",
+            (service.pseudonym(user),),
         )
         before = int(time.time())
         again = registration(body["pushkey"], device_display_name="Renamed")
@@ -238,7 +240,7 @@ def test_kind_null_deletes_idempotently(service: Service, layout: Layout) -> Non
     assert service.query(
         "SELECT count(*) FROM pusher_keys k JOIN pushers p ON p.id = k.pusher_id "
         "WHERE p.user_id = ? AND p.app_id = ?",
-        (user, body["app_id"]),
+        (service.pseudonym(user), body["app_id"]),
     ) == [(0,)]
 
 
@@ -377,7 +379,7 @@ def test_a_failed_update_leaves_the_pusher_as_it_was(service: Service) -> None:
         [(material,)] = service.query(
             "SELECT k.material FROM pusher_keys k JOIN pushers p ON p.id = k.pusher_id "
             "WHERE p.user_id = ?",
-            (user,),
+            (service.pseudonym(user),),
         )
         failing = [
             registration(
@@ -392,7 +394,7 @@ def test_a_failed_update_leaves_the_pusher_as_it_was(service: Service) -> None:
     assert service.query(
         "SELECT k.material FROM pusher_keys k JOIN pushers p ON p.id = k.pusher_id "
         "WHERE p.user_id = ?",
-        (user,),
+        (service.pseudonym(user),),
     ) == [(material,)]
 
 
@@ -470,9 +472,9 @@ def test_key_identifier_is_a_non_empty_bounded_string(
         response = http.post("/push/v1/pushers/set", json=body)
     if accepted:
         assert response.status_code == 200, response.text
-        assert service.query("SELECT key_identifier FROM pushers WHERE user_id = ?", (user,)) == [
-            (value,)
-        ]
+        assert service.query(
+            "SELECT key_identifier FROM pushers WHERE user_id = ?", (service.pseudonym(user),)
+        ) == [(value,)]
     else:
         assert "key_identifier" in error_of(response, 400, "M_INVALID_PARAM")
         assert stored(service, user) == []
@@ -611,7 +613,7 @@ def test_append_false_takes_the_pushkey_over_from_other_users(
             assert listed(a, layout) == [] and listed(b, layout) == []
             assert [p["pushkey"] for p in listed(c, layout)] == [pushkey]
     rows = service.query("SELECT user_id FROM pushers WHERE pushkey = ?", (pushkey,))
-    assert rows == [(carol,)]
+    assert rows == [(service.pseudonym(carol),)]
 
 
 def test_append_true_keeps_other_users_pushers(service: Service, layout: Layout) -> None:
@@ -677,7 +679,7 @@ def test_append_false_removes_the_channel_states_of_a_device_losing_its_last_pus
     states = service.query(
         "SELECT user_id FROM channel_states WHERE pushkey = ? ORDER BY user_id", (pushkey,)
     )
-    assert states == [(bob,)]
+    assert states == [(service.pseudonym(bob),)]
 
 
 def test_a_failed_registration_removes_nobody(service: Service) -> None:
@@ -699,7 +701,7 @@ def key_periods(service: Service, user: str) -> list[str]:
     rows = service.query(
         "SELECT k.period FROM pusher_keys k JOIN pushers p ON p.id = k.pusher_id "
         "WHERE p.user_id = ? ORDER BY k.period",
-        (user,),
+        (service.pseudonym(user),),
     )
     return [row[0] for row in rows]
 
@@ -846,9 +848,9 @@ def test_reregistration_with_a_new_iss_replaces_the_key_chain(service: Service) 
         again = set_path(registration(body["pushkey"]), "encryption.time_iss_created", "2025-03")
         assert http.post("/push/v1/pushers/set", json=again).status_code == 200
     assert key_periods(service, user) == ["2025-03"]
-    assert service.query("SELECT key_identifier FROM pushers WHERE user_id = ?", (user,)) == [
-        (again["encryption"]["key_identifier"],)
-    ]
+    assert service.query(
+        "SELECT key_identifier FROM pushers WHERE user_id = ?", (service.pseudonym(user),)
+    ) == [(again["encryption"]["key_identifier"],)]
 
 
 # --- the per-user limit -----------------------------------------------------------------------

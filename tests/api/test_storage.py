@@ -63,7 +63,7 @@ def sealed_material(
     rows = service.query(
         "SELECT k.period, k.material FROM pusher_keys k JOIN pushers p ON p.id = k.pusher_id "
         "WHERE p.user_id = ? AND p.app_id = ? AND p.pushkey = ? ORDER BY k.period",
-        (user, app_id, pushkey),
+        (service.pseudonym(user), app_id, pushkey),
     )
     return [(period, bytes(blob)) for period, blob in rows]
 
@@ -189,13 +189,18 @@ def test_the_crypto_test_vector_through_the_api(
     [(period, blob)] = sealed_material(service, user, body["app_id"], body["pushkey"])
     assert period == month
     plain = open_generation(
-        service.master_key(), blob, user, body["app_id"], body["pushkey"], month
+        service.master_key(), blob, service.pseudonym(user), body["app_id"], body["pushkey"], month
     )
     assert plain.hex() == expected
     # The blob is bound to its pusher: under another user's name it does not open.
     with pytest.raises(InvalidTag):
         open_generation(
-            service.master_key(), blob, new_user(), body["app_id"], body["pushkey"], month
+            service.master_key(),
+            blob,
+            service.pseudonym(new_user()),
+            body["app_id"],
+            body["pushkey"],
+            month,
         )
 
 
@@ -219,10 +224,13 @@ def test_a_new_iss_replaces_the_key_chain(service: Service) -> None:
     enc = second["encryption"]
     [(period, blob)] = sealed_material(service, user, app_id, pushkey)
     assert period == enc["time_iss_created"] and blob != old_blob
-    plain = open_generation(service.master_key(), blob, user, app_id, pushkey, period)
+    plain = open_generation(
+        service.master_key(), blob, service.pseudonym(user), app_id, pushkey, period
+    )
     assert plain == hkdf(bytes.fromhex(enc["iss"]), period)
     assert service.query(
-        "SELECT key_identifier, encryption_method FROM pushers WHERE user_id = ?", (user,)
+        "SELECT key_identifier, encryption_method FROM pushers WHERE user_id = ?",
+        (service.pseudonym(user),),
     ) == [(enc["key_identifier"], "aes-hmac-sha256")]
 
 
@@ -230,14 +238,20 @@ def test_a_new_iss_replaces_the_key_chain(service: Service) -> None:
 
 
 def audit(service: Service, *users: str) -> list[dict[str, Any]]:
+    """The users' audit records; the stored pseudonyms shown as the users' names."""
+    names_of = {service.pseudonym(user): user for user in users}
     marks = ", ".join("?" for _ in users)
     rows = service.query(
         "SELECT at, action, actor, user_id, app_id, pushkey_hash, detail FROM audit_log "
         f"WHERE user_id IN ({marks}) ORDER BY id",
-        users,
+        tuple(names_of),
     )
     names = ("at", "action", "actor", "user_id", "app_id", "pushkey_hash", "detail")
-    return [dict(zip(names, row, strict=True)) for row in rows]
+    records = [dict(zip(names, row, strict=True)) for row in rows]
+    for record in records:
+        record["actor"] = names_of.get(record["actor"], record["actor"])
+        record["user_id"] = names_of[record["user_id"]]
+    return records
 
 
 def test_audit_records_who_did_what_to_which_device_without_secrets(service: Service) -> None:
@@ -332,8 +346,8 @@ def test_parallel_takeovers_of_one_pushkey_end_with_one_pusher(
         "SELECT id, user_id FROM pushers WHERE app_id = ? AND pushkey = ?", (app_id, pushkey)
     )
     assert len(rows) == 1
-    [(pusher_id, winner)] = rows
-    assert winner in users
+    [(pusher_id, stored_winner)] = rows
+    [winner] = [u for u in users if service.pseudonym(u) == stored_winner]
     loser = users[1 - users.index(winner)]
     assert [p["pushkey"] for p in listings[winner]] == [pushkey] and listings[loser] == []
     keys = service.query("SELECT count(*) FROM pusher_keys WHERE pusher_id = ?", (pusher_id,))
@@ -364,7 +378,7 @@ def test_parallel_updates_of_ones_own_pusher_never_duplicate_it(
             client.close()
     assert codes == [200] * 30
     service = twins[0]
-    rows = service.query("SELECT id FROM pushers WHERE user_id = ?", (user,))
+    rows = service.query("SELECT id FROM pushers WHERE user_id = ?", (service.pseudonym(user),))
     assert len(rows) == 1
     keys = service.query("SELECT count(*) FROM pusher_keys WHERE pusher_id = ?", (rows[0][0],))
     assert keys == [(1,)]
@@ -402,5 +416,7 @@ def test_parallel_registrations_never_exceed_the_per_user_limit(
     assert codes == [200] * LIMIT + [400] * (3 * LIMIT)
     refusals = {r.json()["errcode"] for r in responses if r.status_code == 400}
     assert refusals == {"M_RESOURCE_LIMIT_EXCEEDED"}
-    count = limited_twins[0].query("SELECT count(*) FROM pushers WHERE user_id = ?", (user,))
+    count = limited_twins[0].query(
+        "SELECT count(*) FROM pushers WHERE user_id = ?", (limited_twins[0].pseudonym(user),)
+    )
     assert count == [(LIMIT,)]

@@ -187,7 +187,8 @@ def test_the_device_object_carries_what_the_service_recorded(
     phone = AppDevice(user, gateways[0], app_id=FCM_APP, custom_data=custom)
     rig.register(phone)
     [(pushkey_ts,)] = rig.service.query(
-        "SELECT pushkey_ts FROM pushers WHERE user_id = ? AND pushkey = ?", (user, phone.pushkey)
+        "SELECT pushkey_ts FROM pushers WHERE user_id = ? AND pushkey = ?",
+        (rig.service.pseudonym(user), phone.pushkey),
     )
 
     with_id = rig.emit(user, ACTIVATE, {"a": 1}, prio="low", identifier="160.123")
@@ -307,7 +308,8 @@ def test_a_rejected_pushkey_deletes_its_pusher_at_the_first_report_and_only_at_t
         gone = http.get(f"/push/v1/channels/{quote(doomed.pushkey, safe='')}")
         assert gone.status_code == 404, gone.text
     audit = rig.service.query(
-        "SELECT action, actor, app_id FROM audit_log WHERE user_id = ? ORDER BY id", (owner,)
+        "SELECT action, actor, app_id FROM audit_log WHERE user_id = ? ORDER BY id",
+        (rig.service.pseudonym(owner),),
     )
     assert ("pusher.rejected", "gateway", APNS_APP) in audit
     assert doomed.inbox() == []

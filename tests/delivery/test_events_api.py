@@ -57,7 +57,9 @@ def error_of(response: httpx.Response, status: int, errcode: str) -> str:
 
 
 def stored_events(service: Service, *users: str) -> int:
-    """Events and notifications the database holds for ``users``."""
+    """Events and notifications the database holds for ``users`` (as pseudonyms, or in the
+    clear, which it must never hold)."""
+    users = (*users, *(service.pseudonym(u) for u in users))
     marks = ",".join("?" * len(users))
     [(events,)] = service.query(f"SELECT count(*) FROM events WHERE user_id IN ({marks})", users)
     [(notes,)] = service.query(
@@ -276,7 +278,9 @@ def test_batch_bounds(rig: Rig) -> None:
     results = rig.emit_many([event(user, payload={"n": n}) for n in range(MAX_BATCH)])
     assert len(results) == MAX_BATCH
     assert len({r["event_id"] for r in results}) == MAX_BATCH
-    [(count,)] = rig.service.query("SELECT count(*) FROM events WHERE user_id = ?", (user,))
+    [(count,)] = rig.service.query(
+        "SELECT count(*) FROM events WHERE user_id = ?", (rig.service.pseudonym(user),)
+    )
     assert count == MAX_BATCH
 
 

@@ -159,7 +159,9 @@ def test_notifier_emit_many_is_all_or_none(
 
     with pytest.raises(InvalidParam):
         asyncio.run(emit([*good, bad]))
-    assert rig.service.query("SELECT count(*) FROM events WHERE user_id = ?", (user,)) == [(0,)]
+    assert rig.service.query(
+        "SELECT count(*) FROM events WHERE user_id = ?", (rig.service.pseudonym(user),)
+    ) == [(0,)]
     results = asyncio.run(emit(good))
     assert [r.notifications for r in results] == [1, 1]
     for result in results:

@@ -65,7 +65,7 @@ def stored_generations(rig: Rig, device: AppDevice) -> dict[str, bytes]:
     rows = rig.service.query(
         "SELECT k.period, k.material FROM pusher_keys k JOIN pushers p ON p.id = k.pusher_id"
         " WHERE p.user_id = ? AND p.app_id = ? AND p.pushkey = ? ORDER BY k.period",
-        (device.user, device.app_id, device.pushkey),
+        (rig.service.pseudonym(device.user), device.app_id, device.pushkey),
     )
     return {str(period): bytes(material) for period, material in rows}
 
@@ -96,7 +96,8 @@ def test_a_pusher_without_encryption_gets_plain_notifications_beside_sealed_ones
     register_plain(rig, plain)
     rig.register(sealed)
     [(pushkey_ts,)] = rig.service.query(
-        "SELECT pushkey_ts FROM pushers WHERE user_id = ? AND pushkey = ?", (user, plain.pushkey)
+        "SELECT pushkey_ts FROM pushers WHERE user_id = ? AND pushkey = ?",
+        (rig.service.pseudonym(user), plain.pushkey),
     )
     payload = {"ChannelId": ACTIVATE, "Identifier": "160.000.1", "text": "Rezept bereit: Ä"}
 
@@ -193,7 +194,9 @@ def test_a_payload_too_deep_to_send_is_refused_at_once(rig: Rig, gateway: Gatewa
         response = rig.events.post(path, json=body)
         assert response.status_code == 400, response.text
         assert response.json()["errcode"] == "M_INVALID_PARAM"
-    assert rig.service.query("SELECT count(*) FROM events WHERE user_id = ?", (user,)) == [(0,)]
+    assert rig.service.query(
+        "SELECT count(*) FROM events WHERE user_id = ?", (rig.service.pseudonym(user),)
+    ) == [(0,)]
 
     deepest = nested(250)
     answer = rig.emit(user, ACTIVATE, deepest)
@@ -274,7 +277,7 @@ def test_the_key_chain_is_ratcheted_and_pruned_at_send_time(
     iss = bytes.fromhex(phone.iss)
     for period, material in stored.items():
         assert iss not in material
-        opened = vault.open(user, phone.app_id, phone.pushkey, period, material)
+        opened = vault.open(vault.pseudonym(user), phone.app_id, phone.pushkey, period, material)
         assert opened.secret + opened.key == app_generation(phone, period), period
         assert iss not in (opened.secret, opened.key)
 

@@ -53,6 +53,10 @@ class KeyVault:
         plain = crypto.unseal_at_rest(self._master_key, material, context)
         return crypto.KeyGeneration(period=period, secret=plain[:32], key=plain[32:])
 
+    def pseudonym(self, user_id: str) -> str:
+        """What is stored for ``user_id``: its keyed pseudonym (:func:`crypto.user_pseudonym`)."""
+        return crypto.user_pseudonym(self._master_key, user_id)
+
     def seal_record(self, kind: str, record_id: str, plaintext: bytes) -> bytes:
         """Seal a stored record (a notification body, an event payload) bound to its id."""
         context = f"fdpush/{kind}/v1\x00{record_id}".encode()

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,13 +47,16 @@ def _outcomes(notifications: list[dict[str, Any]]) -> dict[str, int]:
 class UserRequests:
     """Show, export and erase one user's data."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, pseudonym: Callable[[str], str]) -> None:
         self._db = db
+        self._stored = pseudonym  # what the tables hold for a user id (its keyed pseudonym)
 
     async def show(self, user_id: str) -> dict[str, Any]:
         """What a support desk needs: pushkeys as references, no key material."""
         async with self._db.read() as conn:
-            record = await queries.user_record(conn, user_id, events_limit=_RECENT_EVENTS)
+            record = await queries.user_record(
+                conn, self._stored(user_id), events_limit=_RECENT_EVENTS
+            )
         return {
             "devices": [
                 {
@@ -90,7 +94,7 @@ class UserRequests:
     async def export(self, user_id: str) -> dict[str, Any]:
         """Everything stored about the person, as JSON-ready data, without key material."""
         async with self._db.read() as conn:
-            record = await queries.user_record(conn, user_id, events_limit=None)
+            record = await queries.user_record(conn, self._stored(user_id), events_limit=None)
         pusher_ids = {p["id"]: p["pushkey"] for p in record.pushers}
         return {
             "user_id": user_id,
@@ -135,8 +139,9 @@ class UserRequests:
     async def erase(self, user_id: str, *, actor: str) -> dict[str, int]:
         """Erase the person; how many rows of each kind went. ``actor``: who asked (an
         operator's name or ``admin-api``), kept in the audit record, which names no user."""
-        async with self._db.write(user_lock(user_id)) as conn:
-            counts = await queries.erase_user(conn, user_id)
+        stored = self._stored(user_id)
+        async with self._db.write(user_lock(stored)) as conn:
+            counts = await queries.erase_user(conn, stored)
             await queries.record_audit(
                 conn,
                 action=ERASED_ACTION,

@@ -13,7 +13,7 @@ import datetime
 import ipaddress
 import os
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -39,6 +39,13 @@ class TestPki:
     server_key: Path
     client_cert: Path
     client_key: Path
+    # named clients (``extra_clients``): name → (certificate, key)
+    named_clients: dict[str, tuple[Path, Path]] = field(default_factory=dict, kw_only=True)
+
+    def named_client(self, name: str) -> tuple[Path, Path]:
+        """Certificate and key of one of ``extra_clients``: CN ``name``, DNS SAN
+        ``name.san.test``."""
+        return self.named_clients[name]
 
     def client_ssl_context(self, *, with_client_cert: bool = True) -> ssl.SSLContext:
         """A client context that trusts only this CA and, by default, presents the client cert."""
@@ -54,11 +61,13 @@ def make_test_pki(
     hosts: tuple[str, ...] = _DEFAULT_HOSTS,
     client_name: str = "fdpush test client",
     valid_days: int = 30,
+    extra_clients: tuple[str, ...] = (),
 ) -> TestPki:
     """Write a fresh CA, a server cert for ``hosts`` and a client cert into ``directory``.
 
     Files (absolute paths): ``ca.pem``, ``ca.key``, ``server.pem``, ``server.key``,
-    ``client.pem``, ``client.key`` (keys mode 0600). Existing files of those names are replaced.
+    ``client.pem``, ``client.key`` (keys mode 0600), and ``client-<name>.pem``/``.key`` for
+    each of ``extra_clients``. Existing files of those names are replaced.
     """
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -137,6 +146,12 @@ def make_test_pki(
     _write_key(pki.server_key, server_key)
     _write_cert(pki.client_cert, client_cert)
     _write_key(pki.client_key, client_key)
+    for name in extra_clients:
+        cert, key = issue(name, ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName(f"{name}.san.test")])
+        paths = (directory / f"client-{name}.pem", directory / f"client-{name}.key")
+        _write_cert(paths[0], cert)
+        _write_key(paths[1], key)
+        pki.named_clients[name] = paths
     return pki
 
 

@@ -148,3 +148,29 @@ notifications = Table(
     Index(None, "event_id"),
     Index(None, "pusher_id", "created_at"),
 )
+
+# --- the RS API (ZETA) --------------------------------------------------------------------------
+
+# One receipt per (technical user, Idempotency-Key): inserted first (the primary key makes a
+# concurrent repeat lose the insert), completed with the answer once the notification is queued.
+rs_idempotency = Table(
+    "rs_idempotency",
+    metadata,
+    Column("client", String(255), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),  # sha256 of the parsed request
+    Column("notification_id", String(36), nullable=True),  # NULL while the first is in flight
+    Column("status", String(32), nullable=True),
+    Column("accepted_at", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),  # epoch ms
+    Index(None, "created_at"),
+)
+
+# Facts about the stored data that migrations cannot establish (they have no master key), e.g.
+# that the user ids were replaced by their pseudonyms.
+data_steps = Table(
+    "data_steps",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("done_at", BigInteger, nullable=False),  # epoch ms
+)

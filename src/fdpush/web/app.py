@@ -6,7 +6,7 @@ import asyncio
 import gc
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,10 @@ from fdpush.domain.events import EventService
 from fdpush.domain.gateway_url import GatewayUrlPolicy
 from fdpush.domain.history import HistoryService
 from fdpush.domain.keys import KeyVault
+from fdpush.domain.pseudonyms import pseudonymise_stored_users
 from fdpush.domain.pushers import PusherService
 from fdpush.domain.users import UserRequests
+from fdpush.domain.zeta import RsService
 from fdpush.logs import set_reference_key
 from fdpush.storage.database import Database
 from fdpush.web.admin_api import admin_router
@@ -52,6 +54,7 @@ from fdpush.web.paths import RawPathGuard, parameter_prefixes
 from fdpush.web.ratelimit import UserRateLimiter
 from fdpush.web.request_id import RequestIdMiddleware
 from fdpush.web.responses import JsonResponse
+from fdpush.web.zeta_api import RS_BASE_PATH, RsAccess, create_rs_app
 
 __all__ = ["POOL_SIZE", "create_app", "create_internal_app"]
 
@@ -101,12 +104,14 @@ def create_app(
         history_days=settings.history_days,
         on_new_work=worker.wake if worker is not None else lambda: None,
     )
+    internal_tls = settings.internal_tls()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             revision = await db.migrate()
             log.info("database schema at revision %s (%s)", revision, db.dialect)
+        await pseudonymise_stored_users(db, vault)
         if authenticator.mode == "dev":
             log.warning(
                 "DEV AUTHENTICATION: any holder of FDPUSH_AUTH_DEV_SECRET can act as any user. "
@@ -118,6 +123,16 @@ def create_app(
             log.warning("FDPUSH_CHANNELS is empty: devices have no channel to subscribe to")
         if settings.internal_api_key is None:
             log.warning("FDPUSH_INTERNAL_API_KEY is not set: the events API refuses every call")
+        if not internal_tls:
+            log.warning(
+                "The RS API (%s) runs without client certificates: the internal API key is one "
+                "technical user allowed every channel (development only)",
+                RS_BASE_PATH,
+            )
+            if settings.rs_clients:
+                log.warning("FDPUSH_RS_CLIENTS is ignored without FDPUSH_INTERNAL_TLS_*")
+        elif not settings.rs_clients:
+            log.warning("FDPUSH_RS_CLIENTS is empty: every RS API call is refused (403)")
         worker_task = None if worker is None else asyncio.create_task(worker.run())
         # What exists now (modules, the app, its routes and models) lives as long as the
         # process: keep it out of the garbage collector's full passes, which otherwise walk
@@ -164,15 +179,35 @@ def create_app(
         limiter=UserRateLimiter(settings.rate_limit),
         encryption_required=settings.encryption == "required",
         history=HistoryService(db, vault, enabled=settings.history_days > 0),
+        pseudonym=vault.pseudonym,
     )
     app.state.worker = worker
-    _set_internal_state(app, settings, events, UserRequests(db))
+    _set_internal_state(app, settings, events, UserRequests(db, vault.pseudonym), vault.pseudonym)
+    app.state.rs_app = create_rs_app(
+        RsService(
+            db,
+            events,
+            catalog=settings.channels,
+            idempotency_hours=settings.rs_idempotency_hours,
+            max_pending=settings.rs_max_pending,
+            pseudonym=vault.pseudonym,
+        ),
+        RsAccess(
+            clients=settings.rs_clients,
+            tls=internal_tls,
+            api_key=app.state.internal_api_key,
+        ),
+        UserRateLimiter(settings.rs_rate_limit),
+        api_docs=settings.api_docs,
+    )
     install_error_handlers(app)
     routers = [client_router(settings.base_path)]
     if settings.internal_port is None:
         routers += [internal_router(), admin_router()]
     for router in routers:
         app.include_router(router)
+    if settings.internal_port is None:
+        app.mount(RS_BASE_PATH, app.state.rs_app)
     readiness = Readiness(
         db,
         worker,
@@ -195,10 +230,15 @@ def create_app(
 
 
 def _set_internal_state(
-    app: FastAPI, settings: Settings, events: EventService, users: UserRequests
+    app: FastAPI,
+    settings: Settings,
+    events: EventService,
+    users: UserRequests,
+    pseudonym: Callable[[str], str],
 ) -> None:
     app.state.events = events
     app.state.users = users
+    app.state.pseudonym = pseudonym
     app.state.internal_api_key = (
         None if settings.internal_api_key is None else settings.internal_api_key.get_secret_value()
     )
@@ -217,11 +257,12 @@ def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool =
         redoc_url=None,
         **_NO_TELEMETRY,
     )
-    _set_internal_state(app, settings, main.state.events, main.state.users)
+    _set_internal_state(app, settings, main.state.events, main.state.users, main.state.pseudonym)
     install_error_handlers(app)
     routers = [internal_router(), admin_router()]
     for router in routers:
         app.include_router(router)
+    app.mount(RS_BASE_PATH, main.state.rs_app)
     if settings.api_docs:
         add_docs(app)
     _document_request_bodies(app)

@@ -1,8 +1,11 @@
-"""Who is calling: the user id from a verified bearer token.
+"""Who is calling: the user id from a verified bearer token, or from the ZETA PEP.
 
 ``jwt`` mode verifies the identity provider's tokens against a PEM public key (EC P-256 → ES256,
 RSA → RS256/PS256) or a JWKS file; ``dev`` mode takes HS256 tokens signed with a shared secret
-(``fdpush token USER_ID`` prints one). ``exp`` is always required.
+(``fdpush token USER_ID`` prints one). ``exp`` is always required. ``zeta`` mode takes the
+``ZETA-User-Info`` header (Base64URL of JSON; the user id is ``identifier``) that the ZETA PEP
+sets after validating the app's token — only from the PEP: from one of
+``FDPUSH_AUTH_ZETA_TRUSTED_PROXIES``, or over the client listener's required client certificates.
 
 A token that passed every check is remembered (by its SHA-256, for at most a minute and never
 past its ``exp``), so an app's requests in a row cost one signature check, not one each.
@@ -10,14 +13,18 @@ past its ``exp``), so an app's requests in a row cost one signature check, not o
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import logging
 import re
 import time
 from collections import OrderedDict
+from ipaddress import ip_address
 from typing import Any
 
 import jwt
+import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -67,6 +74,9 @@ class Authenticator:
         self._jwks: jwt.PyJWKSet | None = None
         # SHA-256 of a verified token -> (user id, until when it may be taken without checks)
         self._verified: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._trusted_proxies = settings.auth_zeta_trusted_proxies
+        if self._mode == "zeta":
+            return
         if self._mode == "dev":
             assert settings.auth_dev_secret is not None
             self._key = settings.auth_dev_secret.get_secret_value().encode()
@@ -92,6 +102,31 @@ class Authenticator:
     @property
     def mode(self) -> str:
         return self._mode
+
+    def authenticate_zeta(self, user_info: str | None, peer: str | None) -> str:
+        """The ``identifier`` of the PEP's ``ZETA-User-Info`` header, from the PEP only."""
+        if self._trusted_proxies and not self._from_pep(peer):
+            log.info("ZETA-User-Info refused: the request did not come from a trusted proxy")
+            raise UnknownToken("This service accepts requests only through the ZETA PEP")
+        if not user_info:
+            raise MissingToken("Missing ZETA-User-Info")
+        text = user_info.strip()
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            info = orjson.loads(raw)
+        except (binascii.Error, ValueError):
+            raise UnknownToken("Unrecognised ZETA-User-Info") from None
+        user_id = info.get("identifier") if isinstance(info, dict) else None
+        if not isinstance(user_id, str) or not _USER_ID.fullmatch(user_id):
+            raise UnknownToken("ZETA-User-Info carries no usable identifier")
+        return user_id
+
+    def _from_pep(self, peer: str | None) -> bool:
+        try:
+            address = ip_address(peer or "")
+        except ValueError:
+            return False
+        return any(address in network for network in self._trusted_proxies)
 
     def _key_for(self, token: str) -> tuple[Any, list[str]]:
         if self._jwks is None:

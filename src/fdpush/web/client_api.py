@@ -36,6 +36,7 @@ from fdpush.web.schemas import (
     parse_channel_changes,
     parse_json_object,
     parse_pusher_set,
+    plain_text,
 )
 
 __all__ = [
@@ -58,6 +59,7 @@ class ClientApi:
     limiter: UserRateLimiter
     encryption_required: bool
     history: HistoryService
+    pseudonym: Callable[[str], str]  # a user id as it is stored (KeyVault.pseudonym)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,15 @@ def _api(request: Request) -> ClientApi:
 
 
 async def current_user(request: Request) -> str:
-    return _api(request).authenticator.authenticate(request.headers.get("authorization"))
+    api = _api(request)
+    if api.authenticator.mode == "zeta":
+        user_id = api.authenticator.authenticate_zeta(
+            request.headers.get("zeta-user-info"),
+            request.client.host if request.client is not None else None,
+        )
+    else:
+        user_id = api.authenticator.authenticate(request.headers.get("authorization"))
+    return api.pseudonym(user_id)  # from here on only the pseudonym (ZETA A_29957)
 
 
 async def writing_user(request: Request, user: Annotated[str, Depends(current_user)]) -> str:
@@ -197,7 +207,10 @@ async def get_device_history(
     cursor: Annotated[str | None, Query(alias="from", max_length=80)] = None,
 ) -> JsonResponse:
     page = await _history(request).device(
-        user, _device_pushkey(pushkey), limit=limit, cursor=cursor
+        user,
+        _device_pushkey(pushkey),
+        limit=limit,
+        cursor=None if cursor is None else plain_text("from", cursor),
     )
     body: dict[str, Any] = {
         "messages": [{"identifier": m.identifier, "payload": m.payload} for m in page.messages]
@@ -208,7 +221,7 @@ async def get_device_history(
 
 
 async def get_history_message(request: Request, user: User, notification_id: str) -> JsonResponse:
-    message = await _history(request).message(user, notification_id)
+    message = await _history(request).message(user, plain_text("notification_id", notification_id))
     return JsonResponse({"identifier": message.identifier, "payload": message.payload})
 
 

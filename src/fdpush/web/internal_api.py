@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request, Security
@@ -21,7 +22,13 @@ from fdpush.domain.errors import InvalidParam
 from fdpush.domain.events import EventRequest, EventService
 from fdpush.web.errors import MissingToken, UnknownToken
 from fdpush.web.responses import JsonResponse
-from fdpush.web.schemas import ErrorBody, documented_body, parse_json_object, validate_body
+from fdpush.web.schemas import (
+    ErrorBody,
+    documented_body,
+    parse_json_object,
+    plain_text,
+    validate_body,
+)
 
 __all__ = ["EventBody", "internal_router"]
 
@@ -40,10 +47,12 @@ class EventBody(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
     user_id: Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_control)]
-    channel: Annotated[str, Field(min_length=1, max_length=128)]
+    channel: Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_no_control)]
     payload: dict[str, Any]
     prio: Literal["high", "low"] = "high"
-    identifier: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    identifier: (
+        Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_no_control)] | None
+    ) = None
 
 
 class EventBatchBody(BaseModel):
@@ -96,9 +105,10 @@ async def _internal_caller(
 Caller = Annotated[None, Depends(_internal_caller)]
 
 
-def _event(body: EventBody) -> EventRequest:
+def _event(request: Request, body: EventBody) -> EventRequest:
+    pseudonym: Callable[[str], str] = request.app.state.pseudonym
     return EventRequest(
-        user_id=body.user_id,
+        user_id=pseudonym(body.user_id),  # only the pseudonym is stored (ZETA A_29957)
         channel=body.channel,
         payload=body.payload,
         prio=body.prio,
@@ -108,7 +118,7 @@ def _event(body: EventBody) -> EventRequest:
 
 async def post_event(request: Request, _caller: Caller) -> JsonResponse:
     body: EventBody = validate_body(EventBody, parse_json_object(await request.body()))
-    (result,) = await _events(request).emit([_event(body)])
+    (result,) = await _events(request).emit([_event(request, body)])
     return JsonResponse(
         {"event_id": result.event_id, "notifications": result.notifications}, status_code=202
     )
@@ -120,7 +130,7 @@ async def post_event_batch(request: Request, _caller: Caller) -> JsonResponse:
     if isinstance(raw.get("events"), list) and not 1 <= len(raw["events"]) <= limit:
         raise InvalidParam(f"events: 1 to {limit} events per batch")
     body: EventBatchBody = validate_body(EventBatchBody, raw)
-    results = await _events(request).emit([_event(e) for e in body.events])
+    results = await _events(request).emit([_event(request, e) for e in body.events])
     return JsonResponse(
         {"results": [{"event_id": r.event_id, "notifications": r.notifications} for r in results]},
         status_code=202,
@@ -128,7 +138,7 @@ async def post_event_batch(request: Request, _caller: Caller) -> JsonResponse:
 
 
 async def get_event(request: Request, _caller: Caller, event_id: str) -> JsonResponse:
-    status = await _events(request).status(event_id)
+    status = await _events(request).status(plain_text("event_id", event_id))
     return JsonResponse(
         {
             "event_id": status.event_id,

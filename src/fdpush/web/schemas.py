@@ -41,6 +41,7 @@ __all__ = [
     "parse_channel_changes",
     "parse_json_object",
     "parse_pusher_set",
+    "plain_text",
 ]
 
 MAX_DATA_BYTES = 2048
@@ -51,6 +52,14 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def _no_control(value: str) -> str:
     if _CONTROL.search(value):
         raise ValueError("must not contain control characters")
+    return value
+
+
+def plain_text(name: str, value: str) -> str:
+    """``value`` of a path or query parameter, or 400 when it carries control characters (they
+    can name nothing stored, and PostgreSQL refuses NUL in text)."""
+    if _CONTROL.search(value):
+        raise InvalidParam(f"{name}: must not contain control characters")
     return value
 
 
@@ -87,7 +96,7 @@ def _key_identifier(value: str) -> str:
 
 Pushkey = Annotated[str, AfterValidator(_pushkey)]
 AppId = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_control)]
-ShortText = Annotated[str, Field(max_length=256), AfterValidator(_no_nul)]
+ShortText = Annotated[str, Field(max_length=256), AfterValidator(_no_control)]
 Lang = Annotated[str, Field(max_length=32), AfterValidator(_no_control)]
 
 

@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 from collections.abc import Iterator
 from multiprocessing.connection import wait
@@ -36,6 +37,7 @@ import uvicorn
 
 from fdpush.config import Settings
 from fdpush.logs import configure_logging
+from fdpush.web.peer_cert import client_cert_protocol
 from fdpush.web.protocol import http_protocol
 
 __all__ = ["EXIT_NOT_STARTED", "serve", "serve_processes"]
@@ -63,12 +65,12 @@ def serve(
     from fdpush.web.app import create_app, create_internal_app
 
     app = create_app(settings, access_log=access_log, metrics_dir=metrics_dir)
-    servers = [
-        (
-            _server(settings, app, host, port, lifespan="on"),
-            None if sockets is None else sockets[0],
-        )
-    ]
+    client = _server(settings, app, host, port, lifespan="on", tls=_client_tls(settings))
+    if settings.auth_mode == "zeta":
+        # The PEP is trusted by its own address (FDPUSH_AUTH_ZETA_TRUSTED_PROXIES): the peer
+        # must not be replaced by what an X-Forwarded-For header claims.
+        client.config.proxy_headers = False
+    servers = [(client, None if sockets is None else sockets[0])]
     if settings.internal_port is not None:
         internal = create_internal_app(app, settings, access_log=access_log)
         servers.append(
@@ -78,6 +80,7 @@ def serve(
                     internal,
                     settings.internal_host or settings.host,
                     settings.internal_port,
+                    tls=_internal_tls(settings),
                 ),
                 None if sockets is None else sockets[1],
             )
@@ -88,9 +91,17 @@ def serve(
 
 
 def _config(
-    settings: Settings, app: Any, host: str, port: int, lifespan: Literal["on", "off"]
+    settings: Settings,
+    app: Any,
+    host: str,
+    port: int,
+    lifespan: Literal["on", "off"],
+    tls: dict[str, Any] | None = None,
 ) -> uvicorn.Config:
+    tls = dict(tls or {})
     http, bounds = http_protocol(settings.max_header_bytes, settings.max_header_fields)
+    if tls.pop("peer_cert", False):  # the request head stays bounded on this listener too
+        http = client_cert_protocol(http if isinstance(http, type) else None)
     return uvicorn.Config(
         app,
         host=host,
@@ -101,16 +112,50 @@ def _config(
         lifespan=lifespan,
         http=http,
         **bounds,
+        **tls,
     )
 
 
+def _client_tls(settings: Settings) -> dict[str, Any] | None:
+    """uvicorn's settings for mutual TLS on the client listener, when configured."""
+    if not settings.client_tls():
+        return None
+    return {
+        "ssl_certfile": str(settings.tls_cert),
+        "ssl_keyfile": str(settings.tls_key),
+        "ssl_ca_certs": str(settings.tls_client_ca),
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+    }
+
+
+def _internal_tls(settings: Settings) -> dict[str, Any] | None:
+    """uvicorn's settings for mutual TLS on the internal listener, when configured."""
+    if not settings.internal_tls():
+        return None
+    return {
+        "ssl_certfile": str(settings.internal_tls_cert),
+        "ssl_keyfile": str(settings.internal_tls_key),
+        "ssl_ca_certs": str(settings.internal_tls_client_ca),
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "peer_cert": True,
+    }
+
+
 def _server(
-    settings: Settings, app: Any, host: str, port: int, *, lifespan: Literal["on", "off"]
+    settings: Settings,
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    lifespan: Literal["on", "off"],
+    tls: dict[str, Any] | None = None,
 ) -> uvicorn.Server:
-    return uvicorn.Server(_config(settings, app, host, port, lifespan))
+    return uvicorn.Server(_config(settings, app, host, port, lifespan, tls))
 
 
-def _second_server(settings: Settings, app: Any, host: str, port: int) -> uvicorn.Server:
+def _second_server(
+    settings: Settings, app: Any, host: str, port: int, *, tls: dict[str, Any] | None = None
+) -> uvicorn.Server:
     """A listener that leaves signal handling to the first one, which stops it."""
 
     class SecondServer(uvicorn.Server):
@@ -118,7 +163,7 @@ def _second_server(settings: Settings, app: Any, host: str, port: int) -> uvicor
         def capture_signals(self) -> Iterator[None]:
             yield
 
-    return SecondServer(_config(settings, app, host, port, "off"))
+    return SecondServer(_config(settings, app, host, port, "off", tls))
 
 
 async def _serve_all(servers: list[tuple[uvicorn.Server, socket.socket | None]]) -> None:
@@ -234,13 +279,7 @@ def serve_processes(
     bound = sockets[0].getsockname()
     log.info("fdpush: %d API processes on http://%s:%d", workers, bound[0], bound[1])
     # The processes apply no migrations: done here once (see ``serve`` in the command line).
-    # Unless set, they share the one process's default pool among them (at least 8 each).
-    from fdpush.web.app import POOL_SIZE
-
-    pool_size = settings.database_pool_size or max(8, POOL_SIZE // workers)
-    process_settings = settings.model_copy(
-        update={"migrate_on_start": False, "database_pool_size": pool_size}
-    )
+    process_settings = settings.model_copy(update={"migrate_on_start": False})
     metrics_dir = Path(tempfile.mkdtemp(prefix="fdpush-metrics-"))
     previous = os.environ.get(_METRICS_DIR_VARIABLE)
     os.environ[_METRICS_DIR_VARIABLE] = str(metrics_dir)  # inherited by the spawned processes
