@@ -164,12 +164,14 @@ async def measure(
         worker_log = Path(service.log_path).with_name("worker.log")
         lines = service.log_problems(0)
         if worker_log.exists():
-            lines += [
-                line
-                for line in worker_log.read_text(errors="replace").splitlines()
-                if " WARNING " in line or " ERROR " in line
-            ]
-        for line in lines[:40]:
+            keep = False
+            for line in worker_log.read_text(errors="replace").splitlines():
+                stamped = line[:4].isdigit()
+                if stamped:
+                    keep = " WARNING " in line or " ERROR " in line
+                if keep:  # the line and its traceback
+                    lines.append(line)
+        for line in lines[:80]:
             print("  log:", line[:300])
     return {
         "backend": options.backends[0],

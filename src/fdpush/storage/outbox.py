@@ -15,9 +15,11 @@ notification.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import asyncpg
 from sqlalchemy import (
     String,
     and_,
@@ -507,13 +509,34 @@ async def save_generations(
 
 
 async def renew(conn: AsyncConnection, *, owner: str, ids: Sequence[str], until_ms: int) -> None:
-    """Extend the leases ``owner`` still holds on ``ids``."""
-    if ids:
-        await conn.execute(
-            update(notifications)
-            .where(_among(conn, notifications.c.id, ids), notifications.c.lease_owner == owner)
-            .values(lease_expires_at=until_ms, next_attempt_at=until_ms)
-        )
+    """Extend the leases ``owner`` still holds on ``ids``.
+
+    Rows locked right now (a batch being settled) are skipped, not waited for: waiting while
+    holding other rows' locks deadlocked with the settling of a batch.
+    """
+    if not ids:
+        return
+    if conn.dialect.name == "postgresql":
+        await conn.execute(_RENEW, {"ids": list(ids), "owner": owner, "until": until_ms})
+        return
+    await conn.execute(
+        update(notifications)
+        .where(_among(conn, notifications.c.id, ids), notifications.c.lease_owner == owner)
+        .values(lease_expires_at=until_ms, next_attempt_at=until_ms)
+    )
+
+
+_RENEW = text(
+    """
+    UPDATE notifications SET lease_expires_at = :until, next_attempt_at = :until
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM notifications
+        WHERE id = ANY(CAST(:ids AS text[])) AND lease_owner = :owner
+        ORDER BY id
+        FOR UPDATE SKIP LOCKED
+    ))
+    """
+)
 
 
 async def finish(
@@ -554,15 +577,23 @@ async def settle(
     if not outcomes:
         return
     if db.dialect == "postgresql":
-        await db.fetch_all(
-            _SETTLE,
-            {
-                "now": now_ms,
-                "ids": [o[0] for o in outcomes],
-                "statuses": [o[1] for o in outcomes],
-                "errors": [None if o[2] is None else o[2][:512] for o in outcomes],
-            },
-        )
+        ordered = sorted(outcomes)  # every writer of these rows locks them in id order
+        params = {
+            "now": now_ms,
+            "ids": [o[0] for o in ordered],
+            "statuses": [o[1] for o in ordered],
+            "errors": [None if o[2] is None else o[2][:512] for o in ordered],
+        }
+        for attempt in range(3):
+            try:
+                await db.fetch_all(_SETTLE, params)
+                return
+            except asyncpg.DeadlockDetectedError:
+                # PostgreSQL undid this statement alone: doing it again settles the batch
+                # (what the gateway took must not go back to be sent twice).
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))
         return
     async with db.write() as conn:
         await conn.execute(
