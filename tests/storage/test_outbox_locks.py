@@ -1,0 +1,101 @@
+"""Row locks of the outbox on PostgreSQL: renewing leases never waits for a batch being settled.
+
+A worker renews the leases of all its in-flight rows in one statement while it settles one
+batch of them in another. If renewal waited for locked rows, the two could lock in different
+orders and deadlock; PostgreSQL would abort one and the batch the gateway had taken would be
+sent again. Renewal skips rows locked at that moment instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+
+from conftest import create_postgres_database, drop_postgres_database
+from fdpush.storage import outbox
+from fdpush.storage.database import Database
+
+OWNER = "worker-1"
+
+
+@pytest.fixture
+def database_url(backend: str) -> Iterator[str]:
+    if backend != "postgresql":
+        pytest.skip("row locks between connections: PostgreSQL (SQLite has one writer)")
+    url = create_postgres_database()
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+async def _fill(db: Database, count: int) -> list[str]:
+    await db.migrate()
+    events = [
+        {
+            "id": f"e{n:031d}",
+            "user_id": "u",
+            "channel": "c",
+            "prio": "high",
+            "identifier": None,
+            "created_at": 1,
+            "payload": b"x",
+            "history": False,
+        }
+        for n in range(count)
+    ]
+    notes = [
+        {
+            "id": f"n{n:031d}",
+            "event_id": f"e{n:031d}",
+            "pusher_id": None,
+            "gateway": "https://gw.example/push/v1/",
+            "encrypted": True,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": 0,
+            "created_at": 1,
+        }
+        for n in range(count)
+    ]
+    await outbox.queue(db, events, notes, notify_channel=None)
+    claimed, _, _ = await outbox.claim_with_context(
+        db, owner=OWNER, now_ms=10, lease_ms=1000, limit=count
+    )
+    return sorted(r.id for r in claimed)
+
+
+async def _renew_while_a_batch_is_locked(url: str) -> tuple[float, dict[str, int]]:
+    db = Database(url)
+    try:
+        ids = await _fill(db, 200)
+        batch = ids[50:150]
+        async with db.engine.connect() as settling, settling.begin():
+            # A batch being settled: its rows locked until this transaction ends.
+            await settling.execute(
+                text("SELECT id FROM notifications WHERE id = ANY(:ids) FOR UPDATE"),
+                {"ids": batch},
+            )
+            started = asyncio.get_running_loop().time()
+            async with asyncio.timeout(5):
+                async with db.write() as conn:
+                    await outbox.renew(conn, owner=OWNER, ids=ids, until_ms=99_000)
+            took = asyncio.get_running_loop().time() - started
+        async with db.read() as conn:
+            rows = (
+                await conn.execute(text("SELECT id, lease_expires_at FROM notifications"))
+            ).all()
+        return took, {r[0]: int(r[1]) for r in rows}
+    finally:
+        await db.close()
+
+
+def test_renewal_skips_rows_locked_by_a_settle_instead_of_waiting(database_url: str) -> None:
+    took, leases = asyncio.run(_renew_while_a_batch_is_locked(database_url))
+    assert took < 2.0  # it did not wait for the other transaction
+    locked = {f"n{n:031d}" for n in range(50, 150)}
+    assert all(leases[i] == 1010 for i in locked)  # skipped: still the claim's lease
+    assert all(leases[i] == 99_000 for i in leases if i not in locked)  # the rest renewed
