@@ -12,6 +12,7 @@ device got exactly what its choices promise.
 
 from __future__ import annotations
 
+import abc
 import base64
 import os
 import secrets
@@ -214,20 +215,20 @@ class _Chain:
         return issue_dev_token(self.dev_secret, user, ttl_seconds=3600)
 
 
-class _Gateway:
+class _Gateway(abc.ABC):
     """The gateway end of the chain: where pushers point, and what each app receives."""
 
     url: str
     push_url: str
     production: bool = False
 
+    @abc.abstractmethod
     def pushes(self, device: DemoDevice) -> list[dict[str, Any]]:
         """The APNs payloads or FCM messages the device has received, oldest first."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def kill(self, device: DemoDevice) -> None:
-        """The provider declares the device's token dead (production chain only)."""
-        raise NotImplementedError
+        """The device's token is dead: the gateway reports it rejected from now on."""
 
 
 class _DevelopmentGateway(_Gateway):
@@ -239,6 +240,9 @@ class _DevelopmentGateway(_Gateway):
 
     def pushes(self, device: DemoDevice) -> list[dict[str, Any]]:
         return [entry["push"] for entry in self.running.inbox(device.app_id, device.pushkey)]
+
+    def kill(self, device: DemoDevice) -> None:
+        self.running.gateway.reject(device.pushkey)  # reported once, as a provider would
 
 
 class _ProductionGateway(_Gateway):
