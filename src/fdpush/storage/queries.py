@@ -236,20 +236,9 @@ _PG_SLOT_AND_REMOVE = text(
     """
 )
 
-# PostgreSQL: the pusher (created or updated), its key generation and the audit record in one
-# round trip. Key generations other than the new one go; a re-registration in the same month
-# replaces that month's material.
-_PG_CREATE = text(
-    """
-    WITH p AS (
-        INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name,
-            device_display_name, profile_tag, lang, data, pushkey_ts, encryption_method,
-            key_identifier, created_at, updated_at)
-        VALUES (:user_id, :app_id, :pushkey, :kind, :app_display_name, :device_display_name,
-            :profile_tag, :lang, :data, :pushkey_ts, :encryption_method, :key_identifier,
-            :now, :now)
-        RETURNING id
-    ),
+# Both writes of a registration end the same way: the pusher's key generation, then the audit
+# record (``p`` is the pusher row the statement wrote).
+_KEY_AND_AUDIT = """
     k AS (
         INSERT INTO pusher_keys (pusher_id, period, material)
         SELECT p.id, CAST(:period AS varchar), CAST(:material AS bytea) FROM p
@@ -261,10 +250,22 @@ _PG_CREATE = text(
         CAST(:user_id AS varchar), CAST(:app_id AS varchar), CAST(:pushkey_hash AS varchar),
         CAST(:detail AS text)
     FROM p
+"""
+# PostgreSQL: the pusher (created or updated), its key generation and the audit record in one
+# round trip. Key generations other than the new one go; a re-registration in the same month
+# replaces that month's material.
+_PG_CREATE_HEAD = """
+    WITH p AS (
+        INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name,
+            device_display_name, profile_tag, lang, data, pushkey_ts, encryption_method,
+            key_identifier, created_at, updated_at)
+        VALUES (:user_id, :app_id, :pushkey, :kind, :app_display_name, :device_display_name,
+            :profile_tag, :lang, :data, :pushkey_ts, :encryption_method, :key_identifier,
+            :now, :now)
+        RETURNING id
+    ),
     """
-)
-_PG_UPDATE = text(
-    """
+_PG_UPDATE_HEAD = """
     WITH p AS (
         UPDATE pushers SET kind = :kind, app_display_name = :app_display_name,
             device_display_name = :device_display_name, profile_tag = :profile_tag,
@@ -278,19 +279,10 @@ _PG_UPDATE = text(
         DELETE FROM pusher_keys WHERE pusher_id = :pusher_id
             AND period IS DISTINCT FROM CAST(:period AS varchar)
     ),
-    k AS (
-        INSERT INTO pusher_keys (pusher_id, period, material)
-        SELECT p.id, CAST(:period AS varchar), CAST(:material AS bytea) FROM p
-        WHERE CAST(:period AS varchar) IS NOT NULL
-        ON CONFLICT (pusher_id, period) DO UPDATE SET material = EXCLUDED.material
-    )
-    INSERT INTO audit_log (at, action, actor, user_id, app_id, pushkey_hash, detail)
-    SELECT CAST(:now AS timestamptz), CAST(:action AS varchar), CAST(:user_id AS varchar),
-        CAST(:user_id AS varchar), CAST(:app_id AS varchar), CAST(:pushkey_hash AS varchar),
-        CAST(:detail AS text)
-    FROM p
     """
-)
+# Our own constant texts, no input in them.
+_PG_CREATE = text(_PG_CREATE_HEAD + _KEY_AND_AUDIT)
+_PG_UPDATE = text(_PG_UPDATE_HEAD + _KEY_AND_AUDIT)
 
 
 async def claim_slot(
