@@ -52,6 +52,7 @@ class Notifier:
                 catalog=settings.channels,
                 vault=vault,
                 history_days=settings.history_days,
+                encryption_mode=settings.encryption,
             )
             yield cls(db, events, vault)
         finally:

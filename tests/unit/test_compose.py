@@ -9,7 +9,14 @@ import orjson
 import pytest
 
 from fdpush import crypto
-from fdpush.delivery.compose import DEREGISTERED, NO_KEY, NO_PAYLOAD, compose, refusal_by
+from fdpush.delivery.compose import (
+    DEREGISTERED,
+    NO_KEY,
+    NO_PAYLOAD,
+    TOO_LARGE,
+    compose,
+    refusal_by,
+)
 from fdpush.delivery.gateway import OutgoingItem
 from fdpush.delivery.worker import _batches
 from fdpush.domain.errors import InvalidParam
@@ -164,6 +171,26 @@ def test_rows_that_cannot_be_sent_end_with_their_reason() -> None:
     )
     assert out.failed == {"n1": DEREGISTERED, "n2": NO_KEY, "n3": NO_PAYLOAD}
     assert [r.row.id for r in out.ready] == ["n4"]
+
+
+def test_a_plain_sized_payload_for_a_pusher_now_encrypted_fails_never_goes_plain() -> None:
+    """Accepted for a plain pusher (up to 3 KB), then the pusher registered again with
+    encryption: the payload does not fit the frame, so the row fails — it is not sent plain."""
+    vault = KeyVault(MASTER)
+    [g] = chain(os.urandom(32), "2026-11", 1)
+    large = {"p": "x" * 2000}
+    out = compose(
+        [row(1), row(2, pusher_id=2)],
+        {1: target(vault, g), 2: target(vault, g, pusher_id=2, key_identifier=None)},
+        {"e1": event(vault, large)},
+        vault=vault,
+        period="2026-11",
+        gateway_refusal=lambda _url: None,
+    )
+    assert out.failed == {"n1": TOO_LARGE}
+    [plain] = out.ready
+    assert plain.row.id == "n2" and not plain.item.encrypted
+    assert plain.item.notification["content"] == large
 
 
 def test_a_gateway_off_the_allow_list_is_refused_at_send_time() -> None:

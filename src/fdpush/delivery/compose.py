@@ -3,7 +3,8 @@
 For each row: its pusher (gone → ``failed``, "device deregistered"), its gateway (still on the
 allow-list, else ``failed``), the event's payload (opened once per event), and for an encrypted
 pusher the key generation of the sending month (:func:`fdpush.domain.keys.advance`; a pusher
-whose keys do not open → ``failed``, it must register again — never plain text instead). The
+whose keys do not open, or a payload larger than the frame → ``failed`` — never plain text
+instead). The
 wire objects are the Push Gateway API's ``EncryptedNotification`` and ``PlainNotification``.
 
 Pure: no I/O. The worker persists :attr:`Composition.key_changes` *before* it sends anything
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 DEREGISTERED = "device deregistered before delivery"
 NO_KEY = "no usable key for this pusher (sealed under another master key?); it must register again"
 NO_PAYLOAD = "the event's payload is no longer stored"
+# The pusher turned encrypted after the event was accepted for it as a plain one.
+TOO_LARGE = f"the payload does not fit the encrypted frame ({crypto.MAX_PAYLOAD_BYTES} bytes)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,9 @@ def compose(
                 "devices": [device],
             }
             out.ready.append(Ready(row, OutgoingItem(row.id, notification, False), target.pushkey))
+            continue
+        if len(payload) > crypto.MAX_PAYLOAD_BYTES:
+            out.failed[row.id] = TOO_LARGE  # never plain text instead
             continue
         if target.pusher_id not in keys:
             step = advance(

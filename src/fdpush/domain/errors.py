@@ -13,6 +13,7 @@ __all__ = [
     "LimitExceeded",
     "MissingParam",
     "NotFound",
+    "PayloadTooLarge",
     "ResourceLimitExceeded",
 ]
 
@@ -40,6 +41,15 @@ class MissingParam(FdPushError):
 class InvalidParam(FdPushError):
     errcode = "M_INVALID_PARAM"
     status = 400
+
+
+class PayloadTooLarge(InvalidParam):
+    """An event's payload is larger than what can reach its devices; ``limit`` is the bound in
+    bytes of compact JSON. (The events API answers it as a bad parameter, the RS API as 413.)"""
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class ResourceLimitExceeded(FdPushError):

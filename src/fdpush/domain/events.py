@@ -6,6 +6,13 @@ explicit choice, or the catalog default when the device never chose; ``not_set``
 under the master key; each notification is a small outbox row naming the event and the pusher.
 The worker ratchets the pusher's key to the sending month and seals the notification when it
 sends it (:mod:`fdpush.delivery.compose`).
+
+How large a payload may be depends on who receives it: an encrypted notification carries it in
+the 1024-byte frame (at most :data:`fdpush.crypto.MAX_PAYLOAD_BYTES` of JSON), a plain one as
+JSON (at most :data:`MAX_PLAIN_PAYLOAD_BYTES`, ZETA's minimum). With ``FDPUSH_ENCRYPTION=required``
+every device is encrypted, so the frame's limit holds for every event; otherwise an event whose
+payload is larger than the frame is refused as a whole when any device it would reach is
+encrypted, and accepted when all of them are plain.
 """
 
 from __future__ import annotations
@@ -22,13 +29,14 @@ import orjson
 
 from fdpush import crypto
 from fdpush.config import ChannelDefinition
-from fdpush.domain.errors import InvalidParam, NotFound
+from fdpush.domain.errors import InvalidParam, NotFound, PayloadTooLarge
 from fdpush.domain.gateway_url import gateway_base_url
 from fdpush.domain.keys import KeyVault
 from fdpush.storage import outbox
 from fdpush.storage.database import Database
 
 __all__ = [
+    "MAX_PLAIN_PAYLOAD_BYTES",
     "NOTIFY_CHANNEL",
     "EmitResult",
     "EventRequest",
@@ -38,6 +46,9 @@ __all__ = [
 
 NOTIFY_CHANNEL = "fdpush_outbox"  # PostgreSQL LISTEN/NOTIFY channel that wakes workers
 MAX_IDENTIFIER_LENGTH = 256
+# A plain notification's payload, as compact JSON: ZETA's RS API must accept at least 3 KB, and
+# more would not reliably pass on (APNs and FCM carry 4 KB per push, wrapping included).
+MAX_PLAIN_PAYLOAD_BYTES = 3 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +88,17 @@ class EventService:
         catalog: Sequence[ChannelDefinition],
         vault: KeyVault,
         history_days: int,
+        encryption_mode: str,
         on_new_work: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
         self._defaults = {c.id: c.default for c in catalog}
         self._vault = vault
+        # Every device is encrypted where encryption is required: the frame bounds every event.
+        self.payload_limit = (
+            crypto.MAX_PAYLOAD_BYTES if encryption_mode == "required" else MAX_PLAIN_PAYLOAD_BYTES
+        )
         self._history = history_days > 0
         self._on_new_work = on_new_work
         self._clock = clock
@@ -95,20 +111,30 @@ class EventService:
             raise InvalidParam("prio must be 'high' or 'low'")
         if event.identifier is not None and not 1 <= len(event.identifier) <= MAX_IDENTIFIER_LENGTH:
             raise InvalidParam(f"identifier must be 1 to {MAX_IDENTIFIER_LENGTH} characters")
+        return self.check_payload(event.payload)
+
+    def check_payload(self, payload: dict[str, Any]) -> bytes:
+        """``payload`` as compact JSON, unless it is too large for any device (PayloadTooLarge)
+        or cannot be written back as JSON (InvalidParam)."""
         try:
-            payload = orjson.dumps(event.payload)
+            encoded = orjson.dumps(payload)
             # A plain notification carries the payload inside four levels of the gateway request
             # ({"notifications": [{"notification": {"content": …}}]}), and orjson stops at 254
             # levels of nesting: refuse here what could never be written there.
-            orjson.dumps([[[[event.payload]]]])
+            orjson.dumps([[[[payload]]]])
         except orjson.JSONEncodeError as exc:
             raise InvalidParam(f"payload cannot be sent as JSON: {exc}") from None
-        if len(payload) > crypto.MAX_PAYLOAD_BYTES:
-            raise InvalidParam(
-                f"payload is {len(payload)} bytes of JSON; at most {crypto.MAX_PAYLOAD_BYTES} "
-                "fit the 1024-byte frame"
+        if len(encoded) > self.payload_limit:
+            where = (
+                "fit the 1024-byte frame of an encrypted notification"
+                if self.payload_limit == crypto.MAX_PAYLOAD_BYTES
+                else "are sent in a plain notification"
             )
-        return payload
+            raise PayloadTooLarge(
+                f"payload is {len(encoded)} bytes of JSON; at most {self.payload_limit} {where}",
+                limit=self.payload_limit,
+            )
+        return encoded
 
     def _subscribed(self, states: _States, r: outbox.Recipient, channel: str) -> bool:
         """Concept: only ``enabled`` subscribes; a device that never chose has the default."""
@@ -119,7 +145,8 @@ class EventService:
 
         The events (payload sealed once under the master key) and one small outbox row per
         subscribed device are stored at once, all or none, before this returns. The worker
-        ratchets and seals when it sends.
+        ratchets and seals when it sends. An event whose payload cannot reach one of its
+        devices (larger than the frame, for an encrypted one) refuses them all: PayloadTooLarge.
         """
         payloads = [self.check(e) for e in events]
         now_ms = int(self._clock() * 1000)
@@ -174,6 +201,13 @@ class EventService:
             for r, gateway in by_user.get(event.user_id, ()):
                 if not self._subscribed(states, r, event.channel):
                     continue
+                if r.key_identifier is not None and len(payload) > crypto.MAX_PAYLOAD_BYTES:
+                    raise PayloadTooLarge(
+                        f"payload is {len(payload)} bytes of JSON; the user has a device that "
+                        f"receives encrypted notifications, whose 1024-byte frame holds at most "
+                        f"{crypto.MAX_PAYLOAD_BYTES}",
+                        limit=crypto.MAX_PAYLOAD_BYTES,
+                    )
                 plan.notification_rows.append(
                     {
                         "id": _ordered_id(now_ms, len(plan.notification_rows), salt),

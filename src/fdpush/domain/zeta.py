@@ -6,7 +6,9 @@
   when no device chose.
 - ``prio``: ``high`` → ``high``, ``normal`` → ``low``; ``reference`` → the ``identifier``.
 - Checks run in the order 400, 413, 422 ``UNKNOWN_CHANNEL``, 403 (the technical user's channels),
-  then the ``Idempotency-Key``, 404 ``USER_NOT_FOUND``, 503 (back-pressure).
+  then the ``Idempotency-Key``, 404 ``USER_NOT_FOUND``, 503 (back-pressure). A payload larger
+  than the encrypted frame but within the plain limit (encryption not required) is 413 only when
+  a device it would reach is encrypted: known after 404, when the fan-out looks at the devices.
 - An ``Idempotency-Key`` is inserted first (the key is unique per technical user), so of several
   concurrent repeats exactly one sends; the others wait for its answer (ZETA A_29992).
 """
@@ -26,9 +28,8 @@ from typing import Any
 
 import orjson
 
-from fdpush import crypto
 from fdpush.config import ChannelDefinition, RsClient
-from fdpush.domain.errors import InvalidParam
+from fdpush.domain.errors import InvalidParam, PayloadTooLarge
 from fdpush.domain.events import EventRequest, EventService
 from fdpush.storage import zeta as storage
 from fdpush.storage.database import Database
@@ -128,6 +129,15 @@ def _rfc3339(ms: int) -> str:
     )
 
 
+def _too_large(exc: PayloadTooLarge) -> RsError:
+    return RsError(
+        413,
+        "PAYLOAD_TOO_LARGE",
+        f"The notification payload exceeds the maximum allowed size of {exc.limit} bytes "
+        f"({exc.message})",
+    )
+
+
 def _as_uuid(event_id: str) -> str:
     return str(uuid.UUID(hex=event_id))
 
@@ -194,16 +204,11 @@ class RsService:
     def _check(self, client: RsClient, request: NotificationRequest) -> None:
         check_user_value(request.id_type, request.value)
         try:
-            size = len(orjson.dumps(request.payload))
-        except orjson.JSONEncodeError:  # e.g. nested deeper than JSON can be written back
+            self._events.check_payload(request.payload)
+        except PayloadTooLarge as exc:
+            raise _too_large(exc) from None
+        except InvalidParam:  # e.g. nested deeper than JSON can be written back
             raise invalid("The payload cannot be sent as JSON") from None
-        if size > crypto.MAX_PAYLOAD_BYTES:
-            raise RsError(
-                413,
-                "PAYLOAD_TOO_LARGE",
-                f"The payload is {size} bytes of JSON; at most {crypto.MAX_PAYLOAD_BYTES} bytes "
-                "fit the 1024-byte encrypted frame",
-            )
         if request.channel not in self._defaults:
             raise RsError(422, "UNKNOWN_CHANNEL", "The channel is not in the catalog")
         if not client.may_send(request.channel):
@@ -225,6 +230,8 @@ class RsService:
         )
         try:
             (result,) = await self._events.emit([event])
+        except PayloadTooLarge as exc:  # one of the user's devices it would reach is encrypted
+            raise _too_large(exc) from None
         except InvalidParam as exc:
             raise invalid(exc.message) from None
         status = "queued" if result.notifications > 0 else "no_active_channel"

@@ -102,6 +102,7 @@ def create_app(
         catalog=settings.channels,
         vault=vault,
         history_days=settings.history_days,
+        encryption_mode=settings.encryption,
         on_new_work=worker.wake if worker is not None else lambda: None,
     )
     internal_tls = settings.internal_tls()

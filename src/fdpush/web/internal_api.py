@@ -43,7 +43,8 @@ def _no_control(value: str) -> str:
 
 
 class EventBody(BaseModel):
-    """One event: ``payload`` is what the user's app receives, sealed (at most 1018 bytes)."""
+    """One event: ``payload`` is what the user's app receives: at most 1018 bytes of JSON for an
+    encrypted device (the frame), 3072 for a plain one."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
     user_id: Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_control)]
