@@ -8,6 +8,7 @@ user, allowed every channel). Every answer is checked against gematik's OpenAPI 
 from __future__ import annotations
 
 import random
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 import jsonschema
+import orjson
 import pytest
 import yaml
 
@@ -208,9 +210,67 @@ def test_the_service_says_it_runs_without_technical_users(rig: Rig) -> None:
 
 
 def test_unknown_paths_and_methods_answer_in_zeta_shape(rig: Rig) -> None:
-    zeta_error(rig.events.get(RS + "/nothing"), 404, "NOT_FOUND")
-    assert rig.events.get(RS + "/notifications").status_code == 405
-    assert set(rig.events.get(RS + "/notifications").json()) == {"errorCode", "errorDetail"}
+    for path in ("/nothing", "", "/", "/%6eotifications", "/users/X123456789/%63hannels"):
+        zeta_error(rig.events.get(RS + path), 404, "NOT_FOUND")
+    for method in ("GET", "PUT", "DELETE"):
+        zeta_error(rig.events.request(method, RS + "/notifications"), 405, "METHOD_NOT_ALLOWED")
+    zeta_error(rig.events.post(RS + "/users/X123456789/channels"), 405, "METHOD_NOT_ALLOWED")
+
+
+def test_an_oversized_body_is_payload_too_large_in_zeta_shape(rig: Rig) -> None:
+    """Over FDPUSH_MAX_BODY_BYTES (64 KiB), declared or streamed without a length: refused
+    before the RS API reads it, in ZETA's shape; the events API beside it keeps Matrix's."""
+    user = kvnr()
+    body = orjson.dumps(notification(user, payload={"p": "x" * 70_000}))
+    zeta_error(post(rig, body), 413, "PAYLOAD_TOO_LARGE")
+    chunks = iter([body[:30_000], body[30_000:]])  # a generator: sent chunked, no length
+    zeta_error(rig.events.post(RS + "/notifications", content=chunks), 413, "PAYLOAD_TOO_LARGE")
+    matrix = rig.events.post("/internal/v1/events", content=body)
+    assert matrix.status_code == 413 and matrix.json()["errcode"] == "M_TOO_LARGE"
+    assert events_of(rig, user) == 0
+
+
+def test_the_content_type_is_not_looked_at_only_the_body(rig: Rig, gateway: GatewayThread) -> None:
+    """JSON is read whatever the Content-Type says; a body that is not JSON is INVALID_PARAM."""
+    user = kvnr()
+    rig.register(AppDevice(user, gateway))
+    as_text = orjson.dumps(notification(user))
+    assert post(rig, as_text, **{"Content-Type": "text/plain"}).status_code == 202
+    form = b"user=X123456789&channel=erp.task.activate"
+    zeta_error(
+        post(rig, form, **{"Content-Type": "application/x-www-form-urlencoded"}),
+        400,
+        "INVALID_PARAM",
+    )
+
+
+def exchange(service: Service, request: bytes) -> tuple[int, dict[str, Any]]:
+    """Send raw bytes (a head an HTTP client would refuse to send); the status and JSON body."""
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):  # the service closes after a 431
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), orjson.loads(body)
+
+
+@pytest.mark.parametrize("too_much", ["size", "fields"])
+def test_a_request_head_over_the_bounds_is_431_in_zeta_shape(rig: Rig, too_much: str) -> None:
+    """Over FDPUSH_MAX_HEADER_BYTES (32 KiB) or FDPUSH_MAX_HEADER_FIELDS (100): 431 before any
+    routing, in ZETA's shape for the RS API and Matrix's for the rest."""
+    if too_much == "size":
+        fields = b"X-Big: " + b"a" * 40_000 + b"\r\n"
+    else:
+        fields = b"".join(f"X-F{k}: v\r\n".encode() for k in range(120))
+    for target, shape in ((RS + "/notifications", "errorCode"), ("/internal/v1/events", "errcode")):
+        request = f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + fields + b"\r\n"
+        status, body = exchange(rig.service, request)
+        assert status == 431, body
+        assert shape in body, body
+        if shape == "errorCode":
+            assert body["errorCode"] == "REQUEST_HEADER_FIELDS_TOO_LARGE"
+            check_schema(body, "Error")
 
 
 # --- GET /users/{userId}/channels ---------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Matrix-style error bodies ``{"errcode", "error"}`` for every failure, and their handlers.
 
 No input may produce a 5xx; an unexpected failure answers ``M_UNKNOWN`` without details and is
-logged for the operator (without the request body).
+logged for the operator (without the request body). Under the RS API's path every answer has
+ZETA's shape instead (:mod:`fdpush.web.zeta_errors`): :func:`refusal` picks the shape by path
+for what is refused before routing.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import math
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from fdpush.domain.errors import FdPushError, LimitExceeded
 from fdpush.web.responses import JsonResponse
+from fdpush.web.zeta_errors import is_rs_path, rs_error_response, to_rs_error
 
 __all__ = [
     "BadJson",
@@ -25,6 +29,7 @@ __all__ = [
     "Unrecognized",
     "error_response",
     "install_error_handlers",
+    "refusal",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,13 @@ def error_response(error: FdPushError) -> JsonResponse:
     return JsonResponse(body, status_code=error.status, headers=headers)
 
 
+def refusal(scope: Scope, error: FdPushError) -> JsonResponse:
+    """The answer to a request refused before routing, in the shape of the API of its path."""
+    if is_rs_path(scope.get("path", "")):
+        return rs_error_response(to_rs_error(error))
+    return error_response(error)
+
+
 def _plain(status: int, errcode: str, message: str) -> JsonResponse:
     return JsonResponse({"errcode": errcode, "error": message}, status_code=status)
 
@@ -80,8 +92,10 @@ async def _on_domain_error(_request: Request, exc: Exception) -> JsonResponse:
     return error_response(exc)
 
 
-async def _on_http_error(_request: Request, exc: Exception) -> JsonResponse:
+async def _on_http_error(request: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if is_rs_path(request.url.path):  # the RS API's base path itself, not mounted below it
+        return rs_error_response(to_rs_error(exc))
     if exc.status_code == 404:
         return _plain(404, "M_UNRECOGNIZED", "Unrecognized request")
     if exc.status_code == 405:

@@ -14,19 +14,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fdpush.logs import in_message
-from fdpush.web.errors import TooLarge, error_response
+from fdpush.web.errors import TooLarge, refusal
 
 __all__ = ["BodyLimitMiddleware", "HttpMetrics", "ObserveMiddleware"]
 
 access_log = logging.getLogger("fdpush.access")
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimitMiddleware:
-    """Answer 413 ``M_TOO_LARGE`` to any body over ``max_bytes``, declared or streamed."""
+    """Answer 413 ``M_TOO_LARGE`` (RS API: ``PAYLOAD_TOO_LARGE``) to any body over
+    ``max_bytes``, declared or streamed."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -54,7 +51,9 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge
+                    # One of our errors, not an unexpected one: an app's own handlers (the RS
+                    # API's, mounted inside) answer it in their shape instead of a 500.
+                    raise self._too_large()
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -65,13 +64,15 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
+        except TooLarge:
             if not started:
                 await self._refuse(scope, receive, send)
 
+    def _too_large(self) -> TooLarge:
+        return TooLarge(f"Request body exceeds {self.max_bytes} bytes")
+
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        too_large = TooLarge(f"Request body exceeds {self.max_bytes} bytes")
-        await error_response(too_large)(scope, receive, send)
+        await refusal(scope, self._too_large())(scope, receive, send)
 
 
 class HttpMetrics:

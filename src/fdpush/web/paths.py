@@ -14,7 +14,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fdpush.web.errors import Unrecognized, error_response
+from fdpush.web.errors import Unrecognized, refusal
 
 __all__ = ["RawPathGuard", "parameter_prefixes"]
 
@@ -31,7 +31,8 @@ def parameter_prefixes(*routers: APIRouter) -> tuple[bytes, ...]:
 
 
 class RawPathGuard:
-    """Answer 404 ``M_UNRECOGNIZED`` to a ``%`` in a path outside its parameter part."""
+    """Answer 404 ``M_UNRECOGNIZED`` (RS API: ``NOT_FOUND``) to a ``%`` in a path outside its
+    parameter part."""
 
     def __init__(self, app: ASGIApp, prefixes: tuple[bytes, ...]) -> None:
         self.app = app
@@ -42,6 +43,6 @@ class RawPathGuard:
             raw: bytes = scope.get("raw_path") or scope["path"].encode()
             first = raw.find(b"%")
             if first >= 0 and not any(raw.startswith(p) and first >= len(p) for p in self.prefixes):
-                await error_response(Unrecognized("Unrecognized request"))(scope, receive, send)
+                await refusal(scope, Unrecognized("Unrecognized request"))(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -4,8 +4,9 @@ uvicorn's httptools parser (what ``uvicorn[standard]`` uses) accepts a request h
 and any number of fields: an 8 MB header line is read, copied and kept. Here the head (request
 line and fields) is counted as it arrives, and a head over ``max_bytes`` or with more than
 ``max_fields`` fields is answered ``431 Request Header Fields Too Large`` and the connection
-closed, before the application sees anything. Without httptools, uvicorn's h11 parser bounds
-the head's size itself (it answers 400) and the field count follows from the size.
+closed, before the application sees anything — in ZETA's error shape when the request line
+names the RS API. Without httptools, uvicorn's h11 parser bounds the head's size itself (it
+answers 400, in plain text) and the field count follows from the size.
 """
 
 from __future__ import annotations
@@ -15,18 +16,37 @@ import logging
 import re
 from typing import Any
 
+from fdpush.web.zeta_errors import is_rs_path
+
 __all__ = ["http_protocol"]
 
 log = logging.getLogger(__name__)
 
 _HEAD_END = re.compile(rb"\n\r?\n")  # the empty line after the fields (bare LF tolerated)
-_REFUSAL_BODY = b'{"errcode":"M_TOO_LARGE","error":"Request header fields too large"}'
-_REFUSAL = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-type: application/json\r\n"
-    b"content-length: " + str(len(_REFUSAL_BODY)).encode() + b"\r\n"
-    b"connection: close\r\n\r\n" + _REFUSAL_BODY
+_START_BYTES = 128  # of the request line, kept to tell which API the refused request was for
+
+
+def _refusal(body: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        b"content-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n"
+        b"connection: close\r\n\r\n" + body
+    )
+
+
+_REFUSAL = _refusal(b'{"errcode":"M_TOO_LARGE","error":"Request header fields too large"}')
+_RS_REFUSAL = _refusal(
+    b'{"errorCode":"REQUEST_HEADER_FIELDS_TOO_LARGE",'
+    b'"errorDetail":"Request header fields too large"}'
 )
+
+
+def _refusal_for(request_line: bytes) -> bytes:
+    """ZETA's shape for the RS API (named by the start of the request line), else Matrix's."""
+    parts = request_line.split(b" ", 2)
+    target = parts[1] if len(parts) > 1 else b""
+    return _RS_REFUSAL if is_rs_path(target.split(b"?", 1)[0].decode("latin-1")) else _REFUSAL
 
 
 class _HeadTooLarge(Exception):
@@ -45,12 +65,15 @@ def http_protocol(max_bytes: int, max_fields: int) -> tuple[Any, dict[str, Any]]
         _head_bytes = 0
         _fields = 0
         _carry = b""
+        _start = b""
         _refused = False
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
             if self._in_head:
+                if len(self._start) < _START_BYTES:
+                    self._start = (self._start + data)[:_START_BYTES]
                 scanned = self._carry + data
                 end = _HEAD_END.search(scanned)
                 if end is None:
@@ -79,7 +102,7 @@ def http_protocol(max_bytes: int, max_fields: int) -> tuple[Any, dict[str, Any]]
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
-            self._in_head, self._head_bytes, self._carry = True, 0, b""
+            self._in_head, self._head_bytes, self._carry, self._start = True, 0, b"", b""
 
         def send_400_response(self, msg: str) -> None:
             if not self._refused:  # after a refusal the parser's own complaint is moot
@@ -94,7 +117,7 @@ def http_protocol(max_bytes: int, max_fields: int) -> tuple[Any, dict[str, Any]]
                 max_fields,
             )
             transport: asyncio.Transport = self.transport
-            transport.write(_REFUSAL)
+            transport.write(_refusal_for(self._start.lstrip(b"\r\n")))
             transport.close()
 
     return BoundedHttpToolsProtocol, {}

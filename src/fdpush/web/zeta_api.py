@@ -10,26 +10,26 @@ from __future__ import annotations
 
 import hmac
 import logging
-import math
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fdpush import __version__
 from fdpush.config import RsClient
-from fdpush.domain.errors import FdPushError, LimitExceeded
+from fdpush.domain.errors import FdPushError
 from fdpush.domain.zeta import ALL_CHANNELS, NotificationRequest, RsError, RsService
 from fdpush.web.ratelimit import UserRateLimiter
 from fdpush.web.responses import JsonResponse
 from fdpush.web.schemas import parse_json_object, validate_body
+from fdpush.web.zeta_errors import RS_BASE_PATH, rs_error_response, to_rs_error
 
 __all__ = ["RS_BASE_PATH", "RsAccess", "create_rs_app"]
 
-RS_BASE_PATH = "/notification-service/v1"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,64}")  # visible ASCII, 1-64 characters
 
@@ -70,38 +70,8 @@ class RsAccess:
     api_key: str | None  # without TLS: this key is one technical user allowed every channel
 
 
-def _error(error: RsError) -> JsonResponse:
-    headers = {} if error.retry_after is None else {"Retry-After": str(error.retry_after)}
-    if error.status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return JsonResponse(
-        {"errorCode": error.code, "errorDetail": error.detail},
-        status_code=error.status,
-        headers=headers,
-    )
-
-
-def _translate(exc: Exception) -> RsError:
-    """Our other errors in ZETA's words; never a 5xx for bad input."""
-    if isinstance(exc, RsError):
-        return exc
-    if isinstance(exc, LimitExceeded):
-        seconds = max(1, math.ceil(exc.retry_after_ms / 1000))
-        return RsError(429, "RATE_LIMITED", "Too many requests", retry_after=seconds)
-    if isinstance(exc, FdPushError) and exc.status == 400:
-        return RsError(400, "INVALID_PARAM", exc.message)
-    if isinstance(exc, StarletteHTTPException):
-        if exc.status_code == 404:
-            return RsError(404, "NOT_FOUND", "Unrecognized request")
-        if exc.status_code == 405:
-            return RsError(405, "METHOD_NOT_ALLOWED", "Method not allowed for this endpoint")
-        if exc.status_code < 500:
-            return RsError(exc.status_code, "INVALID_PARAM", str(exc.detail))
-    return RsError(500, "INTERNAL_ERROR", "Internal server error")
-
-
 async def _on_error(request: Request, exc: Exception) -> JsonResponse:
-    error = _translate(exc)
+    error = to_rs_error(exc)
     if error.status >= 500 and error.code == "INTERNAL_ERROR":
         log.error(
             "unhandled error on %s %s: %s",
@@ -110,7 +80,7 @@ async def _on_error(request: Request, exc: Exception) -> JsonResponse:
             type(exc).__name__,
             exc_info=exc,
         )
-    return _error(error)
+    return rs_error_response(error)
 
 
 def _peer_names(request: Request) -> list[str] | None:
@@ -214,7 +184,8 @@ def create_rs_app(
     app.state.rs_service = service
     app.state.rs_access = access
     app.state.rs_limiter = limiter
-    for exc_class in (RsError, FdPushError, StarletteHTTPException, Exception):
+    handled = (RsError, FdPushError, StarletteHTTPException, RequestValidationError, Exception)
+    for exc_class in handled:
         app.add_exception_handler(exc_class, _on_error)
     app.add_api_route(
         "/users/{userId}/channels",
