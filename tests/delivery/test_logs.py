@@ -15,7 +15,15 @@ import orjson
 import pytest
 
 from conftest import Service, new_user
-from delivery.e2e_helpers import ACTIVATE, AppDevice, Rig, delivery_env, wait_for
+from delivery.e2e_helpers import (
+    ACTIVATE,
+    INTERNAL_KEY,
+    AppDevice,
+    Rig,
+    delivery_env,
+    internal_client,
+    wait_for,
+)
 from fdpush.gateway import GatewayThread, TestPki
 from fdpush.logs import configure_logging
 
@@ -137,3 +145,46 @@ def test_text_lines_have_milliseconds_and_no_repeated_fields(tmp_path: Path) -> 
     stamp = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d "
     assert re.match(stamp + r"INFO    fdpush\.access: GET /x 200 1\.0ms request_id=abc123$", first)
     assert re.match(stamp + r"INFO    fdpush\.test: outside a request user=u:1$", second)
+
+
+def test_an_unexpected_500_echoes_the_request_id_and_logs_it(
+    start_service: Callable[..., Service],
+) -> None:
+    """A genuine failure — a table the request needs is gone from the database under the
+    running service — answers 500 with the request's ``X-Request-ID`` (the caller's or a made
+    one), and the line that logs the failure carries it. The RS API's 500 is ZETA-shaped."""
+    service = start_service(FDPUSH_LOG_FORMAT="json", FDPUSH_INTERNAL_API_KEY=INTERNAL_KEY)
+    user = new_user()
+    service.query("ALTER TABLE pushers RENAME TO pushers_gone")
+    # A connection each: after an unexpected error the server closes the connection.
+    with service.client(user) as http:
+        given = http.get("/push/v1/pushers", headers={"X-Request-ID": "support-4711"})
+    with service.client(user) as http:
+        made = http.get("/push/v1/pushers")
+    for response in (given, made):
+        assert response.status_code == 500, response.text
+        assert response.json() == {"errcode": "M_UNKNOWN", "error": "Internal server error"}
+    assert given.headers["X-Request-ID"] == "support-4711"
+    assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"]), made.headers
+    with internal_client(service.base_url) as http:
+        rs = http.get(
+            "/notification-service/v1/users/X110411675/channels",
+            params={"id_type": "kvnr"},
+            headers={"X-Request-ID": "support-4712"},
+        )
+    assert rs.status_code == 500, rs.text
+    assert rs.json() == {"errorCode": "INTERNAL_ERROR", "errorDetail": "Internal server error"}
+    assert rs.headers["X-Request-ID"] == "support-4712"
+
+    for request in ("support-4711", made.headers["X-Request-ID"], "support-4712"):
+
+        def failure_logged(request: str = request) -> list[dict[str, Any]]:
+            return [
+                line
+                for line in lines_of(service, request)
+                if line["level"] == "error" and "unhandled error" in line["message"]
+            ]
+
+        wait_for(failure_logged, timeout=10.0, what=f"the failure's line for {request}")
+    logs = service.logs()
+    assert user not in logs and "X110411675" not in logs

@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from fdpush.domain.errors import FdPushError, LimitExceeded
+from fdpush.logs import request_id
+from fdpush.web.request_id import HEADER as REQUEST_ID_HEADER
 from fdpush.web.responses import JsonResponse
 from fdpush.web.zeta_errors import is_rs_path, rs_error_response, to_rs_error
 
@@ -119,7 +121,12 @@ async def _on_unexpected(request: Request, exc: Exception) -> JsonResponse:
         type(exc).__name__,
         exc_info=exc,
     )
-    return _plain(500, "M_UNKNOWN", "Internal server error")
+    # Starlette sends this answer from its outermost middleware, past RequestIdMiddleware:
+    # the id it set for this request is echoed here.
+    current = request_id.get()
+    headers = {} if current is None else {REQUEST_ID_HEADER: current}
+    body = {"errcode": "M_UNKNOWN", "error": "Internal server error"}
+    return JsonResponse(body, status_code=500, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

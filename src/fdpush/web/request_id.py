@@ -31,7 +31,10 @@ def _given_or_new(scope: Scope) -> str:
 
 
 class RequestIdMiddleware:
-    """Set the request id for the request's context and echo it in the response."""
+    """Set the request id for the request's context and echo it in the response.
+
+    The answer to an unexpected error is sent by Starlette's outermost middleware, outside this
+    one: its handler (``fdpush.web.errors``) echoes the id itself."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
