@@ -111,7 +111,9 @@ class Database:
             database = make_url(self.url).database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        # A failing statement's error (logged with the traceback of an unexpected error) names
+        # the statement, never its parameters: pushkeys, pseudonyms, sealed data.
+        self.engine: AsyncEngine = create_async_engine(self.url, hide_parameters=True, **kwargs)
         # SQLite's connections are in autocommit mode already; ``fetch_all`` leaves out BEGIN.
         self._autocommit = self.engine.execution_options(fdpush_begin=None)
         self._compiled: dict[_Query, tuple[str, tuple[str, ...]]] = {}
