@@ -429,7 +429,7 @@ def _user_request(obj: _Context, work: Callable[[Any], Any]) -> Any:
     async def run() -> Any:
         db = Database(settings.database_url)
         try:
-            return await work(UserRequests(db, KeyVault(master_key).pseudonym))
+            return await work(UserRequests(db, KeyVault(master_key)))
         finally:
             await db.close()
 

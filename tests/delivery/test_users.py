@@ -3,12 +3,16 @@ as the admin API on the internal listener. Erasure is checked by dumping every t
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from conftest import Service, new_user
 from delivery.e2e_helpers import (
@@ -20,7 +24,12 @@ from delivery.e2e_helpers import (
     internal_client,
     run_cli,
 )
+from fdpush.config import ChannelDefinition
+from fdpush.domain.events import EventRequest, EventService
+from fdpush.domain.keys import KeyVault
+from fdpush.domain.users import UserRequests
 from fdpush.gateway import GatewayThread, TestPki
+from fdpush.storage.database import Database
 from fdpush.storage.queries import pushkey_hash
 from fdpush.storage.schema import metadata
 
@@ -107,6 +116,7 @@ def test_export_holds_everything_but_keys(rig: Rig, gateway: GatewayThread) -> N
     assert exported["channel_states"][0]["channel_id"] == "erp.communication.new"
     (event,) = exported["events"]
     assert event["identifier"] == "task-1"
+    assert event["payload"] == {"id": "160.000.000.000.001.02"}  # stored sealed, opened for it
     assert {n["status"] for n in event["notifications"]} == {"delivered"}
     assert {n["pushkey"] for n in event["notifications"]} == {d.pushkey for d in devices}
     assert len(exported["audit"]) >= 2, "the audit records of the two registrations"
@@ -116,6 +126,44 @@ def test_export_holds_everything_but_keys(rig: Rig, gateway: GatewayThread) -> N
     via_api = rig.events.get(f"/internal/v1/users/{devices[0].user}/export")
     assert via_api.status_code == 200
     assert via_api.json()["pushers"] == exported["pushers"]
+    assert via_api.json()["events"] == exported["events"]
+
+
+def test_export_opens_each_payload_it_can_in_process(tmp_path: Path) -> None:
+    """In-process, on SQLite: a payload still stored is opened; one that does not open (a
+    damaged row) is named as such, and the rest of the export is there all the same."""
+
+    async def run() -> tuple[dict[str, dict[str, Any]], str, str]:
+        db = Database(f"sqlite:///{tmp_path / 'fdpush.db'}")
+        try:
+            await db.migrate()
+            vault = KeyVault(os.urandom(32))
+            events = EventService(
+                db,
+                catalog=[ChannelDefinition(ACTIVATE, "enabled")],
+                vault=vault,
+                history_days=0,
+                encryption_mode="required",
+            )
+            stored = vault.pseudonym("X110411675")
+            first, damaged = await events.emit(
+                [EventRequest(stored, ACTIVATE, {"n": n}) for n in (1, 2)]
+            )
+            async with db.write() as conn:
+                await conn.execute(
+                    text("UPDATE events SET payload = :junk WHERE id = :id"),
+                    {"junk": b"\x00" * 40, "id": damaged.event_id},
+                )
+            exported = await UserRequests(db, vault).export("X110411675")
+            by_id = {e["event_id"]: e for e in exported["events"]}
+            return by_id, first.event_id, damaged.event_id
+        finally:
+            await db.close()
+
+    by_id, first, damaged = asyncio.run(run())
+    assert by_id[first]["payload"] == {"n": 1}
+    assert by_id[damaged]["payload"] is None
+    assert "does not open" in by_id[damaged]["payload_error"]
 
 
 @pytest.mark.parametrize("how", ["admin-api", "cli"])

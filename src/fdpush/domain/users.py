@@ -4,7 +4,8 @@
   channel states and recent notification outcomes; pushkeys only as log references, never key
   material.
 - :meth:`UserRequests.export`: everything stored about the person (GDPR Art. 15), key material
-  excluded. Event payloads are stored sealed and are not part of it.
+  excluded. Event payloads (what was sent, and the history) are stored sealed under the master
+  key: they are opened for it.
 - :meth:`UserRequests.erase`: the person erased (Art. 17) — pushers, key generations, channel
   states, pending and past notifications, events, the audit records about them — in one
   transaction, leaving one audit record without personal data (``user.erased`` and counts).
@@ -12,10 +13,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
+from fdpush import crypto
+from fdpush.domain.keys import KeyVault
 from fdpush.domain.pushers import user_lock
 from fdpush.logs import pushkey_ref
 from fdpush.storage import queries
@@ -47,9 +51,22 @@ def _outcomes(notifications: list[dict[str, Any]]) -> dict[str, int]:
 class UserRequests:
     """Show, export and erase one user's data."""
 
-    def __init__(self, db: Database, pseudonym: Callable[[str], str]) -> None:
+    def __init__(self, db: Database, vault: KeyVault) -> None:
         self._db = db
-        self._stored = pseudonym  # what the tables hold for a user id (its keyed pseudonym)
+        self._vault = vault
+        self._stored = vault.pseudonym  # what the tables hold for a user id
+
+    def _payload(self, event_id: str, sealed: bytes | None) -> dict[str, Any]:
+        """``{"payload": …}`` opened; None once forgotten (after delivery, or the history's
+        retention); an error note where it does not open (a damaged row, another master key)."""
+        if sealed is None:
+            return {"payload": None}
+        try:
+            return {
+                "payload": orjson.loads(self._vault.open_record("event-payload", event_id, sealed))
+            }
+        except (crypto.CryptoError, orjson.JSONDecodeError):
+            return {"payload": None, "payload_error": "stored sealed; does not open"}
 
     async def show(self, user_id: str) -> dict[str, Any]:
         """What a support desk needs: pushkeys as references, no key material."""
@@ -119,6 +136,7 @@ class UserRequests:
                     "identifier": e["identifier"],
                     "created_at": _when_ms(e["created_at"]),
                     "in_history": bool(e["history"]),
+                    **self._payload(e["id"], e["payload"]),
                     "notifications": [
                         {
                             "pushkey": pusher_ids.get(n["pusher_id"]),

@@ -514,8 +514,8 @@ async def user_record(
     conn: AsyncConnection, user_id: str, *, events_limit: int | None
 ) -> UserRecord:
     """The user's pushers (their ``data``, never their key generations), channel states, events
-    with their notifications' outcomes (newest first; payloads are sealed and left out), and the
-    audit records that name the user."""
+    with their notifications' outcomes (newest first; ``payload`` as stored: sealed, or None once
+    forgotten), and the audit records that name the user."""
     stored = stored_user_id(user_id)
     pusher_rows = await conn.execute(
         select(
@@ -565,6 +565,7 @@ async def user_record(
             events.c.identifier,
             events.c.created_at,
             events.c.history,
+            events.c.payload,
         )
         .where(events.c.user_id == stored)
         .order_by(events.c.created_at.desc(), events.c.id)

@@ -183,7 +183,7 @@ def create_app(
         pseudonym=vault.pseudonym,
     )
     app.state.worker = worker
-    _set_internal_state(app, settings, events, UserRequests(db, vault.pseudonym), vault.pseudonym)
+    _set_internal_state(app, settings, events, UserRequests(db, vault), vault.pseudonym)
     app.state.rs_app = create_rs_app(
         RsService(
             db,
