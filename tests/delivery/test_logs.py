@@ -26,6 +26,7 @@ from delivery.e2e_helpers import (
 )
 from fdpush.gateway import GatewayThread, TestPki
 from fdpush.logs import configure_logging
+from zeta.test_rs_api import RS, check_documented
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$")
 
@@ -167,16 +168,25 @@ def test_an_unexpected_500_echoes_the_request_id_and_logs_it(
     assert given.headers["X-Request-ID"] == "support-4711"
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"]), made.headers
     with internal_client(service.base_url) as http:
-        rs = http.get(
-            "/notification-service/v1/users/X110411675/channels",
+        listed = http.get(
+            RS + "/users/X110411675/channels",
             params={"id_type": "kvnr"},
             headers={"X-Request-ID": "support-4712"},
         )
-    assert rs.status_code == 500, rs.text
-    assert rs.json() == {"errorCode": "INTERNAL_ERROR", "errorDetail": "Internal server error"}
-    assert rs.headers["X-Request-ID"] == "support-4712"
+    with internal_client(service.base_url) as http:
+        sent = http.post(
+            RS + "/notifications",
+            json={"user": {"id_type": "kvnr", "value": "X110411675"}, "channel": ACTIVATE,
+                  "payload": {"n": 1}},
+            headers={"X-Request-ID": "support-4713"},
+        )  # fmt: skip
+    for rs, request in ((listed, "support-4712"), (sent, "support-4713")):
+        assert rs.status_code == 500, rs.text
+        assert rs.json() == {"errorCode": "INTERNAL_ERROR", "errorDetail": "Internal server error"}
+        check_documented(rs)
+        assert rs.headers["X-Request-ID"] == request
 
-    for request in ("support-4711", made.headers["X-Request-ID"], "support-4712"):
+    for request in ("support-4711", made.headers["X-Request-ID"], "support-4712", "support-4713"):
 
         def failure_logged(request: str = request) -> list[dict[str, Any]]:
             return [

@@ -2,12 +2,15 @@
 
 The real ``fdpush serve`` (SQLite and PostgreSQL) delivering to a development gateway over
 mutual TLS; the Fachdienst's backend calls with the internal API key (the development technical
-user, allowed every channel). Every answer is checked against gematik's OpenAPI file.
+user, allowed every channel). Every answer is checked against gematik's OpenAPI file: its
+status documented for that operation, its body and headers as documented there.
 """
 
 from __future__ import annotations
 
+import functools
 import random
+import re
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,15 +43,51 @@ RS = "/notification-service/v1"
 SPEC = Path(__file__).parents[2] / "spec" / "zeta" / "notification-service-rs-endpoint.yaml"
 
 
+@functools.cache
 def _spec() -> dict[str, Any]:
     spec: dict[str, Any] = yaml.safe_load(SPEC.read_text())
     return spec
 
 
+def _validate(value: Any, ref: str) -> None:
+    schema = {"$ref": ref, "components": _spec()["components"]}
+    jsonschema.validate(value, schema, format_checker=jsonschema.FormatChecker())
+
+
 def check_schema(value: Any, component: str) -> None:
     """``value`` is valid against ``#/components/schemas/<component>`` of the spec."""
-    schema = {"$ref": f"#/components/schemas/{component}", "components": _spec()["components"]}
-    jsonschema.validate(value, schema, format_checker=jsonschema.FormatChecker())
+    _validate(value, f"#/components/schemas/{component}")
+
+
+# What the spec documents per operation, by the path as requested.
+_OPERATIONS = [
+    (re.compile(re.escape(RS) + r"/users/[^/]+/channels"), "/users/{userId}/channels"),
+    (re.compile(re.escape(RS) + r"/notifications"), "/notifications"),
+]
+
+
+def check_documented(response: httpx.Response) -> None:
+    """An answer of an RS endpoint is one the spec documents for that operation: its status is
+    listed, its body valid against that response's schema, its documented headers present and
+    valid. Outside the operations (unknown paths or methods): an ``Error``."""
+    operation = None
+    for pattern, template in _OPERATIONS:
+        if pattern.fullmatch(response.request.url.path):
+            path_item = _spec()["paths"][template]
+            operation = path_item.get(response.request.method.lower())
+    if operation is None:
+        check_schema(response.json(), "Error")
+        return
+    documented = operation["responses"].get(str(response.status_code))
+    assert documented is not None, f"{response.status_code} is not documented: {response.text}"
+    if "$ref" in documented:
+        documented = _spec()["components"]["responses"][documented["$ref"].rsplit("/", 1)[1]]
+    assert response.headers["content-type"] == "application/json"
+    schema = documented["content"]["application/json"]["schema"]
+    _validate(response.json(), schema["$ref"])
+    for name, header in documented.get("headers", {}).items():
+        assert name in response.headers, f"{response.status_code} without {name}"
+        jsonschema.validate(int(response.headers[name]), header["schema"])
 
 
 def kvnr() -> str:
@@ -59,7 +98,7 @@ def zeta_error(response: httpx.Response, status: int, code: str) -> str:
     assert response.status_code == status, response.text
     body = response.json()
     assert body["errorCode"] == code, body
-    check_schema(body, "Error")
+    check_documented(response)
     return str(body["errorDetail"])
 
 
@@ -82,9 +121,13 @@ def rig(
 
 
 def post(rig: Rig, body: Any, **headers: str) -> httpx.Response:
+    """POST /notifications; the answer is checked against what the spec documents for it."""
     if isinstance(body, bytes):
-        return rig.events.post(RS + "/notifications", content=body, headers=headers)
-    return rig.events.post(RS + "/notifications", json=body, headers=headers)
+        response = rig.events.post(RS + "/notifications", content=body, headers=headers)
+    else:
+        response = rig.events.post(RS + "/notifications", json=body, headers=headers)
+    check_documented(response)
+    return response
 
 
 def events_of(rig: Rig, user: str) -> int:
@@ -279,8 +322,8 @@ def test_a_request_head_over_the_bounds_is_431_in_zeta_shape(rig: Rig, too_much:
 def channels(rig: Rig, user: str, **params: str) -> dict[str, Any]:
     response = rig.events.get(f"{RS}/users/{user}/channels", params={"id_type": "kvnr", **params})
     assert response.status_code == 200, response.text
+    check_documented(response)
     body: dict[str, Any] = response.json()
-    check_schema(body, "ActiveChannelsResponse")
     return body
 
 
