@@ -272,7 +272,9 @@ class Rig:
             return wait_for(counts, timeout=timeout, interval=0.02, what=f"{event_id} settles")
         except AssertionError as exc:
             rows = self.notification_rows(event_id)
-            tail = "\n".join(self.service.logs().splitlines()[-40:])
+            # The worker's lines, not the polling's access lines, say why.
+            lines = [x for x in self.service.logs().splitlines() if "fdpush.access" not in x]
+            tail = "\n".join(lines[-40:])
             raise AssertionError(f"{exc}\nnotifications: {rows}\nservice log:\n{tail}") from None
 
     def delivered(self, event_id: str, notifications: int, *, timeout: float = 15.0) -> None:

@@ -339,7 +339,7 @@ class DeliveryWorker:
         timeout = _IDLE_POLL_SECONDS
         try:
             async with self._db.read() as conn:
-                due = await outbox.next_due(conn)
+                due = await outbox.next_due(conn, int(self._clock() * 1000))
         except Exception:  # noqa: BLE001
             due = None
         if due is not None:
@@ -380,6 +380,10 @@ class DeliveryWorker:
                         error=TROUBLE_PREFIX + "waiting for the gateway to recover",
                         count=False,
                     )
+                    if circuit.state == "closed":
+                        # The probe succeeded while these were given back: its resume may have
+                        # run before they were, so they are resumed here.
+                        await self._resume(gateway)
                     return
                 started = time.perf_counter()
                 outcome = await self._client.send(gateway, [r.item for r in batch])
@@ -443,10 +447,8 @@ class DeliveryWorker:
             now_ms=now_ms,
         )
         if recovered:
-            async with self._db.write() as conn:
-                resumed = await outbox.resume(conn, gateway, TROUBLE_PREFIX, now_ms=now_ms)
+            resumed = await self._resume(gateway)
             log.info("gateway %s recovered; sending its %d waiting notifications", label, resumed)
-            self._wake.set()
         if self._metrics is not None:
             self._metrics.outcomes.labels("delivered").inc(len(delivered))
             self._metrics.outcomes.labels("rejected").inc(len(set(rejected)))
@@ -470,6 +472,15 @@ class DeliveryWorker:
             await self._release(
                 unanswered, delay=delay, error="gateway could not deliver", count=True
             )
+
+    async def _resume(self, gateway: str) -> int:
+        """Make what waits for a recovered gateway due now; how many."""
+        async with self._db.write() as conn:
+            resumed = await outbox.resume(
+                conn, gateway, TROUBLE_PREFIX, now_ms=int(self._clock() * 1000)
+            )
+        self._wake.set()
+        return resumed
 
     async def _release(
         self, rows: Sequence[outbox.Claimed], *, delay: float, error: str | None, count: bool

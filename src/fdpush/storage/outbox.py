@@ -5,9 +5,10 @@ notification is ``pending`` until it ends ``delivered``, ``rejected`` or ``faile
 *claims* due pending rows by writing its id and a lease expiry into them (PostgreSQL:
 ``FOR UPDATE SKIP LOCKED``, so workers never claim the same row), reads what it needs to seal
 them (:func:`sending_context`), and renews its leases while it works; rows of a dead worker
-become claimable again when their lease runs out. A claimed row is next due when its lease
-ends (``next_attempt_at`` = the lease's expiry), so looking for due work never walks past the
-rows in flight.
+become claimable again when their lease runs out. A claim writes only the lease columns, which
+no index holds: on PostgreSQL it is a HOT update (no new index entries, the row stays on its
+page), which is what makes a claim cheap. Looking for due work therefore walks past the rows in
+flight (at most a few batches per worker) and skips them by their lease.
 
 Every statement here handles a whole batch: the cost of a statement is paid per batch, not per
 notification.
@@ -41,6 +42,13 @@ from fdpush.storage.database import Database
 from fdpush.storage.schema import channel_states, events, notifications, pusher_keys, pushers
 
 _TEXT_ARRAY = postgresql.ARRAY(String)
+
+
+def _unleased(now_ms: int) -> Any:
+    """No worker holds the row: never leased, released, or its lease ran out."""
+    return or_(
+        notifications.c.lease_expires_at.is_(None), notifications.c.lease_expires_at <= now_ms
+    )
 
 
 def _among(conn: AsyncConnection, column: Any, values: Sequence[Any]) -> Any:
@@ -316,6 +324,7 @@ async def claim(
         .where(
             notifications.c.status == "pending",
             notifications.c.next_attempt_at <= now_ms,
+            _unleased(now_ms),
         )
         .order_by(notifications.c.next_attempt_at)
         .limit(limit)
@@ -327,11 +336,7 @@ async def claim(
     result = await conn.execute(
         update(notifications)
         .where(notifications.c.id.in_(due.scalar_subquery()))
-        .values(
-            lease_owner=owner,
-            lease_expires_at=now_ms + lease_ms,
-            next_attempt_at=now_ms + lease_ms,
-        )
+        .values(lease_owner=owner, lease_expires_at=now_ms + lease_ms)
         .returning(
             notifications.c.id,
             notifications.c.event_id,
@@ -353,10 +358,11 @@ _CLAIM_WITH_CONTEXT = text(
     """
     WITH claimed AS (
         UPDATE notifications n
-        SET lease_owner = :owner, lease_expires_at = :until, next_attempt_at = :until
+        SET lease_owner = :owner, lease_expires_at = :until
         WHERE n.id = ANY(ARRAY(
             SELECT id FROM notifications
             WHERE status = 'pending' AND next_attempt_at <= :now
+              AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
               AND NOT (gateway = ANY(CAST(:skip AS text[])))
             ORDER BY next_attempt_at
             LIMIT :limit
@@ -373,11 +379,14 @@ _CLAIM_WITH_CONTEXT = text(
     FROM claimed c
     LEFT JOIN LATERAL (
         SELECT x.user_id, x.app_id, x.pushkey, x.pushkey_ts, x.data, x.key_identifier,
-               (SELECT array_agg(k.period ORDER BY k.period) FROM pusher_keys k
-                 WHERE k.pusher_id = x.id) AS periods,
-               (SELECT array_agg(k.material ORDER BY k.period) FROM pusher_keys k
-                 WHERE k.pusher_id = x.id) AS materials
-        FROM pushers x WHERE x.id = c.pusher_id
+               g.periods, g.materials
+        FROM pushers x
+        CROSS JOIN LATERAL (
+            SELECT array_agg(k.period ORDER BY k.period) AS periods,
+                   array_agg(k.material ORDER BY k.period) AS materials
+            FROM pusher_keys k WHERE k.pusher_id = x.id
+        ) g
+        WHERE x.id = c.pusher_id
     ) p ON true
     LEFT JOIN LATERAL (
         SELECT y.prio, y.identifier, y.payload FROM events y WHERE y.id = c.event_id
@@ -522,13 +531,13 @@ async def renew(conn: AsyncConnection, *, owner: str, ids: Sequence[str], until_
     await conn.execute(
         update(notifications)
         .where(_among(conn, notifications.c.id, ids), notifications.c.lease_owner == owner)
-        .values(lease_expires_at=until_ms, next_attempt_at=until_ms)
+        .values(lease_expires_at=until_ms)
     )
 
 
 _RENEW = text(
     """
-    UPDATE notifications SET lease_expires_at = :until, next_attempt_at = :until
+    UPDATE notifications SET lease_expires_at = :until
     WHERE id = ANY(ARRAY(
         SELECT id FROM notifications
         WHERE id = ANY(CAST(:ids AS text[])) AND lease_owner = :owner
@@ -670,10 +679,14 @@ async def pending_for_pushers(conn: AsyncConnection, pusher_ids: Sequence[int]) 
     return [r[0] for r in result]
 
 
-async def next_due(conn: AsyncConnection) -> int | None:
-    """When the earliest pending notification is due (epoch ms), or None."""
+async def next_due(conn: AsyncConnection, now_ms: int) -> int | None:
+    """When the earliest pending notification that is not in flight is due (epoch ms), or None.
+    (A dead worker's leases are found by the worker's idle poll once they run out.)"""
     result = await conn.execute(
-        select(func.min(notifications.c.next_attempt_at)).where(notifications.c.status == "pending")
+        select(notifications.c.next_attempt_at)
+        .where(notifications.c.status == "pending", _unleased(now_ms))
+        .order_by(notifications.c.next_attempt_at)
+        .limit(1)
     )
     value = result.scalar_one_or_none()
     return None if value is None else int(value)
