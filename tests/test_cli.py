@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import inspect
 import os
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -296,3 +298,22 @@ def test_token_refused_outside_dev_mode(tmp_path: Path, ec_public_key_file: Path
     assert result.stdout == ""
     assert "FDPUSH_AUTH_MODE=dev" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_command_list_shows_each_first_paragraph_whole() -> None:
+    """Click ends a short help at the first full stop, "(Art." included: ours never cut."""
+    from click.testing import CliRunner
+
+    groups = [([], cli)] + [
+        ([name], command)
+        for name, command in cli.commands.items()
+        if isinstance(command, click.Group)
+    ]
+    for args, group in groups:
+        listing = " ".join(CliRunner().invoke(cli, [*args, "--help"]).output.split())
+        for command in group.commands.values():
+            first = " ".join(inspect.cleandoc(command.help or "").split("\n\n")[0].split())
+            assert first in listing, (args, first)
+    assert "(Art. 15) or erase (Art. 17) one user's data." in " ".join(
+        CliRunner().invoke(cli, ["--help"]).output.split()
+    )

@@ -4,6 +4,7 @@ development ``gateway``."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import sys
@@ -51,13 +52,22 @@ class _Commands(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [
-            (name, command.get_short_help_str(limit=300))
+            (name, _summary(command))
             for name, command in sorted(self.commands.items())
             if not command.hidden
         ]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+
+def _summary(command: click.Command) -> str:
+    """A command's first paragraph, whole: click's own short help ends at the first full stop,
+    also one of an abbreviation ("Art. 15")."""
+    if command.short_help:
+        return command.short_help
+    first = inspect.cleandoc(command.help or "").split("\n\n", 1)[0]
+    return " ".join(first.split())
 
 
 _CONFIG_HELP = (
