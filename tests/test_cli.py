@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import inspect
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -190,6 +191,23 @@ def test_missing_config_file(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "missing.env" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("setting", ["FDPUSH_PORT", "FDPUSH_INTERNAL_PORT"])
+def test_busy_port_stops_serve_before_anything_starts(tmp_path: Path, setting: str) -> None:
+    """A port in use is one line naming the setting, before migrations, key or worker."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            other = free.getsockname()[1]
+        ports = {"FDPUSH_PORT": str(other), "FDPUSH_INTERNAL_PORT": str(other + 1)}
+        ports[setting] = str(busy)
+        result = run("serve", cwd=tmp_path, FDPUSH_HOST="127.0.0.1", **DEV_ENV, **ports)
+    assert_one_clear_error(result, setting, f"127.0.0.1:{busy}", "in use")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no database, no master key
 
 
 # --- migrate ----------------------------------------------------------------------------------

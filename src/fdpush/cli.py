@@ -133,12 +133,19 @@ def serve(
             "writer at a time, so several processes would only queue on its file lock; with "
             "SQLite run one process"
         )
-    _check_database(settings.database_url)
     host = host or settings.host
     port = settings.port if port is None else port
+    try:  # first: a busy port stops it before anything is touched
+        sockets = server.bind_listeners(settings, host, port)
+    except server.ListenError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
+        _check_database(settings.database_url)
         if workers == 1:
-            if not server.serve(settings, host=host, port=port, access_log=not no_access_log):
+            started = server.serve(
+                settings, host=host, port=port, access_log=not no_access_log, sockets=sockets
+            )
+            if not started:
                 sys.exit(server.EXIT_NOT_STARTED)
             return
         # Once here, not racing in each process: the migrations, and the master key file.
@@ -147,11 +154,15 @@ def serve(
         resolve_master_key(settings)
         sys.exit(
             server.serve_processes(
-                settings, workers=workers, host=host, port=port, access_log=not no_access_log
+                settings, workers=workers, host=host, access_log=not no_access_log, sockets=sockets
             )
         )
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
+    finally:
+        for sock in sockets:
+            if sock is not None:
+                sock.close()
 
 
 def _check_database(url: str) -> None:

@@ -40,7 +40,7 @@ from fdpush.logs import configure_logging
 from fdpush.web.peer_cert import client_cert_protocol
 from fdpush.web.protocol import http_protocol
 
-__all__ = ["EXIT_NOT_STARTED", "serve", "serve_processes"]
+__all__ = ["EXIT_NOT_STARTED", "ListenError", "bind_listeners", "serve", "serve_processes"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,11 @@ def serve(
                 None if sockets is None else sockets[1],
             )
         )
+    for server, sock in servers:
+        if sock is not None:  # uvicorn names only the addresses it binds itself
+            scheme = "https" if server.config.ssl_certfile else "http"
+            address = sock.getsockname()
+            log.info("listening on %s://%s:%d", scheme, address[0], address[1])
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_serve_all(servers))
     return bool(servers[0][0].started)
@@ -191,6 +196,38 @@ def _loop_factory() -> Any:
 # --- several processes -------------------------------------------------------------------------
 
 
+Listeners = tuple[socket.socket, socket.socket | None]
+
+
+class ListenError(Exception):
+    """A port the service is configured to listen on cannot be bound (in use, no permission)."""
+
+
+def bind_listeners(settings: Settings, host: str, port: int) -> Listeners:
+    """The client-API socket (and the internal API's, when it has a port of its own), bound
+    before anything else starts: a busy port is one clear line at once, not a failure after
+    the migrations and the worker's start."""
+    wanted = [(host, port, "FDPUSH_PORT")]
+    if settings.internal_port is not None:
+        wanted.append(
+            (
+                settings.internal_host or settings.host,
+                settings.internal_port,
+                "FDPUSH_INTERNAL_PORT",
+            )
+        )
+    bound: list[socket.socket] = []
+    for where, number, setting in wanted:
+        try:
+            bound.append(_bind(where, number))
+        except OSError as exc:
+            for sock in bound:
+                sock.close()
+            reason = exc.strerror or str(exc)
+            raise ListenError(f"cannot listen on {where}:{number} ({setting}): {reason}") from None
+    return bound[0], (bound[1] if len(bound) > 1 else None)
+
+
 def _bind(host: str, port: int) -> socket.socket:
     """A bound socket the processes share (each one listens and accepts on it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -267,15 +304,15 @@ class _Supervisor:
 
 
 def serve_processes(
-    settings: Settings, *, workers: int, host: str, port: int, access_log: bool
+    settings: Settings,
+    *,
+    workers: int,
+    host: str,
+    access_log: bool,
+    sockets: Listeners,
 ) -> int:
-    """Run ``workers`` API processes on one port until SIGTERM or SIGINT; the exit status."""
-    sockets = (
-        _bind(host, port),
-        None
-        if settings.internal_port is None
-        else _bind(settings.internal_host or settings.host, settings.internal_port),
-    )
+    """Run ``workers`` API processes on the ``sockets`` (:func:`bind_listeners`) until SIGTERM
+    or SIGINT; the exit status."""
     bound = sockets[0].getsockname()
     log.info("fdpush: %d API processes on http://%s:%d", workers, bound[0], bound[1])
     # The processes apply no migrations: done here once (see ``serve`` in the command line).
