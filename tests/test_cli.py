@@ -178,11 +178,14 @@ def test_unreachable_database_stops_serve(tmp_path: Path, url: str) -> None:
     assert_one_clear_error(result, "FDPUSH_DATABASE_URL")
 
 
-def test_bad_setting_in_config_file_stops_serve(tmp_path: Path) -> None:
-    """``--config FILE`` is read like the environment, and named errors work the same."""
+@pytest.mark.parametrize("after", [False, True], ids=["before-serve", "after-serve"])
+def test_bad_setting_in_config_file_stops_serve(tmp_path: Path, after: bool) -> None:
+    """``--config FILE`` (before or after the command) is read like the environment, and named
+    errors work the same."""
     config = tmp_path / "fdpush.env"
     config.write_text(f"FDPUSH_AUTH_MODE=dev\nFDPUSH_AUTH_DEV_SECRET={DEV_SECRET}\nFDPUSH_PORT=x\n")
-    result = run("--config", str(config), "serve", cwd=tmp_path)
+    where = ("serve", "--config", str(config)) if after else ("--config", str(config), "serve")
+    result = run(*where, cwd=tmp_path)
     assert_one_clear_error(result, "FDPUSH_PORT")
 
 
