@@ -83,3 +83,47 @@ def test_device_states_tell_a_missing_device_from_one_without_choices(database_u
             await db.close()
 
     assert asyncio.run(run()) == [{}, {"c1": "enabled"}, None, None]
+
+
+def test_sqlite_waits_for_its_lock_in_the_thread_and_reads_in_the_loop(tmp_path: Path) -> None:
+    """SQLite calls that cannot wait run in the event loop; a write that waits for another
+    process's lock waits in aiosqlite's thread: the loop serves others meanwhile, and the
+    transactions read and write what they should."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'fdpush.db'}"
+
+    async def run() -> tuple[int, list[tuple[int, str]], list[tuple[int, str]]]:
+        db = Database(url)
+        try:
+            async with db.write() as conn:
+                await conn.execute(text("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)"))
+                await conn.execute(text("INSERT INTO t (b) VALUES ('one')"))
+            other = sqlite3.connect(tmp_path / "fdpush.db", isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            other.execute("INSERT INTO t (b) VALUES ('other')")
+
+            async def write() -> None:
+                async with db.write() as conn:
+                    await conn.execute(text("INSERT INTO t (b) VALUES ('two')"))
+
+            writer = asyncio.create_task(write())
+            ticks = 0
+            for _ in range(20):  # the loop keeps turning while the write waits for the lock
+                await asyncio.sleep(0.01)
+                ticks += 1
+                async with db.read() as conn:  # and reads go on (WAL)
+                    seen = (await conn.execute(text("SELECT a, b FROM t ORDER BY a"))).all()
+            assert not writer.done()
+            other.execute("COMMIT")
+            other.close()
+            await asyncio.wait_for(writer, timeout=15)
+            rows = await db.fetch_all(text("SELECT a, b FROM t ORDER BY a"), {})
+            return ticks, [tuple(r) for r in seen], [tuple(r) for r in rows]
+        finally:
+            await db.close()
+
+    ticks, during, after = asyncio.run(run())
+    assert ticks == 20
+    assert during == [(1, "one")]
+    assert after == [(1, "one"), (2, "other"), (3, "two")]

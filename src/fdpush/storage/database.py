@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import asyncpg
 from alembic import command
 from alembic.config import Config
@@ -111,6 +114,7 @@ class Database:
             database = make_url(self.url).database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["async_creator"] = partial(_connect_sqlite, database or ":memory:")
         # A failing statement's error (logged with the traceback of an unexpected error) names
         # the statement, never its parameters: pushkeys, pseudonyms, sealed data.
         self.engine: AsyncEngine = create_async_engine(self.url, hide_parameters=True, **kwargs)
@@ -225,6 +229,47 @@ def _current_revision(connection: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     return MigrationContext.configure(connection).get_current_revision()
+
+
+class _SqliteConnection(aiosqlite.Connection):
+    """aiosqlite hands every call of the sqlite3 module to its thread, a thread switch each, and
+    SQLAlchemy makes nine of them for a transaction of one statement (a cursor, execute, fetch
+    and close per statement, commit, and a rollback when the connection goes back to the pool):
+    a small transaction cost about a millisecond, most of the idle service's event-to-gateway
+    latency. Here the calls that never wait for the database file run in the event loop at
+    once: making a cursor, taking the rows its statement has produced, closing it, a deferred
+    ``BEGIN``, and a commit or rollback with no transaction open (nothing to do). Executing a
+    statement and ending a transaction, which may wait for SQLite's lock (``busy_timeout``) or
+    the disk, stay in the thread."""
+
+    async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._connection is not None and _quick(self._connection, fn, args):
+            return fn(*args, **kwargs)
+        return await super()._execute(fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+
+def _quick(connection: sqlite3.Connection, fn: Any, args: tuple[Any, ...]) -> bool:
+    """Whether the sqlite3 call ``fn(*args)`` returns without waiting for the database file."""
+    owner = getattr(fn, "__self__", None)
+    name = getattr(fn, "__name__", "")
+    if owner is connection:
+        return name == "cursor" or (
+            name in ("commit", "rollback") and not connection.in_transaction
+        )
+    if isinstance(owner, sqlite3.Cursor):
+        return name in ("fetchall", "fetchone", "fetchmany", "close") or (
+            name == "execute" and args[:1] == ("BEGIN",)
+        )
+    return False
+
+
+async def _connect_sqlite(database: str) -> aiosqlite.Connection:
+    # Used from the loop's thread and from aiosqlite's, one call at a time.
+    connection = _SqliteConnection(
+        partial(sqlite3.connect, database, check_same_thread=False), iter_chunk_size=64
+    )
+    connection._thread.daemon = True  # as SQLAlchemy does: never keeps the process alive
+    return await connection
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
