@@ -186,13 +186,20 @@ class Service:
             return list(cursor) if cursor.description is not None else []
 
     def master_key(self) -> bytes:
-        return base64.b64decode((self.workdir / "master.key").read_text())
+        path = Path(self.env.get("FDPUSH_MASTER_KEY_FILE", self.workdir / "master.key"))
+        return base64.b64decode(path.read_text())
 
     def pseudonym(self, user_id: str) -> str:
         """What the database holds for ``user_id`` (only its keyed pseudonym)."""
-        from fdpush.crypto import user_pseudonym
+        from fdpush.crypto import IdentityKeys, user_pseudonym
 
-        return user_pseudonym(self.master_key(), user_id)
+        return user_pseudonym(IdentityKeys.derive(self.master_key()), user_id)
+
+    def pushkey_index(self, pushkey: str) -> str:
+        """What the database's ``pushkey`` columns hold for ``pushkey`` (its keyed index)."""
+        from fdpush.crypto import IdentityKeys, pushkey_index
+
+        return pushkey_index(IdentityKeys.derive(self.master_key()), pushkey)
 
 
 @pytest.fixture(scope="module")

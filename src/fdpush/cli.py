@@ -297,12 +297,28 @@ def failed(obj: _Context, limit: int) -> None:
     from datetime import UTC, datetime
 
     from fdpush.config import resolve_master_key
+    from fdpush.crypto import CryptoError
+    from fdpush.domain.keys import KeyVault
     from fdpush.logs import pushkey_ref, set_reference_key
     from fdpush.storage import outbox
     from fdpush.storage.database import Database
 
     settings = obj.settings(for_serving=False)
-    set_reference_key(resolve_master_key(settings))
+    master_key = resolve_master_key(settings)
+    set_reference_key(master_key)
+    vault = KeyVault(master_key)
+
+    def device(row: Any) -> str:
+        if row.pushkey is None:
+            return "(deregistered)"
+        if row.pushkey_sealed is None:
+            return "(unreadable)"
+        try:  # the reference the logs use: of the pushkey, which is stored sealed
+            return pushkey_ref(
+                vault.open_pushkey(row.user_id, row.app_id, row.pushkey, bytes(row.pushkey_sealed))
+            )
+        except CryptoError:
+            return "(unreadable)"
 
     async def run() -> list[Any]:
         db = Database(settings.database_url)
@@ -320,9 +336,8 @@ def failed(obj: _Context, limit: int) -> None:
     for r in rows:
         when = datetime.fromtimestamp((r.finished_at or r.created_at) / 1000, UTC)
         gateway = r.gateway.split("://", 1)[-1].split("/", 1)[0]
-        device = "(deregistered)" if r.pushkey is None else pushkey_ref(r.pushkey)
         click.echo(
-            f"{when:%Y-%m-%d %H:%M:%S}  {r.event_id:<32} {device:<19} "
+            f"{when:%Y-%m-%d %H:%M:%S}  {r.event_id:<32} {device(r):<19} "
             f"{gateway:<28} {r.attempts:>5}  {r.last_error or ''}"
         )
 
@@ -357,7 +372,7 @@ def audit(obj: _Context, user_id: str) -> None:
         actor = "user" if r.actor == pseudonym else r.actor
         click.echo(
             f"{r.at:%Y-%m-%d %H:%M:%S}  {r.action:<20} by {actor:<8} {r.app_id}  "
-            f"pushkey sha256 {r.pushkey_hash[:16]}…"
+            f"device {r.pushkey_hash[:16]}…"
         )
 
 

@@ -7,6 +7,8 @@
 - The notification message: the ``PNM1`` frame padded to exactly 1024 bytes, sealed with
   AES-256-GCM under a fresh 12-byte IV, Base64(IV ‖ ciphertext ‖ tag) = 1404 characters.
 - Sealing at rest: the service keeps key generations only wrapped under its master key.
+- Keyed indexes: user ids and pushkeys are stored as HMAC-SHA256 under identity keys, which
+  are derived from the master key once and then kept (sealed) beside the data.
 
 This is the module to audit: everything else calls it and nothing here calls anything else.
 """
@@ -34,6 +36,7 @@ __all__ = [
     "CiphertextError",
     "CryptoError",
     "FrameError",
+    "IdentityKeys",
     "KeyGeneration",
     "derive_generation",
     "frame",
@@ -41,6 +44,7 @@ __all__ = [
     "open_notification",
     "parse_period",
     "periods_between",
+    "pushkey_index",
     "ratchet",
     "seal_at_rest",
     "seal_notification",
@@ -215,9 +219,55 @@ def unseal_at_rest(master_key: bytes, blob: bytes, context: bytes) -> bytes:
         raise CryptoError("sealed blob does not open with this master key and context") from exc
 
 
-def user_pseudonym(master_key: bytes, user_id: str) -> str:
-    """The keyed pseudonym of a user id: HMAC-SHA256 under a key derived from the master key,
-    as 64 hex digits (ZETA A_29957, variant A). The same id always gives the same pseudonym, so
-    lookups work; without the master key it cannot be computed nor reversed."""
-    key = hmac.new(master_key, b"fdpush/user-pseudonym/v1", hashlib.sha256).digest()
-    return hmac.new(key, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+# --- keyed indexes (ZETA A_29957, variant A) -----------------------------------------------------
+
+_PSEUDONYM_LABEL = b"fdpush/user-pseudonym/v1"
+_PUSHKEY_INDEX_LABEL = b"fdpush/pushkey-index/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityKeys:
+    """The HMAC keys of the stored user pseudonyms and pushkey indexes.
+
+    Derived from the master key a database is first opened with (:meth:`derive`), then stored
+    sealed beside the data, so that they outlive a rotation of the master key: the ids behind
+    stored pseudonyms are not known, so pseudonyms cannot be computed anew.
+    """
+
+    pseudonym_key: bytes
+    pushkey_index_key: bytes
+
+    @classmethod
+    def derive(cls, master_key: bytes) -> IdentityKeys:
+        """Each key is HMAC-SHA256(master key, its own label)."""
+        return cls(
+            hmac.new(master_key, _PSEUDONYM_LABEL, hashlib.sha256).digest(),
+            hmac.new(master_key, _PUSHKEY_INDEX_LABEL, hashlib.sha256).digest(),
+        )
+
+    def to_bytes(self) -> bytes:
+        return self.pseudonym_key + self.pushkey_index_key
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> IdentityKeys:
+        if len(raw) != 2 * SECRET_LENGTH:
+            raise CryptoError("identity keys must be 64 bytes")
+        return cls(raw[:SECRET_LENGTH], raw[SECRET_LENGTH:])
+
+    def __repr__(self) -> str:  # never print key material, not even in a traceback
+        return "IdentityKeys(<redacted>)"
+
+
+def user_pseudonym(keys: IdentityKeys, user_id: str) -> str:
+    """The keyed pseudonym of a user id: HMAC-SHA256 under the pseudonym key, as 64 hex digits
+    (ZETA A_29957, variant A). The same id always gives the same pseudonym, so lookups work;
+    without the key it cannot be computed nor reversed."""
+    message = user_id.encode("utf-8", "surrogatepass")
+    return hmac.new(keys.pseudonym_key, message, hashlib.sha256).hexdigest()
+
+
+def pushkey_index(keys: IdentityKeys, pushkey: str) -> str:
+    """The keyed index of a pushkey: HMAC-SHA256 under the pushkey index key, as 64 hex digits.
+    What lookups by pushkey compare; the pushkey itself is stored only sealed."""
+    message = pushkey.encode("utf-8", "surrogatepass")
+    return hmac.new(keys.pushkey_index_key, message, hashlib.sha256).hexdigest()

@@ -20,9 +20,9 @@ from dataclasses import replace
 from typing import Any
 
 from fdpush.config import Settings, load_settings, resolve_master_key
+from fdpush.domain.data_steps import run_data_steps
 from fdpush.domain.events import EmitResult, EventRequest, EventService, EventStatus
 from fdpush.domain.keys import KeyVault
-from fdpush.domain.pseudonyms import pseudonymise_stored_users
 from fdpush.storage.database import Database
 
 __all__ = ["EmitResult", "EventRequest", "EventStatus", "Notifier"]
@@ -46,7 +46,7 @@ class Notifier:
             if settings.migrate_on_start:
                 await db.migrate()
             vault = KeyVault(resolve_master_key(settings))
-            await pseudonymise_stored_users(db, vault)
+            await run_data_steps(db, vault)
             events = EventService(
                 db,
                 catalog=settings.channels,

@@ -113,7 +113,8 @@ def call(service: Service, token: str | None, path: str = PUSHERS) -> httpx.Resp
 
 def stored(service: Service, pushkey: str) -> int:
     """How many pushers with this pushkey the service's database holds."""
-    return int(service.query("SELECT COUNT(*) FROM pushers WHERE pushkey = ?", (pushkey,))[0][0])
+    index = service.pushkey_index(pushkey)
+    return int(service.query("SELECT COUNT(*) FROM pushers WHERE pushkey = ?", (index,))[0][0])
 
 
 def assert_error(response: httpx.Response, status: int, errcode: str) -> None:

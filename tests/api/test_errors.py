@@ -29,7 +29,8 @@ def device_path(pushkey: str, layout: str = "current") -> str:
 
 def stored(service: Service, pushkey: str) -> int:
     """How many pushers with this pushkey the service's database holds."""
-    return int(service.query("SELECT COUNT(*) FROM pushers WHERE pushkey = ?", (pushkey,))[0][0])
+    index = service.pushkey_index(pushkey)
+    return int(service.query("SELECT COUNT(*) FROM pushers WHERE pushkey = ?", (index,))[0][0])
 
 
 def assert_error(response: httpx.Response, status: int, errcode: str) -> dict[str, Any]:

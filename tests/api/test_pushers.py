@@ -58,7 +58,7 @@ def error_of(response: httpx.Response, status: int, errcode: str) -> str:
 
 
 def stored(service: Service, user: str) -> list[tuple[Any, ...]]:
-    """The user's pusher rows as the database holds them."""
+    """The user's pusher rows as the database holds them (the pushkey as its keyed index)."""
     return service.query(
         "SELECT app_id, pushkey, app_display_name FROM pushers WHERE user_id = ? ORDER BY id",
         (service.pseudonym(user),),
@@ -68,7 +68,7 @@ def stored(service: Service, user: str) -> list[tuple[Any, ...]]:
 def pushkey_ts(service: Service, user: str, pushkey: str) -> int:
     [(ts,)] = service.query(
         "SELECT pushkey_ts FROM pushers WHERE user_id = ? AND pushkey = ?",
-        (service.pseudonym(user), pushkey),
+        (service.pseudonym(user), service.pushkey_index(pushkey)),
     )
     return int(ts)
 
@@ -160,7 +160,8 @@ def test_reregistration_updates_in_place(service: Service, layout: Layout) -> No
     assert pusher["device_display_name"] == "Other Phone"
     assert pusher["lang"] == "en" and pusher["profile_tag"] == "p"
     assert pusher["data"] == {"url": "https://gw2.test:8443/push/v1/"}
-    assert stored(service, user) == [(first["app_id"], first["pushkey"], "Renamed")]
+    index = service.pushkey_index(first["pushkey"])
+    assert stored(service, user) == [(first["app_id"], index, "Renamed")]
 
 
 def test_pushkey_ts_is_recorded_on_create_and_renewed_on_update(service: Service) -> None:
@@ -236,7 +237,8 @@ def test_kind_null_deletes_idempotently(service: Service, layout: Layout) -> Non
         never = {"kind": None, "app_id": "never.registered", "pushkey": "nothing-here"}
         response = http.post(layout.pushers_set, json=never)
         assert response.status_code == 200 and response.json() == {}
-    assert stored(service, user) == [("other.app", body["pushkey"], "Test App")]
+    index = service.pushkey_index(body["pushkey"])
+    assert stored(service, user) == [("other.app", index, "Test App")]
     assert service.query(
         "SELECT count(*) FROM pusher_keys k JOIN pushers p ON p.id = k.pusher_id "
         "WHERE p.user_id = ? AND p.app_id = ?",
@@ -612,7 +614,9 @@ def test_append_false_takes_the_pushkey_over_from_other_users(
             assert c.post(layout.pushers_set, json=body).status_code == 200
             assert listed(a, layout) == [] and listed(b, layout) == []
             assert [p["pushkey"] for p in listed(c, layout)] == [pushkey]
-    rows = service.query("SELECT user_id FROM pushers WHERE pushkey = ?", (pushkey,))
+    rows = service.query(
+        "SELECT user_id FROM pushers WHERE pushkey = ?", (service.pushkey_index(pushkey),)
+    )
     assert rows == [(service.pseudonym(carol),)]
 
 
@@ -647,7 +651,7 @@ def test_append_false_spares_other_app_ids_and_the_callers_own_pusher(service: S
         )
         assert [p["app_id"] for p in listed(a)] == ["app.one"]
         assert [p["app_id"] for p in listed(b)] == ["app.two"]
-    assert stored(service, bob) == [("app.two", pushkey, "Test App")]
+    assert stored(service, bob) == [("app.two", service.pushkey_index(pushkey), "Test App")]
 
 
 def test_append_false_removes_the_channel_states_of_a_device_losing_its_last_pusher(
@@ -677,7 +681,8 @@ def test_append_false_removes_the_channel_states_of_a_device_losing_its_last_pus
         assert a.post("/push/v1/pushers/set", json=again).status_code == 200
         assert a.get(device).json()["channels"][1]["status"] == "not_set"
     states = service.query(
-        "SELECT user_id FROM channel_states WHERE pushkey = ? ORDER BY user_id", (pushkey,)
+        "SELECT user_id FROM channel_states WHERE pushkey = ? ORDER BY user_id",
+        (service.pushkey_index(pushkey),),
     )
     assert states == [(service.pseudonym(bob),)]
 

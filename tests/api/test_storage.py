@@ -63,7 +63,7 @@ def sealed_material(
     rows = service.query(
         "SELECT k.period, k.material FROM pusher_keys k JOIN pushers p ON p.id = k.pusher_id "
         "WHERE p.user_id = ? AND p.app_id = ? AND p.pushkey = ? ORDER BY k.period",
-        (service.pseudonym(user), app_id, pushkey),
+        (service.pseudonym(user), app_id, service.pushkey_index(pushkey)),
     )
     return [(period, bytes(blob)) for period, blob in rows]
 
@@ -71,7 +71,8 @@ def sealed_material(
 def open_generation(
     master_key: bytes, blob: bytes, user: str, app_id: str, pushkey: str, period: str
 ) -> bytes:
-    """Open a sealed generation: 0x01 ‖ nonce(12) ‖ AES-256-GCM(secret ‖ key) ‖ tag, with AAD."""
+    """Open a sealed generation: 0x01 ‖ nonce(12) ‖ AES-256-GCM(secret ‖ key) ‖ tag, with AAD
+    (the pusher as stored: the user's pseudonym, the app, the pushkey's keyed index)."""
     assert blob[0] == 0x01
     nonce, sealed = blob[1:13], blob[13:]
     aad = "\x00".join(("fdpush/key-generation/v1", user, app_id, pushkey, period)).encode()
@@ -188,8 +189,9 @@ def test_the_crypto_test_vector_through_the_api(
         assert response.status_code == 200, response.text
     [(period, blob)] = sealed_material(service, user, body["app_id"], body["pushkey"])
     assert period == month
+    index = service.pushkey_index(body["pushkey"])
     plain = open_generation(
-        service.master_key(), blob, service.pseudonym(user), body["app_id"], body["pushkey"], month
+        service.master_key(), blob, service.pseudonym(user), body["app_id"], index, month
     )
     assert plain.hex() == expected
     # The blob is bound to its pusher: under another user's name it does not open.
@@ -199,7 +201,7 @@ def test_the_crypto_test_vector_through_the_api(
             blob,
             service.pseudonym(new_user()),
             body["app_id"],
-            body["pushkey"],
+            index,
             month,
         )
 
@@ -225,7 +227,12 @@ def test_a_new_iss_replaces_the_key_chain(service: Service) -> None:
     [(period, blob)] = sealed_material(service, user, app_id, pushkey)
     assert period == enc["time_iss_created"] and blob != old_blob
     plain = open_generation(
-        service.master_key(), blob, service.pseudonym(user), app_id, pushkey, period
+        service.master_key(),
+        blob,
+        service.pseudonym(user),
+        app_id,
+        service.pushkey_index(pushkey),
+        period,
     )
     assert plain == hkdf(bytes.fromhex(enc["iss"]), period)
     assert service.query(
@@ -343,7 +350,8 @@ def test_parallel_takeovers_of_one_pushkey_end_with_one_pusher(
 
     service = twins[0]
     rows = service.query(
-        "SELECT id, user_id FROM pushers WHERE app_id = ? AND pushkey = ?", (app_id, pushkey)
+        "SELECT id, user_id FROM pushers WHERE app_id = ? AND pushkey = ?",
+        (app_id, service.pushkey_index(pushkey)),
     )
     assert len(rows) == 1
     [(pusher_id, stored_winner)] = rows

@@ -62,7 +62,7 @@ def test_a_pusher_registered_with_a_keyring_is_listed_without_keys_and_deleted(
         assert pusher.data == {"format": "event_id_only", "url": GATEWAY}
         rows = service.query(
             "SELECT key_identifier FROM pushers WHERE user_id = ? AND pushkey = ?",
-            (service.pseudonym(user), key),
+            (service.pseudonym(user), service.pushkey_index(key)),
         )
         assert rows == [(keyring.key_identifier,)]
         assert not service.query("SELECT 1 FROM pushers WHERE data LIKE ?", (f"%{iss}%",))

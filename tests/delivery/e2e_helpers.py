@@ -288,8 +288,8 @@ class Rig:
         }, counts
 
     def notification_rows(self, event_id: str) -> list[tuple[Any, ...]]:
-        """``(id, pushkey, status, attempts, last_error)`` of the event's notifications
-        (pushkey None once the pusher is gone)."""
+        """``(id, pushkey index, status, attempts, last_error)`` of the event's notifications
+        (the index as stored, ``Service.pushkey_index``; None once the pusher is gone)."""
         return self.service.query(
             "SELECT n.id, p.pushkey, n.status, n.attempts, n.last_error FROM notifications n"
             " LEFT JOIN pushers p ON p.id = n.pusher_id WHERE n.event_id = ? ORDER BY n.id",

@@ -188,7 +188,7 @@ def test_the_device_object_carries_what_the_service_recorded(
     rig.register(phone)
     [(pushkey_ts,)] = rig.service.query(
         "SELECT pushkey_ts FROM pushers WHERE user_id = ? AND pushkey = ?",
-        (rig.service.pseudonym(user), phone.pushkey),
+        (rig.service.pseudonym(user), rig.service.pushkey_index(phone.pushkey)),
     )
 
     with_id = rig.emit(user, ACTIVATE, {"a": 1}, prio="low", identifier="160.123")
@@ -314,7 +314,7 @@ def test_a_rejected_pushkey_deletes_its_pusher_at_the_first_report_and_only_at_t
     assert ("pusher.rejected", "gateway", APNS_APP) in audit
     assert doomed.inbox() == []
     rows = {r[2]: r for r in rig.notification_rows(answer["event_id"])}
-    assert rows["delivered"][1] == survivor.pushkey
+    assert rows["delivered"][1] == rig.service.pushkey_index(survivor.pushkey)
     assert rows["rejected"][1] is None  # its pusher is gone, and nothing links to the pushkey
 
     later = rig.emit(owner, ACTIVATE, {"n": 2})

@@ -56,7 +56,7 @@ def register_plain(rig: Rig, device: AppDevice) -> None:
 
 
 def notification_ids(rig: Rig, event_id: str) -> dict[str, str]:
-    """pushkey → our notification id, for the event's notifications."""
+    """pushkey index → our notification id, for the event's notifications."""
     return {row[1]: row[0] for row in rig.notification_rows(event_id)}
 
 
@@ -65,7 +65,11 @@ def stored_generations(rig: Rig, device: AppDevice) -> dict[str, bytes]:
     rows = rig.service.query(
         "SELECT k.period, k.material FROM pusher_keys k JOIN pushers p ON p.id = k.pusher_id"
         " WHERE p.user_id = ? AND p.app_id = ? AND p.pushkey = ? ORDER BY k.period",
-        (rig.service.pseudonym(device.user), device.app_id, device.pushkey),
+        (
+            rig.service.pseudonym(device.user),
+            device.app_id,
+            rig.service.pushkey_index(device.pushkey),
+        ),
     )
     return {str(period): bytes(material) for period, material in rows}
 
@@ -97,7 +101,7 @@ def test_a_pusher_without_encryption_gets_plain_notifications_beside_sealed_ones
     rig.register(sealed)
     [(pushkey_ts,)] = rig.service.query(
         "SELECT pushkey_ts FROM pushers WHERE user_id = ? AND pushkey = ?",
-        (rig.service.pseudonym(user), plain.pushkey),
+        (rig.service.pseudonym(user), rig.service.pushkey_index(plain.pushkey)),
     )
     payload = {"ChannelId": ACTIVATE, "Identifier": "160.000.1", "text": "Rezept bereit: Ä"}
 
@@ -112,17 +116,18 @@ def test_a_pusher_without_encryption_gets_plain_notifications_beside_sealed_ones
             (answer["event_id"],),
         )
     )
+    index = rig.service.pushkey_index
     assert {k: bool(v) for k, v in encrypted_flags.items()} == {
-        plain.pushkey: False,
-        sealed.pushkey: True,
+        index(plain.pushkey): False,
+        index(sealed.pushkey): True,
     }
 
     [got] = plain.inbox()
     assert got.endpoint == "/push/v1/notify/batch"
-    assert got.item_id == ids[plain.pushkey]
+    assert got.item_id == ids[index(plain.pushkey)]
     note = got.notification
     assert note["content"] == payload
-    assert note["event_id"] == ids[plain.pushkey]
+    assert note["event_id"] == ids[index(plain.pushkey)]
     assert note["prio"] == "low"
     assert note["device"] == {
         "app_id": FCM_APP,
@@ -135,7 +140,7 @@ def test_a_pusher_without_encryption_gets_plain_notifications_beside_sealed_ones
 
     [other] = sealed.inbox()
     assert other.endpoint == "/push/v1/notifyEncrypted/batch"
-    assert other.item_id == ids[sealed.pushkey]
+    assert other.item_id == ids[index(sealed.pushkey)]
     assert "content" not in other.notification
     assert sealed.decrypt(other) == payload
 
@@ -277,7 +282,8 @@ def test_the_key_chain_is_ratcheted_and_pruned_at_send_time(
     iss = bytes.fromhex(phone.iss)
     for period, material in stored.items():
         assert iss not in material
-        opened = vault.open(vault.pseudonym(user), phone.app_id, phone.pushkey, period, material)
+        owner = (vault.pseudonym(user), phone.app_id, vault.pushkey_index(phone.pushkey))
+        opened = vault.open(*owner, period, material)
         assert opened.secret + opened.key == app_generation(phone, period), period
         assert iss not in (opened.secret, opened.key)
 

@@ -4,6 +4,8 @@ as the admin API on the internal listener. Erasure is checked by dumping every t
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -30,7 +32,6 @@ from fdpush.domain.keys import KeyVault
 from fdpush.domain.users import UserRequests
 from fdpush.gateway import GatewayThread, TestPki
 from fdpush.storage.database import Database
-from fdpush.storage.queries import pushkey_hash
 from fdpush.storage.schema import metadata
 
 
@@ -66,10 +67,21 @@ def dump(service: Service) -> str:
 
 def secrets_of(service: Service, devices: list[AppDevice]) -> list[str]:
     """What the database holds that belongs to the person: the user id as stored (its keyed
-    pseudonym), pushkeys and their hashes, key identifiers — and never the iss."""
+    pseudonym), the pushkeys as stored (their keyed indexes), key identifiers."""
     return [service.pseudonym(devices[0].user)] + [
-        s for d in devices for s in (d.pushkey, pushkey_hash(d.pushkey), d.iss, d.key_identifier)
+        s for d in devices for s in (service.pushkey_index(d.pushkey), d.key_identifier)
     ]
+
+
+def never_stored(devices: list[AppDevice]) -> list[str]:
+    """What the database never holds in the clear: user ids, pushkeys, the iss."""
+    return [devices[0].user] + [s for d in devices for s in (d.pushkey, d.iss)]
+
+
+def log_reference(service: Service, pushkey: str) -> str:
+    """The ``pk:`` reference the service's logs give a pushkey (``fdpush.logs.pushkey_ref``)."""
+    key = hmac.new(service.master_key(), b"fdpush/log-reference/v1", hashlib.sha256).digest()
+    return "pk:" + hmac.new(key, f"pushkey\x00{pushkey}".encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def test_the_admin_api_needs_the_internal_key(rig: Rig) -> None:
@@ -87,8 +99,10 @@ def test_show_is_what_a_support_desk_needs(rig: Rig, gateway: GatewayThread) -> 
     assert response.status_code == 200, response.text
     shown = response.json()
     assert len(shown["devices"]) == 2
+    assert {d["device"] for d in shown["devices"]} == {
+        log_reference(rig.service, d.pushkey) for d in devices
+    }
     for device in shown["devices"]:
-        assert device["device"].startswith("pk:")
         assert device["device_display_name"] == "Test phone"
         assert device["created"] and device["last_delivery"]
     assert {"channel": "erp.communication.new", "status": "enabled"}.items() <= (
@@ -171,8 +185,10 @@ def test_erasure_leaves_nothing_behind(rig: Rig, gateway: GatewayThread, how: st
     devices = populate(rig, gateway)
     bystander = populate(rig, gateway)  # another person: untouched
     before = dump(rig.service)
-    for secret in secrets_of(rig.service, devices)[:3]:
+    for secret in secrets_of(rig.service, devices):
         assert secret in before, "the check below can see what it looks for"
+    for secret in never_stored(devices):
+        assert secret not in before
     if how == "admin-api":
         response = rig.events.delete(f"/internal/v1/users/{devices[0].user}")
         assert response.status_code == 200, response.text
@@ -189,7 +205,7 @@ def test_erasure_leaves_nothing_behind(rig: Rig, gateway: GatewayThread, how: st
     for secret in secrets_of(rig.service, devices):
         assert secret not in after, secret
     assert rig.service.pseudonym(bystander[0].user) in after
-    assert bystander[0].pushkey in after
+    assert rig.service.pushkey_index(bystander[0].pushkey) in after
     erased_records = rig.service.query(
         "SELECT actor, user_id, app_id, detail FROM audit_log WHERE action = ?", ("user.erased",)
     )

@@ -60,6 +60,7 @@ def test_device_states_tell_a_missing_device_from_one_without_choices(database_u
                         user_id=user,
                         app_id="app",
                         pushkey=f"pk-{user}",
+                        pushkey_sealed=b"sealed",
                         values={
                             "kind": "http",
                             "app_display_name": "A",

@@ -24,7 +24,9 @@ from fdpush.domain.keys import RETENTION_MONTHS, KeyVault, advance
 from fdpush.storage.outbox import Claimed, EventBody, Target
 
 MASTER = bytes(range(32))
-OWNER = ("user-1", "de.gematik.erezept.apns", "pk/1")
+PUSHKEY = "pk/1"
+# A pusher as stored: the user's pseudonym, the app, the pushkey's keyed index.
+OWNER = ("user-1", "de.gematik.erezept.apns", KeyVault(MASTER).pushkey_index(PUSHKEY))
 GATEWAY = "https://gw.example/push/v1/"
 
 
@@ -119,6 +121,7 @@ def target(vault: KeyVault, g: crypto.KeyGeneration, **kw: object) -> Target:
         "data": orjson.dumps({"url": GATEWAY, "format": "event_id_only"}).decode(),
         "key_identifier": "kid-1",
         "generations": tuple(stored(vault, [g])),
+        "pushkey_sealed": vault.seal_pushkey(OWNER[0], OWNER[1], PUSHKEY)[1],
     }
     fields.update(kw)
     return Target(**fields)  # type: ignore[arg-type]
@@ -142,12 +145,12 @@ def test_an_encrypted_pusher_gets_the_spec_notification_sealed_under_this_months
     )
     [ready] = out.ready
     note = ready.item.notification
-    assert ready.item.encrypted and ready.pushkey == OWNER[2]
+    assert ready.item.encrypted and ready.pushkey == PUSHKEY  # opened from its sealed copy
     assert note["time_message_encrypted"] == "2026-11" and note["key_identifier"] == "kid-1"
     assert note["identifier"] == "ident-1" and note["prio"] == "high"
     assert note["device"] == {
         "app_id": OWNER[1],
-        "pushkey": OWNER[2],
+        "pushkey": PUSHKEY,
         "pushkey_ts": 1700000000,
         "data": {"format": "event_id_only"},  # everything but url
         "tweaks": {},
@@ -191,6 +194,29 @@ def test_a_plain_sized_payload_for_a_pusher_now_encrypted_fails_never_goes_plain
     [plain] = out.ready
     assert plain.row.id == "n2" and not plain.item.encrypted
     assert plain.item.notification["content"] == large
+
+
+def test_a_pushkey_that_does_not_open_is_kept_not_sent() -> None:
+    """A sealed pushkey moved to another pusher, or sealed under another master key, does not
+    open: the row stays pending (stored data that cannot be opened), nothing is addressed."""
+    vault = KeyVault(MASTER)
+    [g] = chain(os.urandom(32), "2026-11", 1)
+    moved = vault.seal_pushkey("user-2", OWNER[1], PUSHKEY)[1]
+    foreign = KeyVault(bytes(32), vault.identity).seal_pushkey(*OWNER[:2], PUSHKEY)[1]
+    out = compose(
+        [row(1), row(2, pusher_id=2), row(3, pusher_id=3)],
+        {
+            1: target(vault, g, pushkey_sealed=moved),
+            2: target(vault, g, pusher_id=2, pushkey_sealed=foreign),
+            3: target(vault, g, pusher_id=3, pushkey_sealed=None),
+        },
+        {"e1": event(vault, {"a": 1})},
+        vault=vault,
+        period="2026-11",
+        gateway_refusal=lambda _url: None,
+    )
+    assert out.ready == [] and out.failed == {}
+    assert [r.id for r in out.unreadable] == ["n1", "n2", "n3"]
 
 
 def test_a_gateway_off_the_allow_list_is_refused_at_send_time() -> None:

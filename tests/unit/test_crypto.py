@@ -392,6 +392,41 @@ def test_key_vault_binds_a_generation_to_its_pusher_and_month() -> None:
         KeyVault(os.urandom(32)).open("alice", "de.app", "pk/1+=", "2023-10", sealed)
 
 
+def test_key_vault_seals_a_pushkey_bound_to_its_pusher_and_indexes_it() -> None:
+    """The index is an HMAC under the identity keys, the same for every user and app (lookups
+    by pushkey work); the sealed pushkey opens only for its own pusher."""
+    vault = KeyVault(MASTER)
+    index, sealed = vault.seal_pushkey("alice", "de.app", "pk/1+=")
+    assert index == vault.pushkey_index("pk/1+=") == vault.seal_pushkey("bob", "x", "pk/1+=")[0]
+    assert len(index) == 64 and "pk/1+=" not in index and b"pk/1+=" not in sealed
+    assert index != vault.pushkey_index("pk/2+=") and index != vault.pseudonym("pk/1+=")
+    assert vault.open_pushkey("alice", "de.app", index, sealed) == "pk/1+="
+    for other in (("bob", "de.app", index), ("alice", "de.other", index), ("alice", "de.app", "0")):
+        with pytest.raises(CryptoError):
+            vault.open_pushkey(*other, sealed)
+    with pytest.raises(CryptoError):
+        KeyVault(os.urandom(32)).open_pushkey("alice", "de.app", index, sealed)
+
+
+def test_identity_keys_are_derived_from_the_master_key_until_given() -> None:
+    """Pseudonyms and indexes come from the identity keys: derived from the master key the
+    database was first opened with, then kept, whatever the master key is later."""
+    derived = crypto.IdentityKeys.derive(MASTER)
+    assert crypto.IdentityKeys.from_bytes(derived.to_bytes()) == derived
+    # The pseudonyms databases already hold: HMAC(HMAC(master key, label), user id).
+    key = hmac.new(MASTER, b"fdpush/user-pseudonym/v1", hashlib.sha256).digest()
+    expected = hmac.new(key, b"X110411675", hashlib.sha256).hexdigest()
+    assert crypto.user_pseudonym(derived, "X110411675") == expected
+    assert KeyVault(MASTER).identity == derived
+    later = KeyVault(os.urandom(32), derived)
+    assert later.pseudonym("X110411675") == KeyVault(MASTER).pseudonym("X110411675")
+    assert later.pushkey_index("pk") == KeyVault(MASTER).pushkey_index("pk")
+    assert KeyVault(os.urandom(32)).pseudonym("X110411675") != later.pseudonym("X110411675")
+    for text in (repr(derived), str(derived)):
+        assert derived.pseudonym_key.hex() not in text
+        assert derived.pushkey_index_key.hex() not in text
+
+
 def test_key_vault_needs_a_256_bit_master_key() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         KeyVault(bytes(16))

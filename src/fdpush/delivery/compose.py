@@ -1,7 +1,8 @@
 """Claimed outbox rows → notifications ready for the gateway, sealed at send time.
 
-For each row: its pusher (gone → ``failed``, "device deregistered"), its gateway (still on the
-allow-list, else ``failed``), the event's payload (opened once per event), and for an encrypted
+For each row: its pusher (gone → ``failed``, "device deregistered") and its pushkey (stored
+sealed, opened once per pusher), its gateway (still on the allow-list, else ``failed``), the
+event's payload (opened once per event), and for an encrypted
 pusher the key generation of the sending month (:func:`fdpush.domain.keys.advance`; a pusher
 whose keys do not open, or a payload larger than the frame → ``failed`` — never plain text
 instead). The
@@ -70,6 +71,7 @@ def compose(
     """
     out = Composition()
     payloads: dict[str, tuple[bytes, Any] | None] = {}
+    pushkeys: dict[int, str | None] = {}
     keys: dict[int, Advance | None] = {}
     refusals: dict[str, str | None] = {}
     for row in rows:
@@ -80,11 +82,17 @@ def compose(
             out.failed[row.id] = refusal
             continue
         target = targets.get(row.pusher_id) if row.pusher_id is not None else None
+        if target is not None and target.pusher_id not in pushkeys:
+            pushkeys[target.pusher_id] = _open_pushkey(vault, target)
+        pushkey = None if target is None else pushkeys[target.pusher_id]
         if row.body is not None:  # written before revision 0003: the whole body, sealed
-            _legacy(row, target, vault, out)
+            _legacy(row, target, pushkey, vault, out)
             continue
         if target is None:
             out.failed[row.id] = DEREGISTERED
+            continue
+        if pushkey is None:
+            out.unreadable.append(row)
             continue
         body = bodies.get(row.event_id)
         if body is None or body.payload is None:
@@ -97,7 +105,7 @@ def compose(
             out.unreadable.append(row)
             continue
         payload, content = opened
-        device = _device(target)
+        device = _device(target, pushkey)
         if target.key_identifier is None:
             notification: dict[str, Any] = {
                 "event_id": row.id,
@@ -105,7 +113,7 @@ def compose(
                 "content": content,
                 "devices": [device],
             }
-            out.ready.append(Ready(row, OutgoingItem(row.id, notification, False), target.pushkey))
+            out.ready.append(Ready(row, OutgoingItem(row.id, notification, False), pushkey))
             continue
         if len(payload) > crypto.MAX_PAYLOAD_BYTES:
             out.failed[row.id] = TOO_LARGE  # never plain text instead
@@ -130,17 +138,17 @@ def compose(
         }
         if body.identifier is not None:
             notification["identifier"] = body.identifier
-        out.ready.append(Ready(row, OutgoingItem(row.id, notification, True), target.pushkey))
+        out.ready.append(Ready(row, OutgoingItem(row.id, notification, True), pushkey))
     return out
 
 
-def _device(target: Target) -> dict[str, Any]:
+def _device(target: Target, pushkey: str) -> dict[str, Any]:
     """The spec's ``Device``: everything of the pusher's ``data`` but ``url`` is forwarded."""
     data = orjson.loads(target.data)
     data.pop("url", None)
     return {
         "app_id": target.app_id,
-        "pushkey": target.pushkey,
+        "pushkey": pushkey,
         "pushkey_ts": target.pushkey_ts,
         "data": data,
         "tweaks": {},
@@ -156,7 +164,21 @@ def _open_payload(vault: KeyVault, body: EventBody) -> tuple[bytes, Any] | None:
         return None
 
 
-def _legacy(row: Claimed, target: Target | None, vault: KeyVault, out: Composition) -> None:
+def _open_pushkey(vault: KeyVault, target: Target) -> str | None:
+    """The pusher's pushkey, or None when its sealed copy does not open."""
+    if target.pushkey_sealed is None:
+        return None
+    try:
+        return vault.open_pushkey(
+            target.user_id, target.app_id, target.pushkey, target.pushkey_sealed
+        )
+    except crypto.CryptoError:
+        return None
+
+
+def _legacy(
+    row: Claimed, target: Target | None, pushkey: str | None, vault: KeyVault, out: Composition
+) -> None:
     assert row.body is not None
     try:
         notification = orjson.loads(vault.open_record("notification", row.id, row.body))
@@ -166,7 +188,10 @@ def _legacy(row: Claimed, target: Target | None, vault: KeyVault, out: Compositi
     if target is None:
         out.failed[row.id] = DEREGISTERED
         return
-    out.ready.append(Ready(row, OutgoingItem(row.id, notification, row.encrypted), target.pushkey))
+    if pushkey is None:
+        out.unreadable.append(row)
+        return
+    out.ready.append(Ready(row, OutgoingItem(row.id, notification, row.encrypted), pushkey))
 
 
 def refusal_by(check: Callable[[str], None]) -> Callable[[str], str | None]:

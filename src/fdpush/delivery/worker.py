@@ -437,7 +437,7 @@ class DeliveryWorker:
             else:
                 failed[row.id] = result.error or "refused by the gateway"
         for pushkey in sorted(dead_pushkeys):
-            rejected.extend(await forget_rejected_pushkey(self._db, gateway, pushkey))
+            rejected.extend(await forget_rejected_pushkey(self._db, self._vault, gateway, pushkey))
         now_ms = int(self._clock() * 1000)
         await outbox.settle(
             self._db,

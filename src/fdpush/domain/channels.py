@@ -5,6 +5,9 @@
 - A channel the device never named has the catalog default.
 - An update changes only the channels it names; an id outside the catalog is refused whole.
 - A pushkey that is not one of the caller's pushers is not found for the caller.
+
+A device is named here by its pushkey's keyed index (``KeyVault.pushkey_index``), which the web
+layer computes: only the index is stored.
 """
 
 from __future__ import annotations

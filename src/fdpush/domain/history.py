@@ -3,7 +3,8 @@
 Kept while ``FDPUSH_HISTORY_DAYS`` > 0: each event's payload is stored sealed under the master
 key and forgotten after the retention. An app lists its device's notifications newest first
 (``history/device/{pushkey}``) and fetches one by the ``identifier`` that travelled with it
-(``history/{notification_id}``). A user only ever sees their own.
+(``history/{notification_id}``). A user only ever sees their own. A device is named by its
+pushkey's keyed index, which the web layer computes.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""The service's hold on key material: month generations sealed under the master key.
+"""The service's hold on key material: month generations sealed under the master key, and the
+identity keys of the stored pseudonyms and pushkey indexes.
 
 Concept: after the first derivation the FD deletes the iss; only generations are kept, and
 only sealed (``crypto.seal_at_rest``), each bound to its pusher and month so that a blob moved
-to another row does not open.
+to another row does not open. A pushkey is stored only sealed (bound to its pusher), beside its
+keyed index, which is what lookups compare (ZETA A_29957).
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ from zoneinfo import ZoneInfo
 
 from fdpush import crypto
 
-__all__ = ["BERLIN", "RETENTION_MONTHS", "Advance", "KeyVault", "advance", "current_period"]
+__all__ = [
+    "BERLIN",
+    "RETENTION_MONTHS",
+    "Advance",
+    "KeyVault",
+    "advance",
+    "current_period",
+    "generation_context",
+    "pushkey_context",
+    "record_context",
+]
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -25,46 +37,86 @@ def current_period(now: datetime | None = None) -> str:
     return f"{moment.year:04d}-{moment.month:02d}"
 
 
-class KeyVault:
-    """Seals and opens key generations under the master key."""
+def generation_context(user_id: str, app_id: str, pushkey_index: str, period: str) -> bytes:
+    """What a key generation is sealed bound to: its pusher (as stored) and month."""
+    return "\x00".join(
+        ("fdpush/key-generation/v1", user_id, app_id, pushkey_index, period)
+    ).encode()
 
-    def __init__(self, master_key: bytes) -> None:
+
+def pushkey_context(user_id: str, app_id: str, pushkey_index: str) -> bytes:
+    """What a sealed pushkey is bound to: its pusher (as stored)."""
+    return record_context("pushkey", "\x00".join((user_id, app_id, pushkey_index)))
+
+
+def record_context(kind: str, record_id: str) -> bytes:
+    """What a sealed record (an event payload, a notification body) is bound to."""
+    return f"fdpush/{kind}/v1\x00{record_id}".encode()
+
+
+class KeyVault:
+    """Seals and opens what is stored under the master key; computes the keyed indexes.
+
+    Every stored user id is :meth:`pseudonym` of it, every stored pushkey column holds
+    :meth:`pushkey_index` of it; both are HMACs under the identity keys.
+    """
+
+    def __init__(self, master_key: bytes, identity: crypto.IdentityKeys | None = None) -> None:
         if len(master_key) != 32:
             raise ValueError("the master key must be 32 bytes")
         self._master_key = master_key
+        self._identity = identity or crypto.IdentityKeys.derive(master_key)
 
     def __repr__(self) -> str:
         return "KeyVault(<master key redacted>)"
 
-    @staticmethod
-    def _context(user_id: str, app_id: str, pushkey: str, period: str) -> bytes:
-        return "\x00".join(("fdpush/key-generation/v1", user_id, app_id, pushkey, period)).encode()
+    @property
+    def identity(self) -> crypto.IdentityKeys:
+        """The keys of the pseudonyms and pushkey indexes this vault computes."""
+        return self._identity
 
     def seal(
-        self, user_id: str, app_id: str, pushkey: str, generation: crypto.KeyGeneration
+        self, user_id: str, app_id: str, pushkey_index: str, generation: crypto.KeyGeneration
     ) -> bytes:
-        context = self._context(user_id, app_id, pushkey, generation.period)
+        """Seal a key generation bound to its pusher ``(user_id, app_id, pushkey_index)``."""
+        context = generation_context(user_id, app_id, pushkey_index, generation.period)
         return crypto.seal_at_rest(self._master_key, generation.secret + generation.key, context)
 
     def open(
-        self, user_id: str, app_id: str, pushkey: str, period: str, material: bytes
+        self, user_id: str, app_id: str, pushkey_index: str, period: str, material: bytes
     ) -> crypto.KeyGeneration:
-        context = self._context(user_id, app_id, pushkey, period)
+        context = generation_context(user_id, app_id, pushkey_index, period)
         plain = crypto.unseal_at_rest(self._master_key, material, context)
         return crypto.KeyGeneration(period=period, secret=plain[:32], key=plain[32:])
 
     def pseudonym(self, user_id: str) -> str:
         """What is stored for ``user_id``: its keyed pseudonym (:func:`crypto.user_pseudonym`)."""
-        return crypto.user_pseudonym(self._master_key, user_id)
+        return crypto.user_pseudonym(self._identity, user_id)
+
+    def pushkey_index(self, pushkey: str) -> str:
+        """What is stored and looked up for ``pushkey`` (:func:`crypto.pushkey_index`)."""
+        return crypto.pushkey_index(self._identity, pushkey)
+
+    def seal_pushkey(self, user_id: str, app_id: str, pushkey: str) -> tuple[str, bytes]:
+        """``(index, sealed pushkey)`` of a pusher: the sealed pushkey is bound to its row."""
+        index = self.pushkey_index(pushkey)
+        context = pushkey_context(user_id, app_id, index)
+        plain = pushkey.encode("utf-8", "surrogatepass")
+        return index, crypto.seal_at_rest(self._master_key, plain, context)
+
+    def open_pushkey(self, user_id: str, app_id: str, pushkey_index: str, sealed: bytes) -> str:
+        """The pushkey of a pusher, from its sealed copy (:class:`crypto.CryptoError` when it
+        does not open)."""
+        context = pushkey_context(user_id, app_id, pushkey_index)
+        plain = crypto.unseal_at_rest(self._master_key, sealed, context)
+        return plain.decode("utf-8", "surrogatepass")
 
     def seal_record(self, kind: str, record_id: str, plaintext: bytes) -> bytes:
         """Seal a stored record (a notification body, an event payload) bound to its id."""
-        context = f"fdpush/{kind}/v1\x00{record_id}".encode()
-        return crypto.seal_at_rest(self._master_key, plaintext, context)
+        return crypto.seal_at_rest(self._master_key, plaintext, record_context(kind, record_id))
 
     def open_record(self, kind: str, record_id: str, blob: bytes) -> bytes:
-        context = f"fdpush/{kind}/v1\x00{record_id}".encode()
-        return crypto.unseal_at_rest(self._master_key, blob, context)
+        return crypto.unseal_at_rest(self._master_key, blob, record_context(kind, record_id))
 
 
 RETENTION_MONTHS = 2  # concept: secrets and keys older than two months are deleted
@@ -90,7 +142,7 @@ def advance(
     generations: Sequence[tuple[str, bytes]],
     period: str,
 ) -> Advance | None:
-    """The generation for ``period`` of the pusher ``owner`` = (user_id, app_id, pushkey).
+    """The generation for ``period`` of the pusher ``owner`` = (user_id, app_id, pushkey index).
 
     ``generations`` are the stored ``(period, sealed material)`` pairs, oldest first. Skipped
     months are derived in sequence; only what the retention keeps is persisted (never less than

@@ -8,6 +8,7 @@
 - ``data.url`` must pass the operator's allow-list; a bounded number of pushers per user.
 - ``encryption``: the first key generation is derived at registration and stored sealed; the iss
   is dropped with the request (concept: "After the first derivation the FD deletes the iss").
+- The pushkey is stored only sealed; rows are found by its keyed index (ZETA A_29957).
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def user_lock(user_id: str) -> str:
     return f"user:{user_id}"
 
 
-def device_lock(pushkey: str) -> str:
+def device_lock(pushkey_index: str) -> str:
     """Every write that touches pushers or channel states of a pushkey, of any user, takes it."""
-    return f"pushkey:{pushkey}"
+    return f"pushkey:{pushkey_index}"
 
 
 class PusherService:
@@ -67,21 +68,39 @@ class PusherService:
         self._clock = clock
 
     async def list(self, user_id: str) -> list[Pusher]:
+        """The user's pushers, each with its pushkey opened (one that does not open is left
+        out, and logged without it)."""
         async with self._db.read() as conn:
             rows = await queries.list_pushers(conn, user_id)
-        return [
-            Pusher(
-                app_id=r.app_id,
-                pushkey=r.pushkey,
-                kind=r.kind,
-                app_display_name=r.app_display_name,
-                device_display_name=r.device_display_name,
-                profile_tag=r.profile_tag,
-                lang=r.lang,
-                data=r.data,
+        found = []
+        for r in rows:
+            pushkey = self._pushkey(r)
+            if pushkey is None:
+                continue
+            found.append(
+                Pusher(
+                    app_id=r.app_id,
+                    pushkey=pushkey,
+                    kind=r.kind,
+                    app_display_name=r.app_display_name,
+                    device_display_name=r.device_display_name,
+                    profile_tag=r.profile_tag,
+                    lang=r.lang,
+                    data=r.data,
+                )
             )
-            for r in rows
-        ]
+        return found
+
+    def _pushkey(self, row: queries.PusherRow) -> str | None:
+        try:
+            if row.pushkey_sealed is None:
+                raise crypto.CryptoError("no sealed pushkey stored")
+            return self._vault.open_pushkey(
+                row.user_id, row.app_id, row.pushkey, row.pushkey_sealed
+            )
+        except crypto.CryptoError:
+            log.error("a stored pushkey does not open; pusher %d left out", row.id)
+            return None
 
     def _first_generation(self, reg: PusherRegistration) -> crypto.KeyGeneration | None:
         enc = reg.encryption
@@ -107,10 +126,11 @@ class PusherService:
         """Create or update the caller's pusher (``kind`` not null)."""
         self._url_policy.check(str(reg.data["url"]))
         generation = self._first_generation(reg)
+        index, pushkey_sealed = self._vault.seal_pushkey(user_id, reg.app_id, reg.pushkey)
         sealed = (
             None
             if generation is None
-            else (generation.period, self._vault.seal(user_id, reg.app_id, reg.pushkey, generation))
+            else (generation.period, self._vault.seal(user_id, reg.app_id, index, generation))
         )
         values = {
             "kind": reg.kind,
@@ -123,24 +143,24 @@ class PusherService:
             "encryption_method": None if reg.encryption is None else reg.encryption.method,
             "key_identifier": None if reg.encryption is None else reg.encryption.key_identifier,
         }
-        async with self._db.write(user_lock(user_id), device_lock(reg.pushkey)) as conn:
+        async with self._db.write(user_lock(user_id), device_lock(index)) as conn:
             existing, count, removed = await queries.claim_slot(
-                conn, user_id, reg.app_id, reg.pushkey, remove_others=not reg.append
+                conn, user_id, reg.app_id, index, remove_others=not reg.append
             )
             if existing is None and count >= self._max_pushers:
                 raise ResourceLimitExceeded(  # rolls back the removal, too
                     f"Too many pushers: at most {self._max_pushers} per user; delete one first"
                 )
             for other in removed:
-                if not await queries.device_exists(conn, other, reg.pushkey):
-                    await queries.delete_device_states(conn, other, reg.pushkey)
+                if not await queries.device_exists(conn, other, index):
+                    await queries.delete_device_states(conn, other, index)
                 await queries.record_audit(
                     conn,
                     action="pusher.removed_by_append",
                     actor=user_id,
                     user_id=other,
                     app_id=reg.app_id,
-                    pushkey=reg.pushkey,
+                    pushkey=index,
                 )
             created = existing is None
             await queries.save_registration(
@@ -148,7 +168,8 @@ class PusherService:
                 existing,
                 user_id=user_id,
                 app_id=reg.app_id,
-                pushkey=reg.pushkey,
+                pushkey=index,
+                pushkey_sealed=pushkey_sealed,
                 values=values,
                 generation=sealed,
                 detail={
@@ -165,17 +186,18 @@ class PusherService:
 
     async def delete(self, user_id: str, app_id: str, pushkey: str) -> None:
         """Delete the caller's pusher; succeed quietly when there is none (idempotent)."""
-        async with self._db.write(user_lock(user_id), device_lock(pushkey)) as conn:
-            if not await queries.delete_pusher(conn, user_id, app_id, pushkey):
+        index = self._vault.pushkey_index(pushkey)
+        async with self._db.write(user_lock(user_id), device_lock(index)) as conn:
+            if not await queries.delete_pusher(conn, user_id, app_id, index):
                 return
-            if not await queries.device_exists(conn, user_id, pushkey):
-                await queries.delete_device_states(conn, user_id, pushkey)
+            if not await queries.device_exists(conn, user_id, index):
+                await queries.delete_device_states(conn, user_id, index)
             await queries.record_audit(
                 conn,
                 action="pusher.deleted",
                 actor=user_id,
                 user_id=user_id,
                 app_id=app_id,
-                pushkey=pushkey,
+                pushkey=index,
             )
         log.info("pusher deleted", extra={"user": user_ref(user_id), "app_id": app_id})

@@ -4,8 +4,8 @@
   channel states and recent notification outcomes; pushkeys only as log references, never key
   material.
 - :meth:`UserRequests.export`: everything stored about the person (GDPR Art. 15), key material
-  excluded. Event payloads (what was sent, and the history) are stored sealed under the master
-  key: they are opened for it.
+  excluded; pushkeys opened from their sealed copies. Event payloads (what was sent, and the
+  history) are stored sealed under the master key: they are opened for it.
 - :meth:`UserRequests.erase`: the person erased (Art. 17) — pushers, key generations, channel
   states, pending and past notifications, events, the audit records about them — in one
   transaction, leaving one audit record without personal data (``user.erased`` and counts).
@@ -68,16 +68,36 @@ class UserRequests:
         except (crypto.CryptoError, orjson.JSONDecodeError):
             return {"payload": None, "payload_error": "stored sealed; does not open"}
 
+    def _pushkeys(self, stored: str, record: queries.UserRecord) -> dict[str, str | None]:
+        """Each stored pushkey index of the record → the pushkey (None: it does not open)."""
+        opened: dict[str, str | None] = {}
+        for p in record.pushers:
+            sealed = p["pushkey_sealed"]
+            try:
+                if sealed is None:
+                    raise crypto.CryptoError("no sealed pushkey stored")
+                opened[p["pushkey"]] = self._vault.open_pushkey(
+                    stored, p["app_id"], p["pushkey"], bytes(sealed)
+                )
+            except crypto.CryptoError:
+                opened.setdefault(p["pushkey"], None)
+        return opened
+
+    def _device(self, pushkeys: dict[str, str | None], index: str) -> str:
+        """A device as support sees it: the reference its pushkey has in the logs."""
+        pushkey = pushkeys.get(index)
+        return pushkey_ref(pushkey) if pushkey is not None else "pk:(unreadable)"
+
     async def show(self, user_id: str) -> dict[str, Any]:
         """What a support desk needs: pushkeys as references, no key material."""
+        stored = self._stored(user_id)
         async with self._db.read() as conn:
-            record = await queries.user_record(
-                conn, self._stored(user_id), events_limit=_RECENT_EVENTS
-            )
+            record = await queries.user_record(conn, stored, events_limit=_RECENT_EVENTS)
+        pushkeys = self._pushkeys(stored, record)
         return {
             "devices": [
                 {
-                    "device": pushkey_ref(p["pushkey"]),
+                    "device": self._device(pushkeys, p["pushkey"]),
                     "app_id": p["app_id"],
                     "app_display_name": p["app_display_name"],
                     "device_display_name": p["device_display_name"],
@@ -88,7 +108,7 @@ class UserRequests:
             ],
             "channel_states": [
                 {
-                    "device": pushkey_ref(s["pushkey"]),
+                    "device": self._device(pushkeys, s["pushkey"]),
                     "channel": s["channel_id"],
                     "status": s["status"],
                 }
@@ -110,15 +130,19 @@ class UserRequests:
 
     async def export(self, user_id: str) -> dict[str, Any]:
         """Everything stored about the person, as JSON-ready data, without key material."""
+        stored = self._stored(user_id)
         async with self._db.read() as conn:
-            record = await queries.user_record(conn, self._stored(user_id), events_limit=None)
-        pusher_ids = {p["id"]: p["pushkey"] for p in record.pushers}
+            record = await queries.user_record(conn, stored, events_limit=None)
+        pushkeys = self._pushkeys(stored, record)
+        pusher_ids = {p["id"]: pushkeys[p["pushkey"]] for p in record.pushers}
+        hidden = ("id", "last_delivery_ms", "pushkey_sealed")
         return {
             "user_id": user_id,
             "exported_at": datetime.now(UTC).isoformat(),
             "pushers": [
                 {
-                    **{k: v for k, v in p.items() if k not in ("id", "last_delivery_ms")},
+                    **{k: v for k, v in p.items() if k not in hidden},
+                    "pushkey": pushkeys[p["pushkey"]],
                     "created_at": _when(p["created_at"]),
                     "updated_at": _when(p["updated_at"]),
                     "last_delivery": _when_ms(p["last_delivery_ms"]),
@@ -126,7 +150,8 @@ class UserRequests:
                 for p in record.pushers
             ],
             "channel_states": [
-                {**s, "updated_at": _when(s["updated_at"])} for s in record.channel_states
+                {**s, "pushkey": pushkeys.get(s["pushkey"]), "updated_at": _when(s["updated_at"])}
+                for s in record.channel_states
             ],
             "events": [
                 {

@@ -293,11 +293,12 @@ class Target(NamedTuple):
     pusher_id: int
     user_id: str
     app_id: str
-    pushkey: str
+    pushkey: str  # the keyed index, as stored
     pushkey_ts: int
     data: str
     key_identifier: str | None
     generations: tuple[tuple[str, bytes], ...]  # (period, sealed material), oldest first
+    pushkey_sealed: bytes | None  # the pushkey to address, sealed at rest
 
 
 class EventBody(NamedTuple):
@@ -375,11 +376,11 @@ _CLAIM_WITH_CONTEXT = text(
            c.created_at,
            p.user_id, p.app_id, p.pushkey, p.pushkey_ts, p.data, p.key_identifier,
            p.periods, p.materials,
-           e.prio, e.identifier, e.payload
+           e.prio, e.identifier, e.payload, p.pushkey_sealed
     FROM claimed c
     LEFT JOIN LATERAL (
         SELECT x.user_id, x.app_id, x.pushkey, x.pushkey_ts, x.data, x.key_identifier,
-               g.periods, g.materials
+               x.pushkey_sealed, g.periods, g.materials
         FROM pushers x
         CROSS JOIN LATERAL (
             SELECT array_agg(k.period ORDER BY k.period) AS periods,
@@ -441,7 +442,7 @@ async def claim_with_context(
         claimed.append(Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]))
         if r[2] is not None and r[8] is not None and r[2] not in found:
             generations = tuple(zip(r[14] or (), r[15] or (), strict=True))
-            found[r[2]] = Target(r[2], r[8], r[9], r[10], r[11], r[12], r[13], generations)
+            found[r[2]] = Target(r[2], r[8], r[9], r[10], r[11], r[12], r[13], generations, r[19])
         if r[16] is not None and r[1] not in events_found:
             events_found[r[1]] = EventBody(r[1], r[16], r[17], r[18])
     return claimed, found, events_found
@@ -471,10 +472,13 @@ async def sending_context(
                 pushers.c.pushkey_ts,
                 pushers.c.data,
                 pushers.c.key_identifier,
+                pushers.c.pushkey_sealed,
             ).where(pushers.c.id.in_(ids))
         )
         for r in rows:
-            targets[r[0]] = Target(*r, generations=tuple(generations.get(r[0], ())))
+            targets[r[0]] = Target(
+                *r[:7], generations=tuple(generations.get(r[0], ())), pushkey_sealed=r[7]
+            )
     bodies: dict[str, EventBody] = {}
     wanted = sorted(set(event_ids))
     if wanted:
@@ -732,12 +736,16 @@ async def event_counts(conn: AsyncConnection, event_id: str) -> tuple[Any, dict[
 
 
 async def failed(conn: AsyncConnection, limit: int) -> list[Any]:
-    """The most recent failed notifications, newest first (``pushkey`` None: pusher gone)."""
+    """The most recent failed notifications, newest first, with their pusher's stored user id,
+    app_id, pushkey index and sealed pushkey (None: the pusher is gone)."""
     result = await conn.execute(
         select(
             notifications.c.id,
             notifications.c.event_id,
+            pushers.c.user_id,
+            pushers.c.app_id,
             pushers.c.pushkey,
+            pushers.c.pushkey_sealed,
             notifications.c.gateway,
             notifications.c.attempts,
             notifications.c.last_error,

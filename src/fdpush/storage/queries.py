@@ -2,12 +2,13 @@
 
 Every function takes an open connection, so the domain layer decides what runs in one
 transaction; the one exception, ``device_states``, is a single statement that needs none.
-Nothing here enforces a rule of the concept; it only stores and fetches.
+Nothing here enforces a rule of the concept; it only stores and fetches. A ``user_id`` here is
+what the tables hold, the user's keyed pseudonym, and a ``pushkey`` the pushkey's keyed index;
+the pushkey itself is only stored sealed (``pushkey_sealed``).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,7 +51,6 @@ __all__ = [
     "erase_user",
     "list_pushers",
     "pusher_slot",
-    "pushkey_hash",
     "record_audit",
     "remove_other_users_pushers",
     "replace_keys",
@@ -64,11 +64,6 @@ __all__ = [
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def pushkey_hash(pushkey: str) -> str:
-    """What the audit log and the logs keep of a pushkey: enough to correlate, not to send."""
-    return hashlib.sha256(pushkey.encode("utf-8")).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +81,7 @@ class PusherRow:
     pushkey_ts: int
     encryption_method: str | None
     key_identifier: str | None
+    pushkey_sealed: bytes | None  # the pushkey, sealed bound to (user_id, app_id, pushkey)
 
 
 def _row(row: Any) -> PusherRow:
@@ -103,6 +99,7 @@ def _row(row: Any) -> PusherRow:
         pushkey_ts=row.pushkey_ts,
         encryption_method=row.encryption_method,
         key_identifier=row.key_identifier,
+        pushkey_sealed=None if row.pushkey_sealed is None else bytes(row.pushkey_sealed),
     )
 
 
@@ -201,9 +198,11 @@ async def save_pusher(
     user_id: str,
     app_id: str,
     pushkey: str,
+    pushkey_sealed: bytes,
     values: Mapping[str, Any],
 ) -> int:
-    """Update pusher ``existing`` in place, or create the pusher when it is None; return its id.
+    """Update pusher ``existing`` in place, or create the pusher (with its sealed pushkey) when
+    it is None; return its id.
 
     The caller holds the locks that make check-then-write safe (see ``Database.write``).
     """
@@ -214,7 +213,14 @@ async def save_pusher(
         return existing
     result = await conn.execute(
         _INSERT_PUSHER,
-        {"user_id": user_id, "app_id": app_id, "pushkey": pushkey, "created_at": now, **stored},
+        {
+            "user_id": user_id,
+            "app_id": app_id,
+            "pushkey": pushkey,
+            "pushkey_sealed": pushkey_sealed,
+            "created_at": now,
+            **stored,
+        },
     )
     return int(result.scalar_one())
 
@@ -247,7 +253,7 @@ _KEY_AND_AUDIT = """
     )
     INSERT INTO audit_log (at, action, actor, user_id, app_id, pushkey_hash, detail)
     SELECT CAST(:now AS timestamptz), CAST(:action AS varchar), CAST(:user_id AS varchar),
-        CAST(:user_id AS varchar), CAST(:app_id AS varchar), CAST(:pushkey_hash AS varchar),
+        CAST(:user_id AS varchar), CAST(:app_id AS varchar), CAST(:pushkey AS varchar),
         CAST(:detail AS text)
     FROM p
 """
@@ -256,12 +262,12 @@ _KEY_AND_AUDIT = """
 # replaces that month's material.
 _PG_CREATE_HEAD = """
     WITH p AS (
-        INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name,
+        INSERT INTO pushers (user_id, app_id, pushkey, pushkey_sealed, kind, app_display_name,
             device_display_name, profile_tag, lang, data, pushkey_ts, encryption_method,
             key_identifier, created_at, updated_at)
-        VALUES (:user_id, :app_id, :pushkey, :kind, :app_display_name, :device_display_name,
-            :profile_tag, :lang, :data, :pushkey_ts, :encryption_method, :key_identifier,
-            :now, :now)
+        VALUES (:user_id, :app_id, :pushkey, :pushkey_sealed, :kind, :app_display_name,
+            :device_display_name, :profile_tag, :lang, :data, :pushkey_ts, :encryption_method,
+            :key_identifier, :now, :now)
         RETURNING id
     ),
     """
@@ -314,16 +320,24 @@ async def save_registration(
     user_id: str,
     app_id: str,
     pushkey: str,
+    pushkey_sealed: bytes,
     values: Mapping[str, Any],
     generation: tuple[str, bytes] | None,
     detail: Mapping[str, Any],
 ) -> None:
-    """Create (``existing`` None) or update the pusher, replace its key generations with
-    ``generation`` (``(period, sealed material)``) and record it in the audit log."""
+    """Create (``existing`` None; with ``pushkey_sealed``) or update the pusher, replace its key
+    generations with ``generation`` (``(period, sealed material)``) and record it in the audit
+    log."""
     action = "pusher.created" if existing is None else "pusher.updated"
     if conn.dialect.name != "postgresql":
         pusher_id = await save_pusher(
-            conn, existing, user_id=user_id, app_id=app_id, pushkey=pushkey, values=values
+            conn,
+            existing,
+            user_id=user_id,
+            app_id=app_id,
+            pushkey=pushkey,
+            pushkey_sealed=pushkey_sealed,
+            values=values,
         )
         await replace_keys(
             conn, pusher_id, [generation] if generation else [], new_pusher=existing is None
@@ -348,11 +362,10 @@ async def save_registration(
         "period": None if generation is None else generation[0],
         "material": None if generation is None else generation[1],
         "action": action,
-        "pushkey_hash": pushkey_hash(pushkey),
         "detail": orjson.dumps(detail).decode("utf-8"),
     }
     if existing is None:
-        await conn.execute(_PG_CREATE, params)
+        await conn.execute(_PG_CREATE, {**params, "pushkey_sealed": pushkey_sealed})
     else:
         await conn.execute(_PG_UPDATE, {**params, "pusher_id": existing})
 
@@ -463,7 +476,8 @@ async def record_audit(
     pushkey: str,
     detail: Mapping[str, Any] | None = None,
 ) -> None:
-    """Append an audit record. Never pass secrets in ``detail``."""
+    """Append an audit record (the pushkey as its keyed index). Never pass secrets in
+    ``detail``."""
     await conn.execute(
         _INSERT_AUDIT,
         {
@@ -472,7 +486,7 @@ async def record_audit(
             "actor": actor,
             "user_id": user_id,
             "app_id": app_id,
-            "pushkey_hash": pushkey_hash(pushkey),
+            "pushkey_hash": pushkey,
             "detail": None if detail is None else orjson.dumps(detail).decode("utf-8"),
         },
     )
@@ -513,9 +527,9 @@ class UserRecord:
 async def user_record(
     conn: AsyncConnection, user_id: str, *, events_limit: int | None
 ) -> UserRecord:
-    """The user's pushers (their ``data``, never their key generations), channel states, events
-    with their notifications' outcomes (newest first; ``payload`` as stored: sealed, or None once
-    forgotten), and the audit records that name the user."""
+    """The user's pushers (their ``data`` and sealed pushkey, never their key generations),
+    channel states, events with their notifications' outcomes (newest first; ``payload`` as
+    stored: sealed, or None once forgotten), and the audit records that name the user."""
     stored = stored_user_id(user_id)
     pusher_rows = await conn.execute(
         select(
@@ -533,6 +547,7 @@ async def user_record(
             pushers.c.key_identifier,
             pushers.c.created_at,
             pushers.c.updated_at,
+            pushers.c.pushkey_sealed,
             select(func.max(notifications.c.finished_at))
             .where(
                 notifications.c.pusher_id == pushers.c.id,

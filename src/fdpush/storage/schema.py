@@ -2,6 +2,11 @@
 
 The schema is changed only through a new migration in ``migrations/versions``; this module
 describes the state the newest migration produces (a test checks they agree).
+
+No user id and no pushkey is stored in the clear (ZETA A_29957, variant A): every ``user_id``
+column holds the user's keyed pseudonym (``KeyVault.pseudonym``), every ``pushkey`` column the
+pushkey's keyed index (``KeyVault.pushkey_index``); the pushkey itself, which the gateway needs,
+only sealed, in ``pushers.pushkey_sealed``.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ pushers = Table(
     Column("id", _ID, primary_key=True, autoincrement=True),
     Column("user_id", String(255), nullable=False),
     Column("app_id", String(64), nullable=False),
-    Column("pushkey", String(512), nullable=False),
+    Column("pushkey", String(512), nullable=False),  # the keyed index (64 hex digits)
     Column("kind", String(16), nullable=False),
     Column("app_display_name", String(256), nullable=False),
     Column("device_display_name", String(256), nullable=False),
@@ -54,6 +59,9 @@ pushers = Table(
     Column("key_identifier", String(128), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The pushkey, sealed under the master key bound to (user_id, app_id, pushkey index). NULL
+    # only in rows written before 0005, until the service's data step seals them.
+    Column("pushkey_sealed", LargeBinary, nullable=True),
     UniqueConstraint("user_id", "app_id", "pushkey"),
     Index(None, "app_id", "pushkey"),
     Index(None, "user_id", "pushkey"),
@@ -95,7 +103,7 @@ audit_log = Table(
     Column("actor", String(255), nullable=False),  # the user (or "system") that caused it
     Column("user_id", String(255), nullable=False),  # whose pusher it was
     Column("app_id", String(64), nullable=False),
-    Column("pushkey_hash", String(64), nullable=False),  # sha256 of the pushkey, not the key
+    Column("pushkey_hash", String(64), nullable=False),  # the pushkey's keyed index
     Column("detail", Text, nullable=True),
     Index(None, "user_id", "at"),
 )
@@ -167,7 +175,7 @@ rs_idempotency = Table(
 )
 
 # Facts about the stored data that migrations cannot establish (they have no master key), e.g.
-# that the user ids were replaced by their pseudonyms.
+# that the user ids were replaced by their pseudonyms, the pushkeys by their sealed copies.
 data_steps = Table(
     "data_steps",
     metadata,

@@ -26,11 +26,11 @@ from fdpush import __version__
 from fdpush.config import Settings, resolve_master_key
 from fdpush.delivery.setup import make_worker
 from fdpush.domain.channels import ChannelService
+from fdpush.domain.data_steps import run_data_steps
 from fdpush.domain.events import EventService
 from fdpush.domain.gateway_url import GatewayUrlPolicy
 from fdpush.domain.history import HistoryService
 from fdpush.domain.keys import KeyVault
-from fdpush.domain.pseudonyms import pseudonymise_stored_users
 from fdpush.domain.pushers import PusherService
 from fdpush.domain.users import UserRequests
 from fdpush.domain.zeta import RsService
@@ -112,7 +112,7 @@ def create_app(
         if settings.migrate_on_start:
             revision = await db.migrate()
             log.info("database schema at revision %s (%s)", revision, db.dialect)
-        await pseudonymise_stored_users(db, vault)
+        await run_data_steps(db, vault)
         if authenticator.mode == "dev":
             log.warning(
                 "DEV AUTHENTICATION: any holder of FDPUSH_AUTH_DEV_SECRET can act as any user. "
@@ -181,6 +181,7 @@ def create_app(
         encryption_required=settings.encryption == "required",
         history=HistoryService(db, vault, enabled=settings.history_days > 0),
         pseudonym=vault.pseudonym,
+        pushkey_index=vault.pushkey_index,
     )
     app.state.worker = worker
     _set_internal_state(app, settings, events, UserRequests(db, vault), vault.pseudonym)

@@ -60,6 +60,7 @@ class ClientApi:
     encryption_required: bool
     history: HistoryService
     pseudonym: Callable[[str], str]  # a user id as it is stored (KeyVault.pseudonym)
+    pushkey_index: Callable[[str], str]  # a pushkey as it is looked up (KeyVault.pushkey_index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +135,12 @@ User = Annotated[str, Depends(current_user)]
 WritingUser = Annotated[str, Depends(writing_user)]
 
 
-def _device_pushkey(pushkey: str) -> str:
-    """A pushkey from the path that could name a device; otherwise there is no such device."""
+def _device(request: Request, pushkey: str) -> str:
+    """The device a pushkey from the path names, as its keyed index (only the index is stored);
+    a pushkey that could name no device is not found."""
     if not _PUSHKEY.fullmatch(pushkey) or len(pushkey.encode("utf-8", "replace")) > 512:
         raise NotFound("No pusher with this pushkey")
-    return pushkey
+    return _api(request).pushkey_index(pushkey)
 
 
 async def get_pushers(request: Request, user: User) -> JsonResponse:
@@ -180,15 +182,14 @@ async def get_channels(request: Request, _user: User) -> JsonResponse:
 
 
 async def get_device_channels(request: Request, user: User, pushkey: str) -> JsonResponse:
-    states = await _api(request).channels.device_channels(user, _device_pushkey(pushkey))
+    states = await _api(request).channels.device_channels(user, _device(request, pushkey))
     return JsonResponse({"channels": [{"id": c.id, "status": c.status} for c in states]})
 
 
 async def set_device_channels(request: Request, user: WritingUser, pushkey: str) -> JsonResponse:
-    api = _api(request)
-    pushkey = _device_pushkey(pushkey)
+    device = _device(request, pushkey)
     changes = parse_channel_changes(parse_json_object(await request.body()))
-    await api.channels.update(user, pushkey, changes)
+    await _api(request).channels.update(user, device, changes)
     return JsonResponse({})
 
 
@@ -208,7 +209,7 @@ async def get_device_history(
 ) -> JsonResponse:
     page = await _history(request).device(
         user,
-        _device_pushkey(pushkey),
+        _device(request, pushkey),
         limit=limit,
         cursor=None if cursor is None else plain_text("from", cursor),
     )
