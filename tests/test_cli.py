@@ -257,11 +257,18 @@ def test_migrate_a_fresh_database_twice(tmp_path: Path, database_url: str) -> No
     assert "Traceback" not in second.stderr
 
 
-def test_migrate_needs_no_authentication_settings(tmp_path: Path) -> None:
-    """A migration job touches only the database: the default jwt mode without keys is fine."""
-    result = run("migrate", cwd=tmp_path, FDPUSH_DATABASE_URL=f"sqlite:///{tmp_path / 'm.db'}")
+def test_migrate_needs_the_master_key_but_no_authentication_settings(tmp_path: Path) -> None:
+    """A migration job touches only the database, but its data steps need the master key: the
+    default jwt mode without the identity provider's keys is fine, without a master key not
+    (one line naming it, and nothing created)."""
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    result = run("migrate", cwd=tmp_path, FDPUSH_DATABASE_URL=url, FDPUSH_MASTER_KEY=MASTER_KEY)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("database schema is at revision ")
+    keyless = run("migrate", cwd=tmp_path, FDPUSH_DATABASE_URL=f"sqlite:///{tmp_path / 'n.db'}")
+    assert keyless.returncode != 0
+    assert "FDPUSH_MASTER_KEY" in keyless.stderr and "Traceback" not in keyless.stderr
+    assert not (tmp_path / "n.db").exists()
 
 
 def test_migrate_an_unreachable_database(tmp_path: Path) -> None:
@@ -269,6 +276,7 @@ def test_migrate_an_unreachable_database(tmp_path: Path) -> None:
         "migrate",
         cwd=tmp_path,
         **DEV_ENV,
+        FDPUSH_MASTER_KEY=MASTER_KEY,
         FDPUSH_DATABASE_URL="postgresql://fdpush@127.0.0.1:1/fdpush",
     )
     assert result.returncode != 0

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import DEV_SECRET
 from fdpush.config import example_config
-from test_cli import FDPUSH, assert_one_clear_error, run
+from test_cli import FDPUSH, MASTER_KEY, assert_one_clear_error, run
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "docs" / "fdpush.env.example"
@@ -80,7 +80,7 @@ def test_relative_database_path_follows_the_config_file(tmp_path: Path) -> None:
     elsewhere.mkdir()
     config = folder / "fdpush.env"
     config.write_text("FDPUSH_DATABASE_URL=sqlite:///./fdpush.db\n")
-    result = run("migrate", "--config", str(config), cwd=elsewhere)
+    result = run("migrate", "--config", str(config), cwd=elsewhere, FDPUSH_MASTER_KEY=MASTER_KEY)
     assert result.returncode == 0, result.stderr
     assert (folder / "fdpush.db").is_file()
     assert list(elsewhere.iterdir()) == []
@@ -91,6 +91,7 @@ def test_a_misspelt_environment_setting_is_reported_at_start_up(tmp_path: Path) 
         "migrate",
         cwd=tmp_path,
         FDPUSH_DATABASE_URL=f"sqlite:///{tmp_path / 'a.db'}",
+        FDPUSH_MASTER_KEY=MASTER_KEY,
         FDPUSH_MASTERKEY="x",
     )
     assert result.returncode == 0, result.stderr
@@ -179,7 +180,11 @@ def test_the_sqlite_file_and_its_folder_are_owner_only(tmp_path: Path) -> None:
     database = tmp_path / "data" / "fdpush.db"
     done = subprocess.run(
         [str(FDPUSH), "migrate"],
-        env={**clean, "FDPUSH_DATABASE_URL": f"sqlite:///{database}"},
+        env={
+            **clean,
+            "FDPUSH_DATABASE_URL": f"sqlite:///{database}",
+            "FDPUSH_MASTER_KEY": MASTER_KEY,
+        },
         cwd=tmp_path,
         capture_output=True,
         text=True,

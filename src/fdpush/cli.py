@@ -148,10 +148,8 @@ def serve(
             if not started:
                 sys.exit(server.EXIT_NOT_STARTED)
             return
-        # Once here, not racing in each process: the migrations, and the master key file.
-        if settings.migrate_on_start:
-            _migrate(settings)
-        resolve_master_key(settings)
+        # Once here, not racing in each process: the migrations and data steps, the key file.
+        _prepare(settings, migrate=settings.migrate_on_start)
         sys.exit(
             server.serve_processes(
                 settings, workers=workers, host=host, access_log=not no_access_log, sockets=sockets
@@ -192,19 +190,29 @@ def _check_database(url: str) -> None:
 @cli.command()
 @click.pass_obj
 def migrate(obj: _Context) -> None:
-    """Bring the database schema to the newest version."""
-    revision = _migrate(obj.settings(for_serving=False))
+    """Bring the database to this version: the schema, then the steps on the stored data that
+    need the master key (user ids to pseudonyms, pushkeys sealed)."""
+    try:
+        revision = _prepare(obj.settings(for_serving=False), migrate=True)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
     click.echo(f"database schema is at revision {revision}")
 
 
-def _migrate(settings: Settings) -> str | None:
-    """Apply the migrations; a failure is one line and a non-zero exit."""
+def _prepare(settings: Settings, *, migrate: bool) -> str | None:
+    """Migrate (when ``migrate``) and run the pending data steps
+    (:func:`fdpush.domain.data_steps.prepare_database`); a failure is one line and a non-zero
+    exit. Raises ``ConfigError`` when there is no master key."""
+    from fdpush.domain.data_steps import prepare_database
+    from fdpush.domain.keys import KeyVault
     from fdpush.storage.database import Database
+
+    vault = KeyVault(resolve_master_key(settings))
 
     async def run() -> str | None:
         db = Database(settings.database_url)
         try:
-            return await db.migrate()
+            return await prepare_database(db, vault, migrate=migrate)
         finally:
             await db.close()
 
@@ -253,7 +261,6 @@ def worker(obj: _Context, processes: int | None) -> None:
     """
     from fdpush.config import resolve_master_key
     from fdpush.delivery.processes import run_worker_processes
-    from fdpush.storage.database import Database
 
     settings = obj.settings(for_serving=False)
     try:
@@ -263,16 +270,7 @@ def worker(obj: _Context, processes: int | None) -> None:
         raise click.ClickException(f"configuration: {exc}") from None
     _warn_worker_on_sqlite(settings)
     _check_database(settings.database_url)
-    if settings.migrate_on_start:
-
-        async def migrate() -> None:
-            db = Database(settings.database_url)
-            try:
-                await db.migrate()
-            finally:
-                await db.close()
-
-        asyncio.run(migrate())
+    _prepare(settings, migrate=settings.migrate_on_start)
     sys.exit(
         run_worker_processes(
             settings, processes or settings.worker_processes, master_key=master_key

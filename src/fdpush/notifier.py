@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from fdpush.config import Settings, load_settings, resolve_master_key
-from fdpush.domain.data_steps import run_data_steps
+from fdpush.domain.data_steps import prepare_database
 from fdpush.domain.events import EmitResult, EventRequest, EventService, EventStatus
 from fdpush.domain.keys import KeyVault
 from fdpush.storage.database import Database
@@ -43,10 +43,8 @@ class Notifier:
         settings = settings or load_settings(for_serving=False)
         db = Database(settings.database_url)
         try:
-            if settings.migrate_on_start:
-                await db.migrate()
             vault = KeyVault(resolve_master_key(settings))
-            await run_data_steps(db, vault)
+            await prepare_database(db, vault, migrate=settings.migrate_on_start)
             events = EventService(
                 db,
                 catalog=settings.channels,

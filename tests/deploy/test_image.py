@@ -8,6 +8,7 @@ in a fresh virtualenv. Whatever the Dockerfile says is what is run, so the two c
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shlex
@@ -156,11 +157,11 @@ def test_install_and_start_as_the_image_does(tmp_path: Path) -> None:
     workdir = tmp_path / "var-lib-fdpush"
     workdir.mkdir()
 
-    def start(*args: str) -> subprocess.CompletedProcess[str]:
+    def start(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [executable, *entrypoint[1:], *args],
             cwd=workdir,
-            env=run_env,
+            env={**run_env, **env},
             capture_output=True,
             text=True,
             timeout=60,
@@ -171,7 +172,8 @@ def test_install_and_start_as_the_image_does(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     for command in ("serve", "worker", "migrate", "gateway"):
         assert command in shown.stdout
-    migrated = start("migrate")
+    # With the master key, as the migration job has it: its data steps need it.
+    migrated = start("migrate", FDPUSH_MASTER_KEY=base64.b64encode(os.urandom(32)).decode())
     assert migrated.returncode == 0, migrated.stderr
     assert "database schema is at revision" in migrated.stdout
     with sqlite3.connect(workdir / "fdpush.db") as conn:

@@ -97,6 +97,9 @@ def test_migration_job_runs_migrate() -> None:
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["migrate"]
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    # Its data steps (pseudonyms, sealed pushkeys) need the master key.
+    [master_key] = [e for e in container["env"] if e["name"] == "FDPUSH_MASTER_KEY"]
+    assert master_key["valueFrom"]["secretKeyRef"]["name"] == "fdpush-master-key"
 
 
 def test_services_and_budgets_select_existing_pods() -> None:

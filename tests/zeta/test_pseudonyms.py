@@ -20,6 +20,7 @@ from delivery.e2e_helpers import (
     COMMUNICATION,
     AppDevice,
     Rig,
+    WorkerProcess,
     delivery_env,
     restart,
     run_cli,
@@ -234,3 +235,24 @@ def test_a_database_written_before_pseudonyms_and_sealed_pushkeys_is_converted_a
     finally:
         rig.close()
         again.stop()
+
+
+@pytest.mark.parametrize("entry", ["migrate", "worker"])
+def test_migrate_and_a_worker_convert_a_database_before_any_service_starts(
+    start_service: Callable[..., Service],
+    pki: TestPki,
+    gateway: GatewayThread,
+    tmp_path_factory: pytest.TempPathFactory,
+    entry: str,
+) -> None:
+    """Every entry point migrates (as allowed) and then runs the data steps: after `fdpush
+    migrate`, or a worker's start, no user id and no pushkey is left in the clear."""
+    service, user, devices = old_database(start_service, pki, gateway)
+    if entry == "migrate":
+        result = run_cli(service, "migrate")
+        assert result.returncode == 0, result.stderr
+        assert "user ids" in result.stderr and "pushkeys" in result.stderr  # what it converted
+    else:
+        WorkerProcess(service, tmp_path_factory.mktemp("worker")).stop()
+    assert_converted(service, user, devices)
+    assert service.query("SELECT version_num FROM alembic_version") == [("0005",)]

@@ -1,24 +1,45 @@
-"""Steps on the stored data that need the master key, which migrations do not have.
+"""Bringing a database to what this version reads: the schema, then the steps on the data.
 
-Each runs once per database, in this order, after the migrations; the table ``data_steps``
-records the ones done, so a later run costs one read each:
+Migrations change the schema but have no master key; what needs it runs after them, as *data
+steps*, each once per database, in this order (the table ``data_steps`` records the ones done,
+so a later run costs one read each):
 
 1. ``user-pseudonyms`` (:mod:`fdpush.domain.pseudonyms`): user ids become keyed pseudonyms.
 2. ``sealed-pushkeys`` (:mod:`fdpush.domain.sealed_pushkeys`): pushkeys are sealed and looked
    up by their keyed index.
+
+Every entry point calls :func:`prepare_database` before it reads or writes anything: ``fdpush
+migrate``, ``fdpush serve`` (each API process), ``fdpush worker`` and the Python ``Notifier``.
+So after ``fdpush migrate`` no user id and no pushkey is left in the clear, before any service
+starts.
 """
 
 from __future__ import annotations
+
+import logging
 
 from fdpush.domain.keys import KeyVault
 from fdpush.domain.pseudonyms import pseudonymise_stored_users
 from fdpush.domain.sealed_pushkeys import seal_stored_pushkeys
 from fdpush.storage.database import Database
 
-__all__ = ["run_data_steps"]
+__all__ = ["prepare_database", "run_data_steps"]
+
+log = logging.getLogger(__name__)
 
 
 async def run_data_steps(db: Database, vault: KeyVault) -> None:
     """Run the steps this database has not had yet."""
     await pseudonymise_stored_users(db, vault)
     await seal_stored_pushkeys(db, vault)
+
+
+async def prepare_database(db: Database, vault: KeyVault, *, migrate: bool) -> str | None:
+    """Migrate the schema (when ``migrate``; else it must be current), then run the pending data
+    steps; the schema revision migrated to (None when not migrating)."""
+    revision = None
+    if migrate:
+        revision = await db.migrate()
+        log.info("database schema at revision %s (%s)", revision, db.dialect)
+    await run_data_steps(db, vault)
+    return revision

@@ -26,7 +26,7 @@ from fdpush import __version__
 from fdpush.config import Settings, resolve_master_key
 from fdpush.delivery.setup import make_worker
 from fdpush.domain.channels import ChannelService
-from fdpush.domain.data_steps import run_data_steps
+from fdpush.domain.data_steps import prepare_database
 from fdpush.domain.events import EventService
 from fdpush.domain.gateway_url import GatewayUrlPolicy
 from fdpush.domain.history import HistoryService
@@ -109,10 +109,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if settings.migrate_on_start:
-            revision = await db.migrate()
-            log.info("database schema at revision %s (%s)", revision, db.dialect)
-        await run_data_steps(db, vault)
+        await prepare_database(db, vault, migrate=settings.migrate_on_start)
         if authenticator.mode == "dev":
             log.warning(
                 "DEV AUTHENTICATION: any holder of FDPUSH_AUTH_DEV_SECRET can act as any user. "
