@@ -204,6 +204,7 @@ def _prepare(settings: Settings, *, migrate: bool) -> str | None:
     (:func:`fdpush.domain.data_steps.prepare_database`); a failure is one line and a non-zero
     exit. Raises ``ConfigError`` when there is no master key."""
     from fdpush.domain.data_steps import prepare_database
+    from fdpush.domain.keyring import KeyringError
     from fdpush.domain.keys import KeyVault
     from fdpush.storage.database import Database
 
@@ -218,6 +219,8 @@ def _prepare(settings: Settings, *, migrate: bool) -> str | None:
 
     try:
         return asyncio.run(run())
+    except KeyringError as exc:
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - say what failed, in one line, and exit non-zero
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise click.ClickException(f"migration failed: {type(exc).__name__}: {reason}") from None
@@ -348,23 +351,14 @@ def audit(obj: _Context, user_id: str) -> None:
 
     The database holds only the user's pseudonym; this computes it with the master key.
     """
-    from fdpush.config import resolve_master_key
-    from fdpush.domain.keys import KeyVault
     from fdpush.storage import queries
-    from fdpush.storage.database import Database
 
-    settings = obj.settings(for_serving=False)
-    pseudonym = KeyVault(resolve_master_key(settings)).pseudonym(user_id)
+    async def records(db: Any, vault: Any) -> tuple[str, list[Any]]:
+        pseudonym = vault.pseudonym(user_id)
+        async with db.read() as conn:
+            return pseudonym, list(await queries.audit_records(conn, pseudonym))
 
-    async def run() -> list[Any]:
-        db = Database(settings.database_url)
-        try:
-            async with db.read() as conn:
-                return list(await queries.audit_records(conn, pseudonym))
-        finally:
-            await db.close()
-
-    rows = asyncio.run(run())
+    pseudonym, rows = _with_vault(obj.settings(for_serving=False), records)
     click.echo(f"pseudonym {pseudonym}: {len(rows)} audit record(s)")
     for r in rows:
         actor = "user" if r.actor == pseudonym else r.actor
@@ -448,26 +442,39 @@ def user_group() -> None:
     """Data-subject requests: show, export (Art. 15) or erase (Art. 17) one user's data."""
 
 
-def _user_request(obj: _Context, work: Callable[[Any], Any]) -> Any:
-    """Run ``work(UserRequests)`` against the configured database."""
-    from fdpush.config import resolve_master_key
+def _with_vault(settings: Settings, work: Callable[[Any, Any], Any]) -> Any:
+    """Run ``work(database, vault)``, the vault with the database's identity keys (one line and
+    a non-zero exit when the master key cannot open the database)."""
+    from fdpush.domain.keyring import KeyringError, use_stored_identity
     from fdpush.domain.keys import KeyVault
-    from fdpush.domain.users import UserRequests
     from fdpush.logs import set_reference_key
     from fdpush.storage.database import Database
 
-    settings = obj.settings(for_serving=False)
     master_key = resolve_master_key(settings)
-    set_reference_key(master_key)  # the device references of `show`
+    set_reference_key(master_key)  # device references as the logs have them
 
     async def run() -> Any:
         db = Database(settings.database_url)
         try:
-            return await work(UserRequests(db, KeyVault(master_key)))
+            vault = KeyVault(master_key)
+            await use_stored_identity(db, vault, first_time=False)
+            return await work(db, vault)
         finally:
             await db.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except KeyringError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _user_request(obj: _Context, work: Callable[[Any], Any]) -> Any:
+    """Run ``work(UserRequests)`` against the configured database."""
+    from fdpush.domain.users import UserRequests
+
+    return _with_vault(
+        obj.settings(for_serving=False), lambda db, vault: work(UserRequests(db, vault))
+    )
 
 
 def _echo_json(value: Any) -> None:
@@ -507,6 +514,105 @@ def user_delete(obj: _Context, user_id: str, yes: bool) -> None:
     actor = f"cli:{os.environ.get('USER', 'unknown')}"
     counts = _user_request(obj, lambda users: users.erase(user_id, actor=actor))
     click.echo("erased: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+
+
+@cli.group("master-key", cls=_Commands)
+def master_key_group() -> None:
+    """Rotate the master key: seal everything stored under a new one."""
+
+
+@master_key_group.command("rotate")
+@click.option(
+    "--new-key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The new key: Base64 of 32 random bytes (openssl rand -base64 32), owner-only.",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Rows sealed anew per transaction.",
+)
+@click.option(
+    "--ignore-connections",
+    is_flag=True,
+    help="Rotate although other sessions are connected to the database (PostgreSQL).",
+)
+@click.pass_obj
+def master_key_rotate(
+    obj: _Context, new_key_file: Path, chunk_size: int, ignore_connections: bool
+) -> None:
+    """Seal everything stored under the master key (FDPUSH_MASTER_KEY) under the new key instead.
+
+    Stop every fdpush process first (serve, worker, Notifier) and back the database up. Safe to
+    interrupt: until it has finished no fdpush process starts, and running it again with the
+    same two keys finishes it. Then start everything with the new key: FDPUSH_MASTER_KEY set to
+    the new key file's content. Pseudonyms and pushkey indexes stay as they are.
+    """
+    from fdpush.config import decode_master_key
+    from fdpush.domain.keyring import KeyringError
+    from fdpush.domain.keys import KeyVault
+    from fdpush.domain.rotation import rotate_master_key
+    from fdpush.storage.database import Database
+
+    settings = obj.settings(for_serving=False)
+    source = f"--new-key-file ({new_key_file})"
+    try:
+        if new_key_file.stat().st_mode & 0o077:
+            raise ConfigError(f"{source}: readable by others; run: chmod 600 {new_key_file}")
+        new_key = decode_master_key(new_key_file.read_text(), source)
+        current_key = resolve_master_key(settings)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+    if new_key == current_key:
+        raise click.ClickException(f"{source}: this is the current master key already")
+    bars: dict[str, Any] = {}
+    new_bar: Any = click.progressbar  # its overloads do not type a bar without an iterable
+
+    def progress(what: str, done: int, total: int) -> None:
+        """One bar per kind of record, on stderr (stdout has the summary)."""
+        bar = bars.get(what)
+        if bar is None:
+            bar = bars[what] = new_bar(length=max(total, 1), label=f"{what:<20}", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+        if done >= total:
+            bar.__exit__(None, None, None)
+
+    async def run() -> Any:
+        db = Database(settings.database_url)
+        try:
+            return await rotate_master_key(
+                db,
+                KeyVault(current_key),
+                KeyVault(new_key),
+                chunk=chunk_size,
+                progress=progress,
+                ignore_connections=ignore_connections,
+            )
+        finally:
+            await db.close()
+
+    try:
+        report = asyncio.run(run())
+    except KeyringError as exc:
+        raise click.ClickException(str(exc)) from None
+    for what, count in report.resealed.items():
+        click.echo(f"sealed under the new key: {count} {what}")
+    for what, count in report.already.items():
+        click.echo(f"under the new key already (an interrupted run): {count} {what}")
+    for what, count in report.unopenable.items():
+        click.echo(f"opening under neither key, left as they were: {count} {what}")
+    if report.swept:
+        click.echo("the database was under the new key already; leftovers swept")
+    else:
+        click.echo("done: the database is now sealed under the new key")
+    click.echo(
+        "Start fdpush with FDPUSH_MASTER_KEY set to the new key; keep the old key as long as "
+        "backups made before this rotation are kept."
+    )
 
 
 def _add_gateway_command() -> None:

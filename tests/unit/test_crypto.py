@@ -427,6 +427,25 @@ def test_identity_keys_are_derived_from_the_master_key_until_given() -> None:
         assert derived.pushkey_index_key.hex() not in text
 
 
+def test_a_blob_is_sealed_anew_under_another_master_key_once() -> None:
+    """What a rotation does to each stored blob: sealed under the new key when it opens under
+    the current one, left alone when it is under the new one already, refused otherwise."""
+    current, new = KeyVault(MASTER), KeyVault(os.urandom(32), crypto.IdentityKeys.derive(MASTER))
+    blob = current.seal_record("event-payload", "e1", b"payload")
+    context = b"fdpush/event-payload/v1\x00e1"
+    resealed = current.reseal(blob, context, new)
+    assert resealed is not None and new.open_record("event-payload", "e1", resealed) == b"payload"
+    assert current.reseal(resealed, context, new) is None
+    with pytest.raises(CryptoError):
+        current.reseal(
+            KeyVault(os.urandom(32)).seal_record("event-payload", "e1", b"x"), context, new
+        )
+    sealed = new.seal_identity()
+    assert new.open_identity(sealed) == current.identity
+    with pytest.raises(CryptoError):
+        current.open_identity(sealed)
+
+
 def test_key_vault_needs_a_256_bit_master_key() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         KeyVault(bytes(16))

@@ -5,8 +5,11 @@ pseudonym; a database written in the clear is converted at the next start, its s
 generations included; ``fdpush audit --user`` finds a person's records by computing it.
 """
 
+import base64
 import hashlib
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -134,7 +137,7 @@ def make_it_old(service: Service, user: str, devices: list[AppDevice]) -> None:
     """Turn the (stopped) service's database into one written before user ids were pseudonyms
     and pushkeys sealed (revision 0004, no data step done): user ids and pushkeys in the clear
     in every table, key generations sealed bound to them, the audit log with the unkeyed
-    SHA-256 prefix of each pushkey, and no ``pushkeys_sealed`` column."""
+    SHA-256 prefix of each pushkey, no ``pushkey_sealed`` column and no ``keyring``."""
     key = service.master_key()
     pseudonym = service.pseudonym(user)
     plain = {service.pushkey_index(d.pushkey): d.pushkey for d in devices}
@@ -170,6 +173,7 @@ def make_it_old(service: Service, user: str, devices: list[AppDevice]) -> None:
         service.query(f"UPDATE {table} SET {column} = ? WHERE {column} = ?", (user, pseudonym))
     service.query("DELETE FROM data_steps")
     service.query("ALTER TABLE pushers DROP COLUMN pushkey_sealed")
+    service.query("DROP TABLE keyring")
     service.query("UPDATE alembic_version SET version_num = '0004'")
     assert cells_naming(service, pseudonym) == []
     assert all(cells_naming(service, d.pushkey) for d in devices[:1])
@@ -211,6 +215,7 @@ def assert_converted(service: Service, user: str, devices: list[AppDevice]) -> N
     assert all(len(h) == 64 for h in hashes)  # a deleted one's: keyed too, no SHA-256 prefix
     [(sealed,)] = service.query("SELECT count(*) FROM pushers WHERE pushkey_sealed IS NULL")
     assert sealed == 0
+    assert service.query("SELECT name FROM keyring") == [("identity",)]  # kept from now on
 
 
 def test_a_database_written_before_pseudonyms_and_sealed_pushkeys_is_converted_at_start(
@@ -256,3 +261,29 @@ def test_migrate_and_a_worker_convert_a_database_before_any_service_starts(
         WorkerProcess(service, tmp_path_factory.mktemp("worker")).stop()
     assert_converted(service, user, devices)
     assert service.query("SELECT version_num FROM alembic_version") == [("0005",)]
+
+
+def test_a_database_is_not_converted_with_another_master_key(
+    start_service: Callable[..., Service], pki: TestPki, gateway: GatewayThread
+) -> None:
+    """Converting with the wrong key would pseudonymise and seal under it for good: the key is
+    checked against what the database holds first; nothing is changed, and the right key then
+    converts it."""
+    service, user, devices = old_database(start_service, pki, gateway)
+    wrong = {**service.env, "FDPUSH_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+    refused = subprocess.run(
+        [sys.executable, "-m", "fdpush", "migrate"],
+        env=wrong,
+        cwd=service.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "does not open this database" in refused.stderr and "Traceback" not in refused.stderr
+    assert service.query("SELECT name FROM data_steps") == []
+    assert service.query("SELECT name FROM keyring") == []
+    assert cells_naming(service, devices[0].pushkey)  # still as it was
+    assert run_cli(service, "migrate").returncode == 0
+    assert_converted(service, user, devices)

@@ -251,11 +251,14 @@ async def _child(settings: Settings, master_key: bytes) -> None:
     from prometheus_client import CollectorRegistry
 
     from fdpush.delivery.setup import make_worker
+    from fdpush.domain.keyring import use_stored_identity
     from fdpush.domain.keys import KeyVault
     from fdpush.storage.database import Database
 
     db = Database(settings.database_url, pool_size=settings.database_pool_size or 10)
-    delivery, client = make_worker(settings, db, KeyVault(master_key), CollectorRegistry())
+    vault = KeyVault(master_key)
+    await use_stored_identity(db, vault, first_time=False)  # the supervisor prepared it
+    delivery, client = make_worker(settings, db, vault, CollectorRegistry())
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, delivery.stop)
     try:

@@ -11,13 +11,16 @@ so a later run costs one read each):
 Every entry point calls :func:`prepare_database` before it reads or writes anything: ``fdpush
 migrate``, ``fdpush serve`` (each API process), ``fdpush worker`` and the Python ``Notifier``.
 So after ``fdpush migrate`` no user id and no pushkey is left in the clear, before any service
-starts.
+starts. It also opens the identity keys the database keeps (:mod:`fdpush.domain.keyring`), and
+refuses a master key that is not the database's, or a database whose rotation to a new master
+key is unfinished.
 """
 
 from __future__ import annotations
 
 import logging
 
+from fdpush.domain.keyring import keep_identity, use_stored_identity
 from fdpush.domain.keys import KeyVault
 from fdpush.domain.pseudonyms import pseudonymise_stored_users
 from fdpush.domain.sealed_pushkeys import seal_stored_pushkeys
@@ -35,11 +38,20 @@ async def run_data_steps(db: Database, vault: KeyVault) -> None:
 
 
 async def prepare_database(db: Database, vault: KeyVault, *, migrate: bool) -> str | None:
-    """Migrate the schema (when ``migrate``; else it must be current), then run the pending data
-    steps; the schema revision migrated to (None when not migrating)."""
+    """Migrate the schema (when ``migrate``; else it must be current), make ``vault`` use the
+    database's identity keys, then run the pending data steps; the schema revision migrated to
+    (None when not migrating). :class:`~fdpush.domain.keyring.KeyringError` when the vault's
+    master key cannot work on this database.
+
+    A database opened for the first time keeps the identity keys derived from this master key,
+    stored once the data steps (which open what it holds) have run.
+    """
     revision = None
     if migrate:
         revision = await db.migrate()
         log.info("database schema at revision %s (%s)", revision, db.dialect)
+    kept = await use_stored_identity(db, vault, first_time=True)
     await run_data_steps(db, vault)
+    if not kept:
+        await keep_identity(db, vault)
     return revision

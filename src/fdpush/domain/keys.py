@@ -24,8 +24,10 @@ __all__ = [
     "advance",
     "current_period",
     "generation_context",
+    "identity_context",
     "pushkey_context",
     "record_context",
+    "sealed_context",
 ]
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -54,6 +56,22 @@ def record_context(kind: str, record_id: str) -> bytes:
     return f"fdpush/{kind}/v1\x00{record_id}".encode()
 
 
+def sealed_context(kind: str, *key: str) -> bytes:
+    """The context of any stored blob by its kind and its row's key: ``key-generation`` (user,
+    app_id, pushkey index, month), ``pushkey`` (user, app_id, pushkey index), or a record kind
+    (``event-payload``, ``notification``: its id)."""
+    if kind == "key-generation":
+        return generation_context(*key)
+    if kind == "pushkey":
+        return pushkey_context(*key)
+    return record_context(kind, *key)
+
+
+def identity_context() -> bytes:
+    """What the database's identity keys are sealed bound to."""
+    return b"fdpush/identity-keys/v1"
+
+
 class KeyVault:
     """Seals and opens what is stored under the master key; computes the keyed indexes.
 
@@ -72,8 +90,43 @@ class KeyVault:
 
     @property
     def identity(self) -> crypto.IdentityKeys:
-        """The keys of the pseudonyms and pushkey indexes this vault computes."""
+        """The keys of the pseudonyms and pushkey indexes this vault computes: derived from its
+        master key until :meth:`use_identity` gives it those a database keeps."""
         return self._identity
+
+    def use_identity(self, identity: crypto.IdentityKeys) -> None:
+        """Compute pseudonyms and indexes with the identity keys a database keeps (they were
+        derived from the master key it was first opened with, which may since have changed)."""
+        self._identity = identity
+
+    def seal_identity(self) -> bytes:
+        """The identity keys sealed under the master key, as the database keeps them."""
+        raw = self._identity.to_bytes()
+        return crypto.seal_at_rest(self._master_key, raw, identity_context())
+
+    def open_identity(self, sealed: bytes) -> crypto.IdentityKeys:
+        """Identity keys a database keeps (:class:`crypto.CryptoError`: not under this key)."""
+        raw = crypto.unseal_at_rest(self._master_key, sealed, identity_context())
+        return crypto.IdentityKeys.from_bytes(raw)
+
+    def opens(self, blob: bytes, context: bytes) -> bool:
+        """Whether ``blob`` was sealed under this vault's master key for ``context``."""
+        try:
+            crypto.unseal_at_rest(self._master_key, blob, context)
+        except crypto.CryptoError:
+            return False
+        return True
+
+    def reseal(self, blob: bytes, context: bytes, new: KeyVault) -> bytes | None:
+        """``blob`` (sealed for ``context``) sealed under ``new``'s master key instead; None when
+        it is under ``new``'s already. :class:`crypto.CryptoError` when neither key opens it."""
+        try:
+            plain = crypto.unseal_at_rest(self._master_key, blob, context)
+        except crypto.CryptoError:
+            if new.opens(blob, context):
+                return None
+            raise
+        return crypto.seal_at_rest(new._master_key, plain, context)
 
     def seal(
         self, user_id: str, app_id: str, pushkey_index: str, generation: crypto.KeyGeneration

@@ -182,3 +182,15 @@ data_steps = Table(
     Column("name", String(64), primary_key=True),
     Column("done_at", BigInteger, nullable=False),  # epoch ms
 )
+
+# The identity keys (of the user pseudonyms and pushkey indexes), sealed under the master key:
+# they must outlive a rotation of the master key, since the ids behind the stored pseudonyms
+# are not known. ``identity``: under the current master key; ``identity-next``: only while a
+# rotation to a new master key is unfinished (fdpush.domain.keyring).
+keyring = Table(
+    "keyring",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("material", LargeBinary, nullable=False),
+    Column("created_at", BigInteger, nullable=False),  # epoch ms
+)

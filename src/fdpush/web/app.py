@@ -30,6 +30,7 @@ from fdpush.domain.data_steps import prepare_database
 from fdpush.domain.events import EventService
 from fdpush.domain.gateway_url import GatewayUrlPolicy
 from fdpush.domain.history import HistoryService
+from fdpush.domain.keyring import KeyringError
 from fdpush.domain.keys import KeyVault
 from fdpush.domain.pushers import PusherService
 from fdpush.domain.users import UserRequests
@@ -109,7 +110,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await prepare_database(db, vault, migrate=settings.migrate_on_start)
+        try:
+            await prepare_database(db, vault, migrate=settings.migrate_on_start)
+        except KeyringError as exc:
+            log.error("not started: %s", exc)  # the one line that says what to do
+            raise
         if authenticator.mode == "dev":
             log.warning(
                 "DEV AUTHENTICATION: any holder of FDPUSH_AUTH_DEV_SECRET can act as any user. "
