@@ -9,6 +9,7 @@ status documented for that operation, its body and headers as documented there.
 from __future__ import annotations
 
 import functools
+import hashlib
 import random
 import re
 import socket
@@ -404,6 +405,13 @@ def test_the_same_key_with_another_body_is_invalid(rig: Rig, gateway: GatewayThr
     changed = notification(user, prio="high")
     zeta_error(post(rig, changed, **{"Idempotency-Key": key}), 400, "INVALID_PARAM")
     assert events_of(rig, user) == 1
+    # The receipt's fingerprint is keyed: a plain hash of the request (a KVNR and a short
+    # payload) could be found by trying them all.
+    [(stored,)] = rig.service.query("SELECT fingerprint FROM rs_idempotency WHERE key = ?", (key,))
+    parsed = {**notification(user), "prio": "normal", "reference": None}
+    plain = hashlib.sha256(orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    assert len(stored) == 64
+    assert stored != plain
 
 
 @pytest.mark.parametrize("key", ["", "k" * 65, "with space"])

@@ -95,8 +95,7 @@ class NotificationRequest:
     prio: str = "normal"
     reference: str | None = None
 
-    def fingerprint(self) -> str:
-        """The same request after parsing gives the same fingerprint (keys sorted)."""
+    def _canonical(self) -> bytes:
         body = {
             "user": {"id_type": self.id_type, "value": self.value},
             "channel": self.channel,
@@ -104,7 +103,21 @@ class NotificationRequest:
             "prio": self.prio,
             "reference": self.reference,
         }
-        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+    def fingerprint(self, keyed: Callable[[str], str]) -> str:
+        """The same request after parsing gives the same fingerprint (keys sorted). Keyed
+        (``keyed``: the pseudonym HMAC): a plain hash of a KVNR and a short payload could be
+        found by trying them all."""
+        return keyed(_FINGERPRINT_LABEL + self._canonical().decode("utf-8"))
+
+    def unkeyed_fingerprint(self) -> str:
+        """What receipts written before fingerprints were keyed hold (accepted until they
+        expire, so a repeat across the upgrade still gets its first answer)."""
+        return hashlib.sha256(self._canonical()).hexdigest()
+
+
+_FINGERPRINT_LABEL = "fdpush/rs-request/v1\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +267,7 @@ class RsService:
     async def _send_once(
         self, client: RsClient, request: NotificationRequest, key: str
     ) -> Accepted:
-        fingerprint = request.fingerprint()
+        fingerprint = request.fingerprint(self._pseudonym)
         deadline = time.monotonic() + _WAIT_SECONDS
         await self._prune()
         while True:
@@ -269,7 +282,7 @@ class RsService:
                     self._db, client.name, key, before_ms=now_ms - self._retention_ms
                 )
                 continue
-            if found.fingerprint != fingerprint:
+            if found.fingerprint not in (fingerprint, request.unkeyed_fingerprint()):
                 raise invalid("This Idempotency-Key was used with a different request")
             if found.notification_id is not None and found.status is not None:
                 assert found.accepted_at is not None

@@ -166,7 +166,7 @@ rs_idempotency = Table(
     metadata,
     Column("client", String(255), primary_key=True),
     Column("key", String(64), primary_key=True),
-    Column("fingerprint", String(64), nullable=False),  # sha256 of the parsed request
+    Column("fingerprint", String(64), nullable=False),  # HMAC of the parsed request (identity key)
     Column("notification_id", String(36), nullable=True),  # NULL while the first is in flight
     Column("status", String(32), nullable=True),
     Column("accepted_at", BigInteger, nullable=True),
