@@ -8,9 +8,9 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -25,6 +25,10 @@ from fdpush.config import (
     unknown_settings,
 )
 from fdpush.logs import configure_logging
+
+if TYPE_CHECKING:
+    from fdpush.domain.keys import KeyVault
+    from fdpush.services import Services
 
 __all__ = ["config_option", "main"]
 
@@ -45,6 +49,7 @@ class _Context:
 
 
 _F = TypeVar("_F", bound=Callable[..., Any] | click.Command)
+_T = TypeVar("_T")
 
 
 class _Commands(click.Group):
@@ -200,22 +205,19 @@ def migrate(obj: _Context) -> None:
 
 
 def _prepare(settings: Settings, *, migrate: bool) -> str | None:
-    """Migrate (when ``migrate``) and run the pending data steps
-    (:func:`fdpush.domain.data_steps.prepare_database`); a failure is one line and a non-zero
-    exit. Raises ``ConfigError`` when there is no master key."""
-    from fdpush.domain.data_steps import prepare_database
+    """Migrate (when ``migrate``) and run the pending data steps (:meth:`Services.prepare`); a
+    failure is one line and a non-zero exit. Raises ``ConfigError`` when there is no master
+    key."""
     from fdpush.domain.keyring import KeyringError
-    from fdpush.domain.keys import KeyVault
-    from fdpush.storage.database import Database
+    from fdpush.services import Services
 
-    vault = KeyVault(resolve_master_key(settings))
+    services = Services.build(settings)
 
     async def run() -> str | None:
-        db = Database(settings.database_url)
         try:
-            return await prepare_database(db, vault, migrate=migrate)
+            return await services.prepare(migrate=migrate)
         finally:
-            await db.close()
+            await services.close()
 
     try:
         return asyncio.run(run())
@@ -262,18 +264,17 @@ def worker(obj: _Context, processes: int | None) -> None:
     in one scrape), /health/live and /health/ready on FDPUSH_WORKER_METRICS_PORT (9101). With
     SQLite, run the worker inside `fdpush serve` (the default) instead.
     """
-    from fdpush.config import resolve_master_key
     from fdpush.delivery.processes import run_worker_processes
 
     settings = obj.settings(for_serving=False)
     try:
         settings.check_delivery()
-        master_key = resolve_master_key(settings)
+        master_key = resolve_master_key(settings)  # once, for every worker process
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
     _warn_worker_on_sqlite(settings)
     _check_database(settings.database_url)
-    _prepare(settings, migrate=settings.migrate_on_start)
+    _prepare(settings, migrate=settings.migrate_on_start)  # once here, not in each process
     sys.exit(
         run_worker_processes(
             settings, processes or settings.worker_processes, master_key=master_key
@@ -297,19 +298,11 @@ def failed(obj: _Context, limit: int) -> None:
     """List notifications that were given up on, with their reasons."""
     from datetime import UTC, datetime
 
-    from fdpush.config import resolve_master_key
     from fdpush.crypto import CryptoError
-    from fdpush.domain.keys import KeyVault
-    from fdpush.logs import pushkey_ref, set_reference_key
+    from fdpush.logs import pushkey_ref
     from fdpush.storage import outbox
-    from fdpush.storage.database import Database
 
-    settings = obj.settings(for_serving=False)
-    master_key = resolve_master_key(settings)
-    set_reference_key(master_key)
-    vault = KeyVault(master_key)
-
-    def device(row: Any) -> str:
+    def device(vault: KeyVault, row: Any) -> str:
         if row.pushkey is None:
             return "(deregistered)"
         if row.pushkey_sealed is None:
@@ -321,24 +314,21 @@ def failed(obj: _Context, limit: int) -> None:
         except CryptoError:
             return "(unreadable)"
 
-    async def run() -> list[Any]:
-        db = Database(settings.database_url)
-        try:
-            async with db.read() as conn:
-                return await outbox.failed(conn, limit)
-        finally:
-            await db.close()
+    async def work(services: Services) -> list[tuple[Any, str]]:
+        async with services.db.read() as conn:
+            rows = await outbox.failed(conn, limit)
+        return [(row, device(services.vault, row)) for row in rows]
 
-    rows = asyncio.run(run())
+    rows = _with_services(obj, work)
     if not rows:
         click.echo("no failed deliveries")
         return
     click.echo(f"{'when (UTC)':<20} {'event':<32} {'device':<19} {'gateway':<28} tries  reason")
-    for r in rows:
+    for r, shown in rows:
         when = datetime.fromtimestamp((r.finished_at or r.created_at) / 1000, UTC)
         gateway = r.gateway.split("://", 1)[-1].split("/", 1)[0]
         click.echo(
-            f"{when:%Y-%m-%d %H:%M:%S}  {r.event_id:<32} {device(r):<19} "
+            f"{when:%Y-%m-%d %H:%M:%S}  {r.event_id:<32} {shown:<19} "
             f"{gateway:<28} {r.attempts:>5}  {r.last_error or ''}"
         )
 
@@ -353,12 +343,12 @@ def audit(obj: _Context, user_id: str) -> None:
     """
     from fdpush.storage import queries
 
-    async def records(db: Any, vault: Any) -> tuple[str, list[Any]]:
-        pseudonym = vault.pseudonym(user_id)
-        async with db.read() as conn:
+    async def work(services: Services) -> tuple[str, list[Any]]:
+        pseudonym = services.vault.pseudonym(user_id)
+        async with services.db.read() as conn:
             return pseudonym, list(await queries.audit_records(conn, pseudonym))
 
-    pseudonym, rows = _with_vault(obj.settings(for_serving=False), records)
+    pseudonym, rows = _with_services(obj, work)
     click.echo(f"pseudonym {pseudonym}: {len(rows)} audit record(s)")
     for r in rows:
         actor = "user" if r.actor == pseudonym else r.actor
@@ -442,39 +432,25 @@ def user_group() -> None:
     """Data-subject requests: show, export (Art. 15) or erase (Art. 17) one user's data."""
 
 
-def _with_vault(settings: Settings, work: Callable[[Any, Any], Any]) -> Any:
-    """Run ``work(database, vault)``, the vault with the database's identity keys (one line and
-    a non-zero exit when the master key cannot open the database)."""
-    from fdpush.domain.keyring import KeyringError, use_stored_identity
-    from fdpush.domain.keys import KeyVault
-    from fdpush.logs import set_reference_key
-    from fdpush.storage.database import Database
+def _with_services(obj: _Context, work: Callable[[Services], Awaitable[_T]]) -> _T:
+    """``work(services)`` with the configured settings, on a database another process prepared
+    (these commands read and erase, they never migrate); one line and a non-zero exit when the
+    master key cannot work on the database."""
+    from fdpush.domain.keyring import KeyringError
+    from fdpush.services import Services
 
-    master_key = resolve_master_key(settings)
-    set_reference_key(master_key)  # device references as the logs have them
+    settings = obj.settings(for_serving=False)
 
-    async def run() -> Any:
-        db = Database(settings.database_url)
-        try:
-            vault = KeyVault(master_key)
-            await use_stored_identity(db, vault, first_time=False)
-            return await work(db, vault)
-        finally:
-            await db.close()
+    async def run() -> _T:
+        async with Services.open(settings, prepare=False) as services:
+            return await work(services)
 
     try:
         return asyncio.run(run())
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
     except KeyringError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _user_request(obj: _Context, work: Callable[[Any], Any]) -> Any:
-    """Run ``work(UserRequests)`` against the configured database."""
-    from fdpush.domain.users import UserRequests
-
-    return _with_vault(
-        obj.settings(for_serving=False), lambda db, vault: work(UserRequests(db, vault))
-    )
 
 
 def _echo_json(value: Any) -> None:
@@ -491,7 +467,7 @@ def user_show(obj: _Context, user_id: str) -> None:
 
     What a support desk needs: devices appear as references (pk:...), never with key material.
     """
-    _echo_json(_user_request(obj, lambda users: users.show(user_id)))
+    _echo_json(_with_services(obj, lambda services: services.users.show(user_id)))
 
 
 @user_group.command("export")
@@ -499,7 +475,7 @@ def user_show(obj: _Context, user_id: str) -> None:
 @click.pass_obj
 def user_export(obj: _Context, user_id: str) -> None:
     """Print everything stored about a user as JSON (GDPR Art. 15), key material excluded."""
-    _echo_json(_user_request(obj, lambda users: users.export(user_id)))
+    _echo_json(_with_services(obj, lambda services: services.users.export(user_id)))
 
 
 @user_group.command("delete")
@@ -512,7 +488,7 @@ def user_delete(obj: _Context, user_id: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"Erase everything stored about {user_id!r}?", abort=True)
     actor = f"cli:{os.environ.get('USER', 'unknown')}"
-    counts = _user_request(obj, lambda users: users.erase(user_id, actor=actor))
+    counts = _with_services(obj, lambda services: services.users.erase(user_id, actor=actor))
     click.echo("erased: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
 
 

@@ -19,11 +19,9 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
-from fdpush.config import Settings, load_settings, resolve_master_key
-from fdpush.domain.data_steps import prepare_database
-from fdpush.domain.events import EmitResult, EventRequest, EventService, EventStatus
-from fdpush.domain.keys import KeyVault
-from fdpush.storage.database import Database
+from fdpush.config import Settings, load_settings
+from fdpush.domain.events import EmitResult, EventRequest, EventStatus
+from fdpush.services import Services
 
 __all__ = ["EmitResult", "EventRequest", "EventStatus", "Notifier"]
 
@@ -31,30 +29,16 @@ __all__ = ["EmitResult", "EventRequest", "EventStatus", "Notifier"]
 class Notifier:
     """The events API, in process."""
 
-    def __init__(self, db: Database, events: EventService, vault: KeyVault) -> None:
-        self._db = db
-        self._events = events
-        self._vault = vault
+    def __init__(self, services: Services) -> None:
+        self._events = services.events
+        self._pseudonym = services.vault.pseudonym
 
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings | None = None) -> AsyncIterator[Notifier]:
         """Connect with ``settings`` (default: the FDPUSH_* environment), migrating if allowed."""
-        settings = settings or load_settings(for_serving=False)
-        db = Database(settings.database_url)
-        try:
-            vault = KeyVault(resolve_master_key(settings))
-            await prepare_database(db, vault, migrate=settings.migrate_on_start)
-            events = EventService(
-                db,
-                catalog=settings.channels,
-                vault=vault,
-                history_days=settings.history_days,
-                encryption_mode=settings.encryption,
-            )
-            yield cls(db, events, vault)
-        finally:
-            await db.close()
+        async with Services.open(settings or load_settings(for_serving=False)) as services:
+            yield cls(services)
 
     async def emit(
         self,
@@ -67,14 +51,14 @@ class Notifier:
     ) -> EmitResult:
         """Queue one event for the user's subscribed devices; say how many it will reach."""
         (result,) = await self._events.emit(
-            [EventRequest(self._vault.pseudonym(user_id), channel, payload, prio, identifier)]
+            [EventRequest(self._pseudonym(user_id), channel, payload, prio, identifier)]
         )
         return result
 
     async def emit_many(self, events: Sequence[EventRequest]) -> list[EmitResult]:
         """Queue several events in one transaction (all or none)."""
         return await self._events.emit(
-            [replace(e, user_id=self._vault.pseudonym(e.user_id)) for e in events]
+            [replace(e, user_id=self._pseudonym(e.user_id)) for e in events]
         )
 
     async def status(self, event_id: str) -> EventStatus:

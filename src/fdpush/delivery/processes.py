@@ -239,30 +239,20 @@ async def _database_answers(url: str) -> bool:
 
 def _child_main(settings: Settings, master_key: bytes) -> None:
     """One delivery process: a worker on its own connections, until SIGTERM."""
-    from fdpush.logs import configure_logging, set_reference_key
+    from fdpush.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    set_reference_key(master_key)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     asyncio.run(_child(settings, master_key))
 
 
 async def _child(settings: Settings, master_key: bytes) -> None:
-    from prometheus_client import CollectorRegistry
+    from fdpush.services import Services
 
-    from fdpush.delivery.setup import make_worker
-    from fdpush.domain.keyring import use_stored_identity
-    from fdpush.domain.keys import KeyVault
-    from fdpush.storage.database import Database
-
-    db = Database(settings.database_url, pool_size=settings.database_pool_size or 10)
-    vault = KeyVault(master_key)
-    await use_stored_identity(db, vault, first_time=False)  # the supervisor prepared it
-    delivery, client = make_worker(settings, db, vault, CollectorRegistry())
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, delivery.stop)
-    try:
-        await delivery.run()
-    finally:
-        await client.aclose()
-        await db.close()
+    # The supervisor prepared the database before it started the workers.
+    async with Services.open(
+        settings, worker=True, prepare=False, master_key=master_key
+    ) as services:
+        assert services.worker is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, services.worker.stop)
+        await services.worker.run()

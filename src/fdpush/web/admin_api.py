@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from fdpush.domain.users import UserRequests
-from fdpush.web.internal_api import Caller
+from fdpush.web.internal_api import Caller, internal_api
 from fdpush.web.responses import JsonResponse
 from fdpush.web.schemas import ErrorBody
 
@@ -25,8 +25,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _users(request: Request) -> UserRequests:
-    users: UserRequests = request.app.state.users
-    return users
+    return internal_api(request).users
 
 
 async def show_user(request: Request, _caller: Caller, user_id: str) -> JsonResponse:

@@ -2,41 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.openapi.utils import get_openapi
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    PlatformCollector,
-    ProcessCollector,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from fdpush import __version__
-from fdpush.config import Settings, resolve_master_key
-from fdpush.delivery.setup import make_worker
-from fdpush.domain.channels import ChannelService
-from fdpush.domain.data_steps import prepare_database
-from fdpush.domain.events import EventService
-from fdpush.domain.gateway_url import GatewayUrlPolicy
-from fdpush.domain.history import HistoryService
+from fdpush.config import Settings
 from fdpush.domain.keyring import KeyringError
-from fdpush.domain.keys import KeyVault
-from fdpush.domain.pushers import PusherService
-from fdpush.domain.users import UserRequests
-from fdpush.domain.zeta import RsService
-from fdpush.logs import set_reference_key
-from fdpush.storage.database import Database
+from fdpush.services import API_POOL_SIZE, Services
 from fdpush.web.admin_api import admin_router
 from fdpush.web.auth import Authenticator
 from fdpush.web.client_api import (
@@ -49,7 +31,7 @@ from fdpush.web.client_api import (
 from fdpush.web.docs import add_docs, add_security_schemes
 from fdpush.web.errors import install_error_handlers
 from fdpush.web.health import Readiness
-from fdpush.web.internal_api import internal_body_models, internal_router
+from fdpush.web.internal_api import InternalApi, internal_body_models, internal_router
 from fdpush.web.middleware import BodyLimitMiddleware, HttpMetrics, ObserveMiddleware
 from fdpush.web.paths import RawPathGuard, parameter_prefixes
 from fdpush.web.ratelimit import UserRateLimiter
@@ -57,12 +39,7 @@ from fdpush.web.request_id import RequestIdMiddleware
 from fdpush.web.responses import JsonResponse
 from fdpush.web.zeta_api import RS_BASE_PATH, RsAccess, create_rs_app
 
-__all__ = ["POOL_SIZE", "create_app", "create_internal_app"]
-
-# The default database pool of the service: as many connections as requests in flight at a
-# usual load (a write holds its connection while it waits for a lock; with fewer connections
-# than such writes, others queue for one and both throughput and p99 suffer).
-POOL_SIZE = 32
+__all__ = ["create_app", "create_internal_app"]
 
 log = logging.getLogger(__name__)
 
@@ -88,30 +65,13 @@ def create_app(
     """
     authenticator = Authenticator(settings)  # first: a bad auth setup must not leave a key file
     settings.check_delivery()
-    master_key = resolve_master_key(settings)
-    set_reference_key(master_key)
-    db = Database(settings.database_url, pool_size=settings.database_pool_size or POOL_SIZE)
-    vault = KeyVault(master_key)
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    worker, gateway_client = (
-        make_worker(settings, db, vault, registry) if settings.serve_worker else (None, None)
-    )
-    events = EventService(
-        db,
-        catalog=settings.channels,
-        vault=vault,
-        history_days=settings.history_days,
-        encryption_mode=settings.encryption,
-        on_new_work=worker.wake if worker is not None else lambda: None,
-    )
+    services = Services.build(settings, worker=settings.serve_worker, pool_size=API_POOL_SIZE)
     internal_tls = settings.internal_tls()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
-            await prepare_database(db, vault, migrate=settings.migrate_on_start)
+            await services.prepare()
         except KeyringError as exc:
             log.error("not started: %s", exc)  # the one line that says what to do
             raise
@@ -136,7 +96,8 @@ def create_app(
                 log.warning("FDPUSH_RS_CLIENTS is ignored without FDPUSH_INTERNAL_TLS_*")
         elif not settings.rs_clients:
             log.warning("FDPUSH_RS_CLIENTS is empty: every RS API call is refused (403)")
-        worker_task = None if worker is None else asyncio.create_task(worker.run())
+        if services.worker is not None:
+            services.start_worker()
         # What exists now (modules, the app, its routes and models) lives as long as the
         # process: keep it out of the garbage collector's full passes, which otherwise walk
         # all of it every few thousand requests and show up as tens of milliseconds at p99.
@@ -145,12 +106,7 @@ def create_app(
         try:
             yield
         finally:
-            if worker is not None and worker_task is not None:
-                worker.stop()
-                await worker_task
-            if gateway_client is not None:
-                await gateway_client.aclose()
-            await db.close()
+            await services.close()
 
     app = FastAPI(
         title="fdpush: Client-FD Push API",
@@ -166,40 +122,33 @@ def create_app(
         redoc_url=None,
         **_NO_TELEMETRY,
     )
-    app.state.database = db
     app.state.client_api = ClientApi(
-        pushers=PusherService(
-            db,
-            url_policy=GatewayUrlPolicy(
-                settings.gateway_allowlist, allow_http=settings.gateway_allow_http
-            ),
-            encryption_mode=settings.encryption,
-            max_pushers_per_user=settings.max_pushers_per_user,
-            vault=vault,
-        ),
-        channels=ChannelService(db, settings.channels),
+        pushers=services.pushers,
+        channels=services.channels,
         authenticator=authenticator,
         limiter=UserRateLimiter(settings.rate_limit),
         encryption_required=settings.encryption == "required",
-        history=HistoryService(db, vault, enabled=settings.history_days > 0),
-        pseudonym=vault.pseudonym,
-        pushkey_index=vault.pushkey_index,
+        history=services.history,
+        pseudonym=services.vault.pseudonym,
+        pushkey_index=services.vault.pushkey_index,
     )
-    app.state.worker = worker
-    _set_internal_state(app, settings, events, UserRequests(db, vault), vault.pseudonym)
-    app.state.rs_app = create_rs_app(
-        RsService(
-            db,
-            events,
-            catalog=settings.channels,
-            idempotency_hours=settings.rs_idempotency_hours,
-            max_pending=settings.rs_max_pending,
-            pseudonym=vault.pseudonym,
+    app.state.internal_api = InternalApi(
+        events=services.events,
+        users=services.users,
+        pseudonym=services.vault.pseudonym,
+        api_key=(
+            None
+            if settings.internal_api_key is None
+            else settings.internal_api_key.get_secret_value()
         ),
+        max_events_per_batch=settings.max_events_per_batch,
+    )
+    app.state.rs_app = create_rs_app(
+        services.rs,
         RsAccess(
             clients=settings.rs_clients,
             tls=internal_tls,
-            api_key=app.state.internal_api_key,
+            api_key=app.state.internal_api.api_key,
         ),
         UserRateLimiter(settings.rs_rate_limit),
         api_docs=settings.api_docs,
@@ -213,17 +162,16 @@ def create_app(
     if settings.internal_port is None:
         app.mount(RS_BASE_PATH, app.state.rs_app)
     readiness = Readiness(
-        db,
-        worker,
+        services.db,
+        services.worker,
         max_pending_age_seconds=settings.ready_max_pending_age_seconds,
         max_worker_silence_seconds=settings.ready_max_worker_silence_seconds,
     )
-    _add_operations_routes(app, readiness, metrics_dir)
+    _add_operations_routes(app, readiness, services.metrics, metrics_dir)
     if settings.api_docs:
         add_docs(app)
     _document_request_bodies(app)
-    app.state.metrics_registry = registry
-    app.state.http_metrics = HttpMetrics(registry)
+    app.state.http_metrics = HttpMetrics(services.metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RawPathGuard, prefixes=parameter_prefixes(*routers))
     app.add_middleware(
@@ -231,22 +179,6 @@ def create_app(
     )
     app.add_middleware(RequestIdMiddleware)  # outermost: the access line carries the id too
     return app
-
-
-def _set_internal_state(
-    app: FastAPI,
-    settings: Settings,
-    events: EventService,
-    users: UserRequests,
-    pseudonym: Callable[[str], str],
-) -> None:
-    app.state.events = events
-    app.state.users = users
-    app.state.pseudonym = pseudonym
-    app.state.internal_api_key = (
-        None if settings.internal_api_key is None else settings.internal_api_key.get_secret_value()
-    )
-    app.state.max_events_per_batch = settings.max_events_per_batch
 
 
 def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool = True) -> FastAPI:
@@ -261,7 +193,7 @@ def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool =
         redoc_url=None,
         **_NO_TELEMETRY,
     )
-    _set_internal_state(app, settings, main.state.events, main.state.users, main.state.pseudonym)
+    app.state.internal_api = main.state.internal_api
     install_error_handlers(app)
     routers = [internal_router(), admin_router()]
     for router in routers:
@@ -279,7 +211,9 @@ def create_internal_app(main: FastAPI, settings: Settings, *, access_log: bool =
     return app
 
 
-def _add_operations_routes(app: FastAPI, readiness: Readiness, metrics_dir: Path | None) -> None:
+def _add_operations_routes(
+    app: FastAPI, readiness: Readiness, registry: CollectorRegistry, metrics_dir: Path | None
+) -> None:
     @app.get("/health/live", tags=["Operations"], summary="The process is up")
     async def live() -> dict[str, str]:
         return {"status": "ok"}
@@ -295,13 +229,13 @@ def _add_operations_routes(app: FastAPI, readiness: Readiness, metrics_dir: Path
         return JsonResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
-    async def metrics(request: Request) -> Response:
+    async def metrics() -> Response:
         if metrics_dir is None:
-            body = generate_latest(request.app.state.metrics_registry)
-        else:  # every process's files, merged (process_* metrics exist per process only)
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
             body = generate_latest(registry)
+        else:  # every process's files, merged (process_* metrics exist per process only)
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+            body = generate_latest(merged)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request, Security
@@ -20,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from fdpush.domain.errors import InvalidParam
 from fdpush.domain.events import EventRequest, EventService
+from fdpush.domain.users import UserRequests
 from fdpush.web.errors import MissingToken, UnknownToken
 from fdpush.web.responses import JsonResponse
 from fdpush.web.schemas import (
@@ -30,7 +32,7 @@ from fdpush.web.schemas import (
     validate_body,
 )
 
-__all__ = ["EventBody", "internal_router"]
+__all__ = ["EventBody", "InternalApi", "internal_api", "internal_router"]
 
 _bearer = HTTPBearer(auto_error=False, description="FDPUSH_INTERNAL_API_KEY")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -40,6 +42,23 @@ def _no_control(value: str) -> str:
     if _CONTROL.search(value):
         raise ValueError("must not contain control characters")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class InternalApi:
+    """What the internal and admin APIs' handlers need, kept on ``app.state.internal_api``."""
+
+    events: EventService
+    users: UserRequests
+    pseudonym: Callable[[str], str]  # a user id as it is stored (KeyVault.pseudonym)
+    api_key: str | None  # FDPUSH_INTERNAL_API_KEY; None: every call is refused
+    max_events_per_batch: int
+
+
+def internal_api(request: Request) -> InternalApi:
+    """The internal API's services, for a handler of ``request``."""
+    api: InternalApi = request.app.state.internal_api
+    return api
 
 
 class EventBody(BaseModel):
@@ -84,16 +103,11 @@ class EventStatusAnswer(BaseModel):
     counts: EventCounts
 
 
-def _events(request: Request) -> EventService:
-    service: EventService = request.app.state.events
-    return service
-
-
 async def _internal_caller(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> None:
-    expected: str | None = request.app.state.internal_api_key
+    expected = internal_api(request).api_key
     scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise MissingToken("Missing internal API key")
@@ -107,9 +121,9 @@ Caller = Annotated[None, Depends(_internal_caller)]
 
 
 def _event(request: Request, body: EventBody) -> EventRequest:
-    pseudonym: Callable[[str], str] = request.app.state.pseudonym
     return EventRequest(
-        user_id=pseudonym(body.user_id),  # only the pseudonym is stored (ZETA A_29957)
+        # Only the pseudonym is stored (ZETA A_29957).
+        user_id=internal_api(request).pseudonym(body.user_id),
         channel=body.channel,
         payload=body.payload,
         prio=body.prio,
@@ -119,7 +133,7 @@ def _event(request: Request, body: EventBody) -> EventRequest:
 
 async def post_event(request: Request, _caller: Caller) -> JsonResponse:
     body: EventBody = validate_body(EventBody, parse_json_object(await request.body()))
-    (result,) = await _events(request).emit([_event(request, body)])
+    (result,) = await internal_api(request).events.emit([_event(request, body)])
     return JsonResponse(
         {"event_id": result.event_id, "notifications": result.notifications}, status_code=202
     )
@@ -127,11 +141,11 @@ async def post_event(request: Request, _caller: Caller) -> JsonResponse:
 
 async def post_event_batch(request: Request, _caller: Caller) -> JsonResponse:
     raw = parse_json_object(await request.body())
-    limit: int = request.app.state.max_events_per_batch
+    limit = internal_api(request).max_events_per_batch
     if isinstance(raw.get("events"), list) and not 1 <= len(raw["events"]) <= limit:
         raise InvalidParam(f"events: 1 to {limit} events per batch")
     body: EventBatchBody = validate_body(EventBatchBody, raw)
-    results = await _events(request).emit([_event(request, e) for e in body.events])
+    results = await internal_api(request).events.emit([_event(request, e) for e in body.events])
     return JsonResponse(
         {"results": [{"event_id": r.event_id, "notifications": r.notifications} for r in results]},
         status_code=202,
@@ -139,7 +153,7 @@ async def post_event_batch(request: Request, _caller: Caller) -> JsonResponse:
 
 
 async def get_event(request: Request, _caller: Caller, event_id: str) -> JsonResponse:
-    status = await _events(request).status(plain_text("event_id", event_id))
+    status = await internal_api(request).events.status(plain_text("event_id", event_id))
     return JsonResponse(
         {
             "event_id": status.event_id,

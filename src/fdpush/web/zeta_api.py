@@ -70,6 +70,15 @@ class RsAccess:
     api_key: str | None  # without TLS: this key is one technical user allowed every channel
 
 
+@dataclass(frozen=True, slots=True)
+class _RsApi:
+    """What the RS API's handlers need, kept on its app's ``state.rs_api``."""
+
+    service: RsService
+    access: RsAccess
+    limiter: UserRateLimiter
+
+
 async def _on_error(request: Request, exc: Exception) -> JsonResponse:
     error = to_rs_error(exc)
     if error.status >= 500 and error.code == "INTERNAL_ERROR":
@@ -95,7 +104,7 @@ def _peer_names(request: Request) -> list[str] | None:
 
 
 async def _technical_user(request: Request) -> RsClient:
-    access: RsAccess = request.app.state.rs_access
+    access = _rs_api(request).access
     if access.tls:
         names = _peer_names(request)
         if names is None:
@@ -112,9 +121,9 @@ async def _technical_user(request: Request) -> RsClient:
     return ALL_CHANNELS
 
 
-def _service(request: Request) -> RsService:
-    service: RsService = request.app.state.rs_service
-    return service
+def _rs_api(request: Request) -> _RsApi:
+    api: _RsApi = request.app.state.rs_api
+    return api
 
 
 async def get_channels(request: Request, userId: str) -> JsonResponse:
@@ -126,7 +135,7 @@ async def get_channels(request: Request, userId: str) -> JsonResponse:
     include = query.get("include_inactive", "false")
     if include not in ("true", "false"):
         raise RsError(400, "INVALID_PARAM", "include_inactive must be true or false")
-    found = await _service(request).channels(
+    found = await _rs_api(request).service.channels(
         client, id_type, userId, include_inactive=include == "true"
     )
     return JsonResponse(
@@ -141,7 +150,7 @@ async def get_channels(request: Request, userId: str) -> JsonResponse:
 
 async def post_notification(request: Request) -> JsonResponse:
     client = await _technical_user(request)
-    await request.app.state.rs_limiter.hit(client.name)
+    await _rs_api(request).limiter.hit(client.name)
     key = request.headers.get("idempotency-key")
     if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
         raise RsError(400, "INVALID_PARAM", "Idempotency-Key must be 1 to 64 visible characters")
@@ -156,7 +165,7 @@ async def post_notification(request: Request) -> JsonResponse:
         prio=body.prio,
         reference=body.reference,
     )
-    accepted = await _service(request).submit(client, parsed, key)
+    accepted = await _rs_api(request).service.submit(client, parsed, key)
     return JsonResponse(
         {
             "notification_id": accepted.notification_id,
@@ -181,9 +190,7 @@ def create_rs_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.state.rs_service = service
-    app.state.rs_access = access
-    app.state.rs_limiter = limiter
+    app.state.rs_api = _RsApi(service, access, limiter)
     handled = (RsError, FdPushError, StarletteHTTPException, RequestValidationError, Exception)
     for exc_class in handled:
         app.add_exception_handler(exc_class, _on_error)
