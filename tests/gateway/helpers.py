@@ -18,6 +18,8 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from fdpush.gateway_api import Device, EncryptedNotification, PlainNotification
+
 SPEC_PATH = Path(__file__).resolve().parents[2] / "spec" / "current" / "push_gateway_openapi.yaml"
 ENCRYPTED = "/push/v1/notifyEncrypted/batch"
 PLAIN_BATCH = "/push/v1/notify/batch"
@@ -93,7 +95,7 @@ def encrypted_notification(
     pushkey: str | None = None, app_id: str = APNS_APP, **fields: Any
 ) -> dict[str, Any]:
     """A valid ``EncryptedNotification``; ``fields`` replace or add fields."""
-    notification: dict[str, Any] = {
+    notification: EncryptedNotification = {
         "ciphertext": ciphertext(),
         "time_message_encrypted": "2025-06",
         "key_identifier": str(uuid.uuid4()),
@@ -106,8 +108,7 @@ def encrypted_notification(
             "tweaks": {},
         },
     }
-    notification.update(fields)
-    return notification
+    return {**notification, **fields}
 
 
 def encrypted_item(item_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -115,24 +116,24 @@ def encrypted_item(item_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
     return {"id": item_id or uuid.uuid4().hex, "notification": encrypted_notification(**kwargs)}
 
 
-def plain_notification(*devices: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    """A valid ``PlainNotification`` to ``devices`` (default: one fresh APNs device)."""
-    notification: dict[str, Any] = {
+def plain_notification(*devices: Device, **fields: Any) -> dict[str, Any]:
+    """A valid ``PlainNotification`` to ``devices`` (default: one fresh APNs device);
+    ``fields`` replace or add fields."""
+    notification: PlainNotification = {
         "event_id": f"$event-{uuid.uuid4().hex[:8]}",
         "prio": "high",
         "content": {"channel": "erp.task.activate"},
         "devices": list(devices) or [device()],
     }
-    notification.update(fields)
-    return notification
+    return {**notification, **fields}
 
 
-def device(pushkey: str | None = None, app_id: str = APNS_APP) -> dict[str, Any]:
+def device(pushkey: str | None = None, app_id: str = APNS_APP) -> Device:
     """A ``Device`` with a fresh pushkey unless one is given."""
     return {"app_id": app_id, "pushkey": pushkey or new_pushkey(), "pushkey_ts": 1750000000}
 
 
-def plain_item(item_id: str | None = None, *devices: dict[str, Any], **fields: Any) -> dict:
+def plain_item(item_id: str | None = None, *devices: Device, **fields: Any) -> dict:
     """One valid ``notify/batch`` item."""
     return {
         "id": item_id or uuid.uuid4().hex,

@@ -19,7 +19,7 @@ In a test::
 
 from fdpush.gateway.app import create_gateway_app
 from fdpush.gateway.certs import TestPki, make_test_pki
-from fdpush.gateway.core import DevGateway, ItemResult
+from fdpush.gateway.core import DevGateway
 from fdpush.gateway.inbox import Received
 from fdpush.gateway.render import provider_for, render
 from fdpush.gateway.runner import (
@@ -35,7 +35,6 @@ __all__ = [
     "DevGateway",
     "GatewayProcess",
     "GatewayThread",
-    "ItemResult",
     "Limits",
     "Received",
     "RunningGateway",

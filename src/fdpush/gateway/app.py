@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -28,27 +27,30 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from fdpush.gateway.core import DevGateway, ForcedAnswer, SimulatedFailure
-from fdpush.gateway.models import (
-    EncryptedBatchRequest,
-    PlainBatchRequest,
-    PlainNotificationRequest,
-    SeedNotificationRequest,
-)
 from fdpush.gateway.trouble import TroubleUpdate
 from fdpush.gateway.validation import (
     BATCH_TOO_LARGE,
-    INVALID_DATA,
     NOTIFY_TOO_LARGE,
     PUSH_BASE,
     SEED_NOTIFY_PATH,
     TooLarge,
     batch_answer,
     batch_checks,
+    encoded_response,
+    error_response,
     json_response,
     parse,
     problems,
     read_body,
     too_large,
+)
+from fdpush.gateway_api import (
+    INVALID_DATA,
+    BatchNotificationRequest,
+    EncryptedBatchNotificationRequest,
+    NotifyResponse,
+    PlainNotificationRequest,
+    SeedNotificationRequest,
 )
 
 __all__ = ["PUSH_BASE", "SEED_NOTIFY_PATH", "create_gateway_app"]
@@ -107,29 +109,29 @@ def create_gateway_app(gateway: DevGateway) -> Starlette:
         return endpoint
 
     async def notify_encrypted_batch(request: Request, body: bytes) -> Response:
-        parsed = parse(body, EncryptedBatchRequest)
+        parsed = parse(body, EncryptedBatchNotificationRequest)
         if isinstance(parsed, Response):
             return parsed
         model, raw = parsed
-        assert isinstance(model, EncryptedBatchRequest)
-        refused = batch_checks([item.id for item in model.notifications], raw, gateway.limits)
+        refused = batch_checks([item["id"] for item in model["notifications"]], raw, gateway.limits)
         if refused is not None:
             return refused
         results = gateway.deliver_encrypted(
-            request.url.path, model.notifications, raw["notifications"]
+            request.url.path, model["notifications"], raw["notifications"]
         )
         return batch_answer(results)
 
     async def notify_batch(request: Request, body: bytes) -> Response:
-        parsed = parse(body, PlainBatchRequest)
+        parsed = parse(body, BatchNotificationRequest)
         if isinstance(parsed, Response):
             return parsed
         model, raw = parsed
-        assert isinstance(model, PlainBatchRequest)
-        refused = batch_checks([item.id for item in model.notifications], raw, gateway.limits)
+        refused = batch_checks([item["id"] for item in model["notifications"]], raw, gateway.limits)
         if refused is not None:
             return refused
-        results = gateway.deliver_plain(request.url.path, model.notifications, raw["notifications"])
+        results = gateway.deliver_plain(
+            request.url.path, model["notifications"], raw["notifications"]
+        )
         return batch_answer(results)
 
     def notify_handler(
@@ -140,14 +142,13 @@ def create_gateway_app(gateway: DevGateway) -> Starlette:
             if isinstance(parsed, Response):
                 return parsed
             model, raw = parsed
-            assert isinstance(model, PlainNotificationRequest | SeedNotificationRequest)
             try:
                 rejected = gateway.deliver_notify(
-                    request.url.path, model.notification, raw["notification"]
+                    request.url.path, model["notification"], raw["notification"]
                 )
             except SimulatedFailure as exc:
-                return json_response({"error": str(exc)}, 500)
-            return json_response({"rejected": rejected})
+                return error_response(str(exc), 500)
+            return encoded_response(NotifyResponse(rejected=rejected))
 
         return notify
 
@@ -260,13 +261,11 @@ def _forced(answer: ForcedAnswer, gateway: DevGateway, too_large_error: str) -> 
     headers = {} if answer.retry_after is None else {"Retry-After": str(answer.retry_after)}
     if answer.body is not None:
         return Response(answer.body, answer.status, headers, media_type="text/plain")
-    body: dict[str, Any] = {"error": _STATUS_ERRORS.get(answer.status, f"HTTP {answer.status}")}
     if answer.status == 413:
-        body = {
-            "error": too_large_error,
-            "details": {"max_request_size_kb": gateway.limits.max_request_size_kb},
-        }
-    return json_response(body, answer.status, headers)
+        details = {"max_request_size_kb": gateway.limits.max_request_size_kb}
+        return error_response(too_large_error, 413, details, headers)
+    error = _STATUS_ERRORS.get(answer.status, f"HTTP {answer.status}")
+    return error_response(error, answer.status, headers=headers)
 
 
 def _int_param(request: Request, name: str, default: int) -> int | None:

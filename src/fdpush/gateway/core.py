@@ -15,18 +15,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fdpush.gateway.inbox import Inbox, Received
-from fdpush.gateway.models import (
-    Counts,
-    Device,
-    EncryptedBatchItem,
-    PlainBatchItem,
-    PlainNotification,
-    Priority,
-    SeedNotification,
-)
 from fdpush.gateway.render import (
     ENCRYPTED_FIELDS,
     PLAIN_FIELDS,
@@ -35,29 +26,20 @@ from fdpush.gateway.render import (
     render,
 )
 from fdpush.gateway.trouble import DelayPoint, Limits, ResultOrder, Trouble, TroubleUpdate
+from fdpush.gateway_api import (
+    Counts,
+    Device,
+    EncryptedBatchItem,
+    NotificationResult,
+    PlainBatchItem,
+    PlainNotification,
+    Priority,
+    SeedNotification,
+)
 
-__all__ = ["DevGateway", "ForcedAnswer", "ItemResult", "SimulatedFailure"]
-
-Status = Literal["success", "failed", "partial"]
+__all__ = ["DevGateway", "ForcedAnswer", "SimulatedFailure"]
 
 _REJECTED_ERROR = "Pushkey rejected by the push provider"
-
-
-@dataclass(frozen=True, slots=True)
-class ItemResult:
-    """The answer for one batch item, as the spec's ``BatchNotificationResponse`` has it."""
-
-    id: str
-    status: Status
-    rejected: list[str]
-    error: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        """The result object: ``id``, ``status``, ``rejected`` and ``error`` when failed."""
-        result: dict[str, Any] = {"id": self.id, "status": self.status, "rejected": self.rejected}
-        if self.error is not None:
-            result["error"] = self.error
-        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,35 +219,35 @@ class DevGateway:
 
     def deliver_encrypted(
         self, endpoint: str, items: list[EncryptedBatchItem], raw: list[dict[str, Any]]
-    ) -> list[ItemResult]:
+    ) -> list[NotificationResult]:
         """Handle a validated ``notifyEncrypted/batch``; results in the configured order.
 
         ``raw`` are the request's items as received (recorded as such). An item whose pushkey
         is due for rejection fails with that pushkey in ``rejected`` and is not delivered.
         """
         with self._lock:
-            due = self._take_rejections(item.notification.device.pushkey for item in items)
+            due = self._take_rejections(item["notification"]["device"]["pushkey"] for item in items)
             self._count_batch(len(items))
-            results: list[ItemResult] = []
+            results: list[NotificationResult] = []
             for item, raw_item in zip(items, raw, strict=True):
-                note = item.notification
-                device = note.device
-                if device.pushkey in due:
-                    results.append(self._failed(item.id, [device.pushkey], _REJECTED_ERROR))
+                item_id, note = item["id"], item["notification"]
+                device = note["device"]
+                if device["pushkey"] in due:
+                    results.append(self._failed(item_id, [device["pushkey"]], _REJECTED_ERROR))
                 elif self._fails():
-                    results.append(self._failed(item.id, [], self.trouble.fail_error))
+                    results.append(self._failed(item_id, [], self.trouble.fail_error))
                 else:
                     fields_ = present_fields(note, ENCRYPTED_FIELDS)
+                    prio = note.get("prio", "high")
                     raw_note = raw_item["notification"]
-                    self._record(
-                        endpoint, item.id, device, note.prio, note.counts, fields_, raw_note
-                    )
-                    results.append(self._succeeded(item.id, []))
+                    counts = note.get("counts")
+                    self._record(endpoint, item_id, device, prio, counts, fields_, raw_note)
+                    results.append(self._succeeded(item_id, []))
             return self._ordered(results)
 
     def deliver_plain(
         self, endpoint: str, items: list[PlainBatchItem], raw: list[dict[str, Any]]
-    ) -> list[ItemResult]:
+    ) -> list[NotificationResult]:
         """Handle a validated ``notify/batch``; results in the configured order.
 
         Each item goes to all its devices: ``success`` when none is rejected, ``partial`` when
@@ -273,24 +255,24 @@ class DevGateway:
         """
         with self._lock:
             due = self._take_rejections(
-                device.pushkey for item in items for device in item.notification.devices
+                device["pushkey"] for item in items for device in item["notification"]["devices"]
             )
             self._count_batch(len(items))
-            results: list[ItemResult] = []
+            results: list[NotificationResult] = []
             for item, raw_item in zip(items, raw, strict=True):
-                note = item.notification
-                rejected, accepted = _split(note.devices, due)
-                if note.devices and not accepted:
-                    results.append(self._failed(item.id, rejected, _REJECTED_ERROR))
+                item_id, note = item["id"], item["notification"]
+                rejected, accepted = _split(note["devices"], due)
+                if note["devices"] and not accepted:
+                    results.append(self._failed(item_id, rejected, _REJECTED_ERROR))
                 elif self._fails():
-                    results.append(self._failed(item.id, rejected, self.trouble.fail_error))
+                    results.append(self._failed(item_id, rejected, self.trouble.fail_error))
                 else:
-                    self._record_plain(endpoint, item.id, note, raw_item["notification"], due)
+                    self._record_plain(endpoint, item_id, note, raw_item["notification"], due)
                     if rejected:
                         self._stats["items_partial"] += 1
-                        results.append(ItemResult(item.id, "partial", rejected))
+                        results.append({"id": item_id, "status": "partial", "rejected": rejected})
                     else:
-                        results.append(self._succeeded(item.id, []))
+                        results.append(self._succeeded(item_id, []))
             return self._ordered(results)
 
     def deliver_notify(
@@ -305,9 +287,10 @@ class DevGateway:
         request fails: ``notify`` has no per-item status).
         """
         with self._lock:
-            due = self._take_rejections(device.pushkey for device in notification.devices)
-            rejected, accepted = _split(notification.devices, due)
-            if accepted or not notification.devices:
+            devices = notification["devices"]
+            due = self._take_rejections(device["pushkey"] for device in devices)
+            rejected, accepted = _split(devices, due)
+            if accepted or not devices:
                 if self._fails():
                     # Not reported yet: the rejections wait for the next request.
                     self.trouble.reject_pushkeys |= due
@@ -323,22 +306,15 @@ class DevGateway:
         raw_note: dict[str, Any],
         due: set[str],
     ) -> None:
-        names: tuple[str, ...] = PLAIN_FIELDS
-        if isinstance(note, SeedNotification):
-            names += ENCRYPTED_FIELDS
-        fields_ = present_fields(note, names)
+        # A validated notification holds its schema's fields only: the encrypted ones are there
+        # only in a seed-era notification.
+        fields_ = present_fields(note, PLAIN_FIELDS + ENCRYPTED_FIELDS)
+        prio, counts = note.get("prio", "high"), note.get("counts")
         shared = {k: v for k, v in raw_note.items() if k != "devices"}
-        for device, raw_device in zip(note.devices, raw_note["devices"], strict=True):
-            if device.pushkey not in due:
-                self._record(
-                    endpoint,
-                    item_id,
-                    device,
-                    note.prio,
-                    note.counts,
-                    fields_,
-                    {**shared, "device": raw_device},
-                )
+        for device, raw_device in zip(note["devices"], raw_note["devices"], strict=True):
+            if device["pushkey"] not in due:
+                raw_one = {**shared, "device": raw_device}
+                self._record(endpoint, item_id, device, prio, counts, fields_, raw_one)
 
     def _take_rejections(self, pushkeys: Iterable[str]) -> set[str]:
         # Reported once: the pushkeys of this request that are due are forgotten right away.
@@ -355,18 +331,18 @@ class DevGateway:
         self._batch_sizes[size] += 1
         self._stats["items_received"] += size
 
-    def _failed(self, item_id: str, rejected: list[str], error: str) -> ItemResult:
+    def _failed(self, item_id: str, rejected: list[str], error: str) -> NotificationResult:
         self._stats["items_failed"] += 1
-        return ItemResult(item_id, "failed", rejected, error)
+        return {"id": item_id, "status": "failed", "rejected": rejected, "error": error}
 
-    def _succeeded(self, item_id: str, rejected: list[str]) -> ItemResult:
+    def _succeeded(self, item_id: str, rejected: list[str]) -> NotificationResult:
         self._stats["items_accepted"] += 1
-        return ItemResult(item_id, "success", rejected)
+        return {"id": item_id, "status": "success", "rejected": rejected}
 
-    def _ordered(self, results: list[ItemResult]) -> list[ItemResult]:
+    def _ordered(self, results: list[NotificationResult]) -> list[NotificationResult]:
         order: ResultOrder = self.trouble.result_order
         if order == "sorted":
-            return sorted(results, key=lambda r: r.id)
+            return sorted(results, key=lambda r: r["id"])
         if order == "reversed":
             return results[::-1]
         return results
@@ -384,12 +360,12 @@ class DevGateway:
         self._inbox.add(
             endpoint=endpoint,
             item_id=item_id,
-            app_id=device.app_id,
-            pushkey=device.pushkey,
-            provider=provider_for(device.app_id),
+            app_id=device["app_id"],
+            pushkey=device["pushkey"],
+            provider=provider_for(device["app_id"]),
             prio=prio,
             notification=notification,
-            push=render(device.app_id, device.pushkey, prio, fields_, counts),
+            push=render(device["app_id"], device["pushkey"], prio, fields_, counts),
         )
         self._stats["notifications_recorded"] += 1
 
@@ -423,5 +399,5 @@ class DevGateway:
 
 def _split(devices: list[Device], due: set[str]) -> tuple[list[str], list[Device]]:
     """The rejected pushkeys (each once, in order) and the devices that get the notification."""
-    rejected = list(dict.fromkeys(d.pushkey for d in devices if d.pushkey in due))
-    return rejected, [d for d in devices if d.pushkey not in due]
+    rejected = list(dict.fromkeys(d["pushkey"] for d in devices if d["pushkey"] in due))
+    return rejected, [d for d in devices if d["pushkey"] not in due]

@@ -18,8 +18,8 @@ from typing import IO, Any
 
 import orjson
 
-from fdpush.gateway.models import Priority
 from fdpush.gateway.render import Provider
+from fdpush.gateway_api import Priority
 
 __all__ = ["Inbox", "Received"]
 

@@ -8,11 +8,12 @@ decrypt them. Other suffixes are recorded as provider ``unknown`` with no render
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import orjson
 
-from fdpush.gateway.models import Counts, Priority
+from fdpush.gateway_api import Counts, Priority
 
 __all__ = [
     "APNS_PLACEHOLDER_TITLE",
@@ -47,9 +48,9 @@ PLAIN_FIELDS = (
 )
 
 
-def present_fields(model: Any, names: tuple[str, ...]) -> dict[str, Any]:
-    """The named fields the sender actually set, with their values."""
-    return {name: getattr(model, name) for name in names if name in model.model_fields_set}
+def present_fields(notification: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The named fields the sender set, with their values."""
+    return {name: notification[name] for name in names if name in notification}
 
 
 def provider_for(app_id: str) -> Provider:
@@ -89,8 +90,8 @@ def _apns(
     app_id: str, pushkey: str, prio: Priority, fields: dict[str, Any], counts: Counts | None
 ) -> dict[str, Any]:
     aps: dict[str, Any] = {"alert": {"title": APNS_PLACEHOLDER_TITLE}, "mutable-content": 1}
-    if counts is not None and counts.unread is not None:
-        aps["badge"] = counts.unread
+    if counts is not None and "unread" in counts:
+        aps["badge"] = counts["unread"]
     return {
         "device_token": pushkey,
         "headers": {
@@ -108,10 +109,10 @@ def _fcm(
     # FCM's data messages carry string values only.
     data = {key: _as_string(value) for key, value in fields.items()}
     if counts is not None:
-        if counts.unread is not None:
-            data["unread"] = str(counts.unread)
-        if counts.missed_calls is not None:
-            data["missed_calls"] = str(counts.missed_calls)
+        if "unread" in counts:
+            data["unread"] = str(counts["unread"])
+        if "missed_calls" in counts:
+            data["missed_calls"] = str(counts["missed_calls"])
     return {
         "message": {
             "token": pushkey,

@@ -12,28 +12,37 @@ both answer through these functions, so they cannot drift apart.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fdpush.gateway.core import ItemResult
 from fdpush.gateway.trouble import Limits
+from fdpush.gateway_api import (
+    BATCH_TOO_BIG,
+    DUPLICATE_IDS,
+    INVALID_DATA,
+    ITEM_TOO_LARGE,
+    BatchNotificationResponse,
+    BatchSummary,
+    ErrorResponse,
+    NotificationResult,
+    encode,
+    validate_request,
+)
 
 __all__ = [
-    "BATCH_TOO_BIG",
     "BATCH_TOO_LARGE",
-    "DUPLICATE_IDS",
-    "INVALID_DATA",
-    "ITEM_TOO_LARGE",
     "NOTIFY_TOO_LARGE",
     "PUSH_BASE",
     "SEED_NOTIFY_PATH",
     "TooLarge",
     "batch_answer",
     "batch_checks",
+    "encoded_response",
+    "error_response",
     "invalid",
     "json_response",
     "parse",
@@ -45,13 +54,11 @@ __all__ = [
 PUSH_BASE = "/push/v1"
 SEED_NOTIFY_PATH = "/_matrix/push/v1/notify"
 
-INVALID_DATA = "Invalid data format"
-BATCH_TOO_BIG = "Batch size exceeds maximum limit"
-DUPLICATE_IDS = "Duplicate notification IDs in batch"
-ITEM_TOO_LARGE = "Individual notification too large"
 NOTIFY_TOO_LARGE = "Notification object is too large."
 BATCH_TOO_LARGE = "Batch request payload is too large."
 _MAX_PROBLEMS = 10
+
+_Request = TypeVar("_Request")
 
 
 class TooLarge(Exception):
@@ -63,6 +70,26 @@ def json_response(
 ) -> Response:
     """A JSON answer (orjson-encoded)."""
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+def encoded_response(
+    answer: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON answer of one of the spec's objects (:mod:`fdpush.gateway_api`)."""
+    return Response(encode(answer), status, headers, media_type="application/json")
+
+
+def error_response(
+    error: str,
+    status: int,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """An error answer: the spec's ``{"error", "details"}``."""
+    answer: ErrorResponse = {"error": error}
+    if details is not None:
+        answer["details"] = details
+    return encoded_response(answer, status, headers)
 
 
 async def read_body(request: Request, max_request_size_kb: int) -> bytes:
@@ -81,8 +108,7 @@ async def read_body(request: Request, max_request_size_kb: int) -> bytes:
 
 def too_large(error: str, max_request_size_kb: int) -> Response:
     """The 413 answer: the endpoint's error text and ``details.max_request_size_kb``."""
-    details = {"max_request_size_kb": max_request_size_kb}
-    return json_response({"error": error, "details": details}, 413)
+    return error_response(error, 413, {"max_request_size_kb": max_request_size_kb})
 
 
 def invalid(problems: list[str]) -> Response:
@@ -91,8 +117,7 @@ def invalid(problems: list[str]) -> Response:
     ``details.problems`` is ours (the schema allows further details): what a developer needs to
     find the mistake in their sender.
     """
-    details = {"problems": problems[:_MAX_PROBLEMS]}
-    return json_response({"error": INVALID_DATA, "details": details}, 400)
+    return error_response(INVALID_DATA, 400, {"problems": problems[:_MAX_PROBLEMS]})
 
 
 def problems(exc: ValidationError) -> list[str]:
@@ -103,8 +128,9 @@ def problems(exc: ValidationError) -> list[str]:
     ]
 
 
-def parse(body: bytes, schema: type[BaseModel]) -> tuple[BaseModel, dict[str, Any]] | Response:
-    """The validated model and the raw JSON object, or the 400 ``Invalid data format``."""
+def parse(body: bytes, kind: type[_Request]) -> tuple[_Request, dict[str, Any]] | Response:
+    """The request validated strictly as ``kind`` (:func:`fdpush.gateway_api.validate_request`)
+    and the raw JSON object, or the 400 ``Invalid data format``."""
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -112,7 +138,7 @@ def parse(body: bytes, schema: type[BaseModel]) -> tuple[BaseModel, dict[str, An
     if not isinstance(raw, dict):
         return invalid(["(body): must be a JSON object"])
     try:
-        return schema.model_validate(raw), raw
+        return validate_request(kind, raw), raw
     except ValidationError as exc:
         return invalid(problems(exc))
 
@@ -120,29 +146,27 @@ def parse(body: bytes, schema: type[BaseModel]) -> tuple[BaseModel, dict[str, An
 def batch_checks(ids: list[str], raw: dict[str, Any], limits: Limits) -> Response | None:
     """The batch rules after the schema, in the spec's priority order; None: all passed."""
     if len(ids) > limits.max_batch_size:
-        details: dict[str, Any] = {"max_batch_size": limits.max_batch_size}
-        return json_response({"error": BATCH_TOO_BIG, "details": details}, 400)
+        return error_response(BATCH_TOO_BIG, 400, {"max_batch_size": limits.max_batch_size})
     duplicates = [item_id for item_id, count in Counter(ids).items() if count > 1]
     if duplicates:
-        return json_response(
-            {"error": DUPLICATE_IDS, "details": {"duplicate_ids": duplicates}}, 400
-        )
+        return error_response(DUPLICATE_IDS, 400, {"duplicate_ids": duplicates})
     max_bytes = limits.max_notification_size_kb * 1024
     for item in raw["notifications"]:
         # "the byte length of the UTF-8 encoded JSON serialization of the notification object"
         if len(orjson.dumps(item["notification"])) > max_bytes:
             details = {"max_notification_size_kb": limits.max_notification_size_kb}
-            return json_response({"error": ITEM_TOO_LARGE, "details": details}, 400)
+            return error_response(ITEM_TOO_LARGE, 400, details)
     return None
 
 
-def batch_answer(results: list[ItemResult]) -> Response:
+def batch_answer(results: list[NotificationResult]) -> Response:
     """200 with ``results`` (as given: request order) and their ``summary``."""
-    statuses = Counter(result.status for result in results)
-    summary = {
+    statuses = Counter(result["status"] for result in results)
+    summary: BatchSummary = {
         "total": len(results),
         "successful": statuses["success"],
         "failed": statuses["failed"],
         "partial": statuses["partial"],
     }
-    return json_response({"results": [result.as_json() for result in results], "summary": summary})
+    answer: BatchNotificationResponse = {"results": results, "summary": summary}
+    return encoded_response(answer)

@@ -8,11 +8,15 @@ Fachdienst retries; ``rejected`` still names the dead pushkeys) or when all were
 
 from __future__ import annotations
 
-from fdpush.gateway.core import ItemResult
-from fdpush.gateway.models import EncryptedNotification, PlainNotification, SeedNotification
 from fdpush.gateway.production.dispatch import Delivery
 from fdpush.gateway.production.push import Push
 from fdpush.gateway.render import ENCRYPTED_FIELDS, PLAIN_FIELDS, present_fields
+from fdpush.gateway_api import (
+    EncryptedNotification,
+    NotificationResult,
+    PlainNotification,
+    SeedNotification,
+)
 
 __all__ = ["REJECTED_ERROR", "encrypted_push", "item_result", "plain_pushes"]
 
@@ -21,20 +25,23 @@ REJECTED_ERROR = "Pushkey rejected by the push provider"
 
 def encrypted_push(note: EncryptedNotification) -> Push:
     """The push of an encrypted notification: its fields as they came, never decrypted."""
-    device = note.device
+    device = note["device"]
     fields = present_fields(note, ENCRYPTED_FIELDS)
-    return Push(device.app_id, device.pushkey, note.prio, fields, note.counts)
+    prio = note.get("prio", "high")
+    return Push(device["app_id"], device["pushkey"], prio, fields, note.get("counts"))
 
 
 def plain_pushes(note: PlainNotification | SeedNotification) -> list[Push]:
     """One push per device of a plain (Matrix-shaped) notification; a seed-era one may also
     carry the encrypted fields, handed on as they came."""
-    names = PLAIN_FIELDS + ENCRYPTED_FIELDS if isinstance(note, SeedNotification) else PLAIN_FIELDS
-    fields = present_fields(note, names)
-    return [Push(d.app_id, d.pushkey, note.prio, fields, note.counts) for d in note.devices]
+    # A validated notification holds its schema's fields only: the encrypted ones are there
+    # only in a seed-era notification.
+    fields = present_fields(note, PLAIN_FIELDS + ENCRYPTED_FIELDS)
+    prio, counts = note.get("prio", "high"), note.get("counts")
+    return [Push(d["app_id"], d["pushkey"], prio, fields, counts) for d in note["devices"]]
 
 
-def item_result(item_id: str, pushes: list[Push], deliveries: list[Delivery]) -> ItemResult:
+def item_result(item_id: str, pushes: list[Push], deliveries: list[Delivery]) -> NotificationResult:
     """The batch result of one item from the deliveries of its pushes (see the module text)."""
     rejected = list(
         dict.fromkeys(
@@ -47,9 +54,9 @@ def item_result(item_id: str, pushes: list[Push], deliveries: list[Delivery]) ->
         error = failed[0].error or "not delivered"
         if len(deliveries) > 1:
             error = f"{len(failed)} of {len(deliveries)} devices not reached: {error}"
-        return ItemResult(item_id, "failed", rejected, error)
+        return {"id": item_id, "status": "failed", "rejected": rejected, "error": error}
     if rejected and not accepted:
-        return ItemResult(item_id, "failed", rejected, REJECTED_ERROR)
+        return {"id": item_id, "status": "failed", "rejected": rejected, "error": REJECTED_ERROR}
     if rejected:
-        return ItemResult(item_id, "partial", rejected)
-    return ItemResult(item_id, "success", [])
+        return {"id": item_id, "status": "partial", "rejected": rejected}
+    return {"id": item_id, "status": "success", "rejected": []}

@@ -28,12 +28,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fdpush.gateway.models import (
-    EncryptedBatchRequest,
-    PlainBatchRequest,
-    PlainNotificationRequest,
-    SeedNotificationRequest,
-)
 from fdpush.gateway.production.answers import encrypted_push, item_result, plain_pushes
 from fdpush.gateway.production.config import GatewayConfig
 from fdpush.gateway.production.dispatch import Dispatcher, Overloaded
@@ -47,10 +41,19 @@ from fdpush.gateway.validation import (
     TooLarge,
     batch_answer,
     batch_checks,
+    encoded_response,
+    error_response,
     json_response,
     parse,
     read_body,
     too_large,
+)
+from fdpush.gateway_api import (
+    BatchNotificationRequest,
+    EncryptedBatchNotificationRequest,
+    NotifyResponse,
+    PlainNotificationRequest,
+    SeedNotificationRequest,
 )
 
 __all__ = ["MTLS_ERROR", "OVERLOADED_ERROR", "create_production_app"]
@@ -83,7 +86,7 @@ def create_production_app(
         async def answer(request: Request) -> Response:
             subject = client_subject(request)
             if subject is None or (allowed and subject not in allowed):
-                return json_response({"error": MTLS_ERROR}, 401)
+                return error_response(MTLS_ERROR, 401)
             try:
                 body = await read_body(request, limits.max_request_size_kb)
             except TooLarge:
@@ -94,7 +97,7 @@ def create_production_app(
                 return await handle(body)
             except Overloaded as exc:
                 headers = {"Retry-After": str(exc.retry_after)}
-                return json_response({"error": OVERLOADED_ERROR}, 503, headers)
+                return error_response(OVERLOADED_ERROR, 503, headers=headers)
 
         async def counted(request: Request) -> Response:
             response = await answer(request)
@@ -105,39 +108,37 @@ def create_production_app(
         return counted
 
     async def notify_encrypted_batch(body: bytes) -> Response:
-        parsed = parse(body, EncryptedBatchRequest)
+        parsed = parse(body, EncryptedBatchNotificationRequest)
         if isinstance(parsed, Response):
             return parsed
         model, raw = parsed
-        assert isinstance(model, EncryptedBatchRequest)
-        refused = batch_checks([item.id for item in model.notifications], raw, limits)
+        refused = batch_checks([item["id"] for item in model["notifications"]], raw, limits)
         if refused is not None:
             return refused
-        pushes = [encrypted_push(item.notification) for item in model.notifications]
+        pushes = [encrypted_push(item["notification"]) for item in model["notifications"]]
         deliveries = await dispatcher.deliver(pushes)
         return batch_answer(
             [
-                item_result(item.id, [push], [delivery])
+                item_result(item["id"], [push], [delivery])
                 for item, push, delivery in zip(
-                    model.notifications, pushes, deliveries, strict=True
+                    model["notifications"], pushes, deliveries, strict=True
                 )
             ]
         )
 
     async def notify_batch(body: bytes) -> Response:
-        parsed = parse(body, PlainBatchRequest)
+        parsed = parse(body, BatchNotificationRequest)
         if isinstance(parsed, Response):
             return parsed
         model, raw = parsed
-        assert isinstance(model, PlainBatchRequest)
-        refused = batch_checks([item.id for item in model.notifications], raw, limits)
+        refused = batch_checks([item["id"] for item in model["notifications"]], raw, limits)
         if refused is not None:
             return refused
-        per_item = [plain_pushes(item.notification) for item in model.notifications]
+        per_item = [plain_pushes(item["notification"]) for item in model["notifications"]]
         deliveries = await dispatcher.deliver([push for pushes in per_item for push in pushes])
         results, start = [], 0
-        for item, pushes in zip(model.notifications, per_item, strict=True):
-            results.append(item_result(item.id, pushes, deliveries[start : start + len(pushes)]))
+        for item, pushes in zip(model["notifications"], per_item, strict=True):
+            results.append(item_result(item["id"], pushes, deliveries[start : start + len(pushes)]))
             start += len(pushes)
         return batch_answer(results)
 
@@ -149,8 +150,7 @@ def create_production_app(
             if isinstance(parsed, Response):
                 return parsed
             model, _raw = parsed
-            assert isinstance(model, PlainNotificationRequest | SeedNotificationRequest)
-            return await notify_answer(plain_pushes(model.notification))
+            return await notify_answer(plain_pushes(model["notification"]))
 
         return notify
 
@@ -161,12 +161,12 @@ def create_production_app(
             details = {"failed": len(failed), "error": failed[0].error}
             if all(d.transient for d in failed):
                 headers = {"Retry-After": str(config.delivery.overload_retry_after_seconds)}
-                return json_response({"error": OVERLOADED_ERROR, "details": details}, 503, headers)
-            return json_response({"error": NOT_DELIVERED_ERROR, "details": details}, 500)
+                return error_response(OVERLOADED_ERROR, 503, details, headers)
+            return error_response(NOT_DELIVERED_ERROR, 500, details)
         rejected = [
             p.pushkey for p, d in zip(pushes, deliveries, strict=True) if d.outcome == "rejected"
         ]
-        return json_response({"rejected": list(dict.fromkeys(rejected))})
+        return encoded_response(NotifyResponse(rejected=list(dict.fromkeys(rejected))))
 
     async def live(_request: Request) -> Response:
         return json_response({"status": "ok"})

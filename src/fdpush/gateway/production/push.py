@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from fdpush.gateway.models import Counts, Priority
+from fdpush.gateway_api import Counts, Priority
 
 __all__ = ["Attempt", "AttemptKind", "Provider", "Push", "Sender"]
 
