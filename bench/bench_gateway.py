@@ -70,6 +70,7 @@ from bench_api import (
 from fdpush.gateway import TestPki, make_test_pki
 from fdpush.gateway.render import render
 from fdpush.gateway.runner import READY_LINE, stop_process
+from fdpush.gateway_api import EncryptedBatchItem, EncryptedNotification
 
 APNS_APP = "de.gematik.bench.apns"
 APNS_TOPIC = "de.gematik.bench"
@@ -214,7 +215,7 @@ def peak_rss_mb(pid: int) -> float | None:
 # --- the load ----------------------------------------------------------------------------------
 
 
-def encrypted_notification(app_id: str, pushkey: str) -> dict[str, Any]:
+def encrypted_notification(app_id: str, pushkey: str) -> EncryptedNotification:
     return {
         "ciphertext": base64.b64encode(os.urandom(1052)).decode(),
         "time_message_encrypted": "2026-11",
@@ -225,10 +226,10 @@ def encrypted_notification(app_id: str, pushkey: str) -> dict[str, Any]:
     }
 
 
-def make_batches(count: int, size: int) -> list[list[dict[str, Any]]]:
+def make_batches(count: int, size: int) -> list[list[EncryptedBatchItem]]:
     batches = []
     for _ in range(count):
-        items = []
+        items: list[EncryptedBatchItem] = []
         for i in range(size):
             if i % 2 == 0:
                 note = encrypted_notification(APNS_APP, secrets.token_hex(32))
@@ -255,7 +256,7 @@ class Phase:
 
 async def run_batches(
     send: Any,
-    batches: list[list[dict[str, Any]]],
+    batches: list[list[EncryptedBatchItem]],
     concurrency: int,
     processes: dict[str, int] | None = None,
 ) -> Phase:

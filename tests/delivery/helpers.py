@@ -22,9 +22,17 @@ from typing import Any
 import orjson
 import uvicorn
 
-from fdpush.delivery.gateway import OutgoingItem
+from fdpush.delivery.gateway import EncodedItem
 from fdpush.gateway import TestPki
 from fdpush.gateway.runner import bind_socket
+from fdpush.gateway_api import (
+    BatchNotificationResponse,
+    Device,
+    EncryptedNotification,
+    NotificationResult,
+    PlainNotification,
+    encode,
+)
 
 APNS_APP = "de.gematik.erezept.apns"
 
@@ -42,7 +50,7 @@ def ciphertext() -> str:
     return base64.b64encode(os.urandom(1052)).decode()
 
 
-def device(pushkey: str | None = None, **data: Any) -> dict[str, Any]:
+def device(pushkey: str | None = None, **data: Any) -> Device:
     """A ``Device`` (fresh pushkey unless given); ``data`` are custom ``data`` keys."""
     return {
         "app_id": APNS_APP,
@@ -54,37 +62,46 @@ def device(pushkey: str | None = None, **data: Any) -> dict[str, Any]:
 
 
 def encrypted(
-    pushkey: str | None = None, *, item_id: str | None = None, **fields: Any
-) -> OutgoingItem:
-    """An encrypted notification to one device (``fields`` replace or add fields)."""
-    notification: dict[str, Any] = {
+    pushkey: str | None = None,
+    *,
+    item_id: str | None = None,
+    data: dict[str, Any] | None = None,
+    **fields: Any,
+) -> EncodedItem:
+    """An encrypted notification to one device, as fdpush sends one (``fields`` replace or
+    add fields, whether the spec allows the result or not; ``data``: custom ``data`` keys)."""
+    notification: EncryptedNotification = {
         "ciphertext": ciphertext(),
         "time_message_encrypted": "2025-06",
         "key_identifier": str(uuid.uuid4()),
         "prio": "high",
-        "device": device(pushkey),
+        "device": device(pushkey, **(data or {})),
     }
     notification.update(fields)
-    return OutgoingItem(item_id or uuid.uuid4().hex, notification, encrypted=True)
+    return EncodedItem.of({"id": item_id or uuid.uuid4().hex, "notification": notification})
 
 
-def plain(pushkey: str | None = None, *, item_id: str | None = None) -> OutgoingItem:
+def plain(pushkey: str | None = None, *, item_id: str | None = None) -> EncodedItem:
     """A plain notification to one device, as fdpush sends one."""
     item_id = item_id or uuid.uuid4().hex
-    notification = {
+    notification: PlainNotification = {
         "event_id": item_id,
         "prio": "high",
         "content": {"channel": "erp.task.activate", "id": "160.000.000.000.001.02"},
         "devices": [device(pushkey)],
     }
-    return OutgoingItem(item_id, notification, encrypted=False)
+    return EncodedItem.of({"id": item_id, "notification": notification})
 
 
-def pushkey_of(item: OutgoingItem) -> str:
+def sent(item: EncodedItem) -> dict[str, Any]:
+    """The item's notification: what the gateway receives."""
+    return dict(item.item["notification"])
+
+
+def pushkey_of(item: EncodedItem) -> str:
     """The one device's pushkey of an item."""
-    note = item.notification
-    target = note["device"] if item.encrypted else note["devices"][0]
-    return str(target["pushkey"])
+    note: dict[str, Any] = sent(item)
+    return str(note["device"]["pushkey"] if item.encrypted else note["devices"][0]["pushkey"])
 
 
 # --- a scripted peer ---------------------------------------------------------------------------
@@ -115,9 +132,14 @@ class Answer:
 def all_succeed(request: Seen) -> bytes:
     """The spec's batch answer with ``success`` for every item of ``request``."""
     ids = [item["id"] for item in request.json()["notifications"]]
-    results = [{"id": item_id, "status": "success", "rejected": []} for item_id in ids]
-    summary = {"total": len(ids), "successful": len(ids), "failed": 0, "partial": 0}
-    return orjson.dumps({"results": results, "summary": summary})
+    results: list[NotificationResult] = [
+        {"id": item_id, "status": "success", "rejected": []} for item_id in ids
+    ]
+    answer: BatchNotificationResponse = {
+        "results": results,
+        "summary": {"total": len(ids), "successful": len(ids), "failed": 0, "partial": 0},
+    }
+    return encode(answer)
 
 
 class ScriptedGateway:

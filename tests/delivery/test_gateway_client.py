@@ -28,9 +28,11 @@ from delivery.helpers import (
     new_pushkey,
     plain,
     pushkey_of,
+    sent,
 )
-from fdpush.delivery.gateway import BatchOutcome, GatewayClient, ItemResult, OutgoingItem
+from fdpush.delivery.gateway import BatchOutcome, EncodedItem, GatewayClient, Verdict
 from fdpush.gateway import DevGateway, GatewayThread, TestPki, make_test_pki
+from fdpush.gateway_api import EncryptedBatchNotificationRequest, encode
 
 ENCRYPTED_BATCH = "/push/v1/notifyEncrypted/batch"
 PLAIN_BATCH = "/push/v1/notify/batch"
@@ -83,9 +85,7 @@ def client_for(pki: TestPki, **options: Any) -> GatewayClient:
     return GatewayClient(**{**tls, **options})
 
 
-def send(
-    pki: TestPki, base_url: str, items: Sequence[OutgoingItem], **options: Any
-) -> BatchOutcome:
+def send(pki: TestPki, base_url: str, items: Sequence[EncodedItem], **options: Any) -> BatchOutcome:
     """One ``send`` with a fresh client."""
 
     async def run() -> BatchOutcome:
@@ -98,7 +98,7 @@ def send(
     return asyncio.run(run())
 
 
-def inbox_ids(gateway: GatewayThread, item: OutgoingItem) -> list[str | None]:
+def inbox_ids(gateway: GatewayThread, item: EncodedItem) -> list[str | None]:
     """The batch ids the gateway recorded for the item's device."""
     return [r.item_id for r in gateway.gateway.inbox(APNS_APP, pushkey_of(item))]
 
@@ -107,8 +107,8 @@ def requests_to(gateway: GatewayThread, endpoint: str) -> int:
     return int(gateway.stats()["requests_by_endpoint"].get(endpoint, 0))
 
 
-def all_delivered(items: Sequence[OutgoingItem]) -> dict[str, ItemResult]:
-    return {item.id: ItemResult(item.id, "delivered") for item in items}
+def all_delivered(items: Sequence[EncodedItem]) -> dict[str, Verdict]:
+    return {item.id: Verdict(item.id, "delivered") for item in items}
 
 
 def free_port() -> int:
@@ -133,7 +133,7 @@ def test_encrypted_items_go_in_one_notify_encrypted_batch(
     for item in items:
         (received,) = gateway.gateway.inbox(APNS_APP, pushkey_of(item))
         assert (received.endpoint, received.item_id) == (ENCRYPTED_BATCH, item.id)
-        assert received.notification == item.notification
+        assert received.notification == sent(item)
 
 
 def test_plain_items_go_in_one_notify_batch(gateway: GatewayThread, pki: TestPki) -> None:
@@ -147,7 +147,7 @@ def test_plain_items_go_in_one_notify_batch(gateway: GatewayThread, pki: TestPki
     for item in items:
         (received,) = gateway.gateway.inbox(APNS_APP, pushkey_of(item))
         assert (received.endpoint, received.item_id) == (PLAIN_BATCH, item.id)
-        assert received.notification["content"] == item.notification["content"]
+        assert received.notification["content"] == sent(item)["content"]
 
 
 def test_a_send_of_both_kinds_makes_one_request_per_kind(
@@ -235,8 +235,8 @@ def test_a_rejected_pushkey_makes_its_item_rejected(
     outcome = send(pki, gateway.push_url, [bad, good])
 
     assert outcome.results == {
-        bad.id: ItemResult(bad.id, "rejected", (gone,), "Pushkey rejected by the push provider"),
-        good.id: ItemResult(good.id, "delivered"),
+        bad.id: Verdict(bad.id, "rejected", (gone,), "Pushkey rejected by the push provider"),
+        good.id: Verdict(good.id, "delivered"),
     }
     assert outcome.gateway_trouble is None
     assert inbox_ids(gateway, bad) == []
@@ -252,7 +252,7 @@ def test_failed_items_without_rejected_pushkeys_are_retried(
     outcome = send(pki, gateway.push_url, items)
 
     assert outcome.results == {
-        item.id: ItemResult(item.id, "retry", error="APNs unavailable") for item in items
+        item.id: Verdict(item.id, "retry", error="APNs unavailable") for item in items
     }
     assert (outcome.status_code, outcome.gateway_trouble) == (200, None)
 
@@ -338,7 +338,7 @@ def test_an_invalid_item_is_split_off_and_fails_alone(gateway: GatewayThread, pk
     bad = items[3].id
     assert outcome.results == {
         **all_delivered(items[:3] + items[4:]),
-        bad: ItemResult(bad, "failed", error="HTTP 400: Invalid data format"),
+        bad: Verdict(bad, "failed", error="HTTP 400: Invalid data format"),
     }
     assert [len(inbox_ids(gateway, item)) for item in items] == [1, 1, 1, 0, 1]
     # [0-4] → [0,1] ok, [2-4] → [2] ok, [3,4] → [3] fails, [4] ok
@@ -351,14 +351,12 @@ def test_an_oversized_item_is_split_off_and_fails_alone(
     """400 "Individual notification too large" → split; only the large one fails."""
     gateway.trouble(max_notification_size_kb=3)
     items = [encrypted() for _ in range(3)]
-    template = encrypted()
-    template.notification["device"]["data"]["blob"] = "x" * 3000
-    big = OutgoingItem(template.id, template.notification, encrypted=True)  # serialised anew
+    big = encrypted(data={"blob": "x" * 3000})
     items.insert(1, big)
 
     outcome = send(pki, gateway.push_url, items)
 
-    assert outcome.results.pop(big.id) == ItemResult(
+    assert outcome.results.pop(big.id) == Verdict(
         big.id, "failed", error="HTTP 400: Individual notification too large"
     )
     assert outcome.results == all_delivered([items[0], *items[2:]])
@@ -388,7 +386,7 @@ def test_a_400_that_is_not_json_fails_the_items_one_by_one(
     outcome = send(pki, gateway.push_url, items)
 
     assert outcome.results == {
-        item.id: ItemResult(item.id, "failed", error="HTTP 400 (answer not JSON)") for item in items
+        item.id: Verdict(item.id, "failed", error="HTTP 400 (answer not JSON)") for item in items
     }
     assert outcome.gateway_trouble is None
     assert requests_to(gateway, ENCRYPTED_BATCH) == 3
@@ -549,8 +547,10 @@ def test_connections_are_kept_alive_and_the_body_is_compact_json(
     assert len({seen.client_port for seen in scripted.seen}) == 1
     first = scripted.seen[0]
     assert first.headers["content-type"] == "application/json"
-    expected = {"notifications": [{"id": i.id, "notification": i.notification} for i in batches[0]]}
-    assert first.body == orjson.dumps(expected)
+    expected: EncryptedBatchNotificationRequest = {
+        "notifications": [item.item for item in batches[0]]
+    }
+    assert first.body == encode(expected)
 
 
 def test_requests_are_bounded_per_gateway_and_other_gateways_keep_flowing(
@@ -595,7 +595,7 @@ def test_item_ids_and_base_urls_are_checked(pki: TestPki) -> None:
     with pytest.raises(ValueError, match="1 to 64"):
         encrypted(item_id="x" * 65)
     with pytest.raises(ValueError, match="1 to 64"):
-        OutgoingItem("", {}, encrypted=False)
+        EncodedItem.of({"id": "", "notification": {"prio": "high", "devices": []}})
     assert len(encrypted(item_id="x" * 64).id) == 64
     item = encrypted()
     with pytest.raises(ValueError, match="unique"):
@@ -623,7 +623,7 @@ def test_logs_name_the_gateway_but_carry_no_pushkey_payload_or_ciphertext(
     host_port = gateway.url.removeprefix("https://")
     assert f"gateway {host_port} in trouble: HTTP 503" in caplog.text
     for item in items:
-        note = item.notification
+        note = sent(item)
         secrets = [pushkey_of(item), note.get("ciphertext"), note.get("key_identifier")]
         if "content" in note:
             secrets.append(orjson.dumps(note["content"]).decode())

@@ -14,10 +14,11 @@ from fdpush.delivery.compose import (
     NO_KEY,
     NO_PAYLOAD,
     TOO_LARGE,
+    Ready,
     compose,
     refusal_by,
 )
-from fdpush.delivery.gateway import OutgoingItem
+from fdpush.delivery.gateway import EncodedItem, batch_body
 from fdpush.delivery.worker import _batches
 from fdpush.domain.errors import InvalidParam
 from fdpush.domain.keys import RETENTION_MONTHS, KeyVault, advance
@@ -108,7 +109,7 @@ def row(n: int, pusher_id: int | None = 1, event_id: str = "e1", **kw: object) -
         "created_at": 0,
     }
     fields.update(kw)
-    return Claimed(**fields)  # type: ignore[arg-type]
+    return Claimed(**fields)
 
 
 def target(vault: KeyVault, g: crypto.KeyGeneration, **kw: object) -> Target:
@@ -124,7 +125,7 @@ def target(vault: KeyVault, g: crypto.KeyGeneration, **kw: object) -> Target:
         "pushkey_sealed": vault.seal_pushkey(OWNER[0], OWNER[1], PUSHKEY)[1],
     }
     fields.update(kw)
-    return Target(**fields)  # type: ignore[arg-type]
+    return Target(**fields)
 
 
 def event(vault: KeyVault, payload: dict[str, object], event_id: str = "e1") -> EventBody:
@@ -144,7 +145,7 @@ def test_an_encrypted_pusher_gets_the_spec_notification_sealed_under_this_months
         gateway_refusal=lambda _url: None,
     )
     [ready] = out.ready
-    note = ready.item.notification
+    note = ready.item.item["notification"]
     assert ready.item.encrypted and ready.pushkey == PUSHKEY  # opened from its sealed copy
     assert note["time_message_encrypted"] == "2026-11" and note["key_identifier"] == "kid-1"
     assert note["identifier"] == "ident-1" and note["prio"] == "high"
@@ -193,7 +194,7 @@ def test_a_plain_sized_payload_for_a_pusher_now_encrypted_fails_never_goes_plain
     assert out.failed == {"n1": TOO_LARGE}
     [plain] = out.ready
     assert plain.row.id == "n2" and not plain.item.encrypted
-    assert plain.item.notification["content"] == large
+    assert plain.item.item["notification"]["content"] == large
 
 
 def test_a_pushkey_that_does_not_open_is_kept_not_sent() -> None:
@@ -256,21 +257,21 @@ def test_a_new_month_is_reported_for_persisting_before_use() -> None:
 # --- cutting into requests -----------------------------------------------------------------------
 
 
-def ready_item(n: int, blob: int) -> object:
-    from fdpush.delivery.compose import Ready
-
-    note = {"device": {"data": {"blob": "x" * blob}}}
-    return Ready(row(n), OutgoingItem(f"n{n}", note, True), "pk")
+def ready_item(n: int, blob: int) -> Ready:
+    device = {"app_id": OWNER[1], "pushkey": "pk", "data": {"blob": "x" * blob}}
+    note = {"ciphertext": "c", "time_message_encrypted": "2026-11", "key_identifier": "k"}
+    item = EncodedItem.of({"id": f"n{n}", "notification": {**note, "device": device}})
+    return Ready(row(n), item, "pk")
 
 
 def test_batches_are_bounded_by_count_and_by_bytes() -> None:
     small = [ready_item(n, 10) for n in range(250)]
-    assert [len(b) for b in _batches(small, 100, 250_000)] == [100, 100, 50]  # type: ignore[arg-type]
+    assert [len(b) for b in _batches(small, 100, 250_000)] == [100, 100, 50]
     big = [ready_item(n, 6000) for n in range(60)]
-    batches = _batches(big, 100, 250_000)  # type: ignore[arg-type]
+    batches = _batches(big, 100, 250_000)
     assert len(batches) == 2 and sum(len(b) for b in batches) == 60
     for batch in batches:
-        body = b'{"notifications":[' + b",".join(r.item.encoded for r in batch) + b"]}"
+        body = batch_body([r.item for r in batch])
         assert len(body) <= 250_000
     huge = [ready_item(0, 300_000)]
-    assert [len(b) for b in _batches(huge, 100, 250_000)] == [1]  # type: ignore[arg-type]
+    assert [len(b) for b in _batches(huge, 100, 250_000)] == [1]

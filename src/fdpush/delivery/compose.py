@@ -5,8 +5,9 @@ sealed, opened once per pusher), its gateway (still on the allow-list, else ``fa
 event's payload (opened once per event), and for an encrypted
 pusher the key generation of the sending month (:func:`fdpush.domain.keys.advance`; a pusher
 whose keys do not open, or a payload larger than the frame → ``failed`` — never plain text
-instead). The
-wire objects are the Push Gateway API's ``EncryptedNotification`` and ``PlainNotification``.
+instead). What goes out are the Push Gateway API's ``EncryptedNotification`` and
+``PlainNotification`` (:mod:`fdpush.gateway_api`), each to the pusher's ``Device`` (built once
+per pusher).
 
 Pure: no I/O. The worker persists :attr:`Composition.key_changes` *before* it sends anything
 sealed with them.
@@ -22,9 +23,16 @@ from typing import Any
 import orjson
 
 from fdpush import crypto
-from fdpush.delivery.gateway import OutgoingItem
+from fdpush.delivery.gateway import EncodedItem
 from fdpush.domain.errors import InvalidParam
 from fdpush.domain.keys import Advance, KeyVault, advance
+from fdpush.gateway_api import (
+    Device,
+    EncryptedBatchItem,
+    EncryptedNotification,
+    PlainBatchItem,
+    Priority,
+)
 from fdpush.storage.outbox import Claimed, EventBody, Target
 
 __all__ = ["Composition", "Ready", "compose"]
@@ -43,7 +51,7 @@ class Ready:
     """A row with the notification to send for it, and the pushkey it addresses."""
 
     row: Claimed
-    item: OutgoingItem
+    item: EncodedItem
     pushkey: str
 
 
@@ -72,6 +80,7 @@ def compose(
     out = Composition()
     payloads: dict[str, tuple[bytes, Any] | None] = {}
     pushkeys: dict[int, str | None] = {}
+    devices: dict[int, Device] = {}
     keys: dict[int, Advance | None] = {}
     refusals: dict[str, str | None] = {}
     for row in rows:
@@ -105,15 +114,21 @@ def compose(
             out.unreadable.append(row)
             continue
         payload, content = opened
-        device = _device(target, pushkey)
+        device = devices.get(target.pusher_id)
+        if device is None:
+            device = devices[target.pusher_id] = _device(target, pushkey)
+        prio: Priority = "low" if body.prio == "low" else "high"
         if target.key_identifier is None:
-            notification: dict[str, Any] = {
-                "event_id": row.id,
-                "prio": body.prio,
-                "content": content,
-                "devices": [device],
+            plain: PlainBatchItem = {
+                "id": row.id,
+                "notification": {
+                    "event_id": row.id,
+                    "prio": prio,
+                    "content": content,
+                    "devices": [device],
+                },
             }
-            out.ready.append(Ready(row, OutgoingItem(row.id, notification, False), pushkey))
+            out.ready.append(Ready(row, EncodedItem.of(plain), pushkey))
             continue
         if len(payload) > crypto.MAX_PAYLOAD_BYTES:
             out.failed[row.id] = TOO_LARGE  # never plain text instead
@@ -129,20 +144,21 @@ def compose(
         if step is None:
             out.failed[row.id] = NO_KEY
             continue
-        notification = {
+        sealed: EncryptedNotification = {
             "ciphertext": crypto.seal_notification(step.generation.key, payload),
             "time_message_encrypted": step.generation.period,
             "key_identifier": target.key_identifier,
-            "prio": body.prio,
+            "prio": prio,
             "device": device,
         }
         if body.identifier is not None:
-            notification["identifier"] = body.identifier
-        out.ready.append(Ready(row, OutgoingItem(row.id, notification, True), pushkey))
+            sealed["identifier"] = body.identifier
+        item: EncryptedBatchItem = {"id": row.id, "notification": sealed}
+        out.ready.append(Ready(row, EncodedItem.of(item), pushkey))
     return out
 
 
-def _device(target: Target, pushkey: str) -> dict[str, Any]:
+def _device(target: Target, pushkey: str) -> Device:
     """The spec's ``Device``: everything of the pusher's ``data`` but ``url`` is forwarded."""
     data = orjson.loads(target.data)
     data.pop("url", None)
@@ -191,7 +207,9 @@ def _legacy(
     if pushkey is None:
         out.unreadable.append(row)
         return
-    out.ready.append(Ready(row, OutgoingItem(row.id, notification, row.encrypted), pushkey))
+    # The notification object as it was built then: sent as it is.
+    item: EncryptedBatchItem | PlainBatchItem = {"id": row.id, "notification": notification}
+    out.ready.append(Ready(row, EncodedItem.of(item), pushkey))
 
 
 def refusal_by(check: Callable[[str], None]) -> Callable[[str], str | None]:

@@ -1,7 +1,8 @@
 """The client for the Push Gateways: one batch in, one verdict per notification out.
 
 :meth:`GatewayClient.send` takes notifications for one gateway (its base URL, the pusher's
-``data.url`` ending in ``/push/v1/``) and posts them:
+``data.url`` ending in ``/push/v1/``) — the spec's batch items (:mod:`fdpush.gateway_api`), each
+encoded once (:class:`EncodedItem`) — and posts them:
 
 - encrypted ones to ``<base>notifyEncrypted/batch``, plain ones to ``<base>notify/batch`` —
   or, for a gateway that answers 404/405 there (one that lacks batch), one ``<base>notify``
@@ -31,27 +32,40 @@ import email.utils
 import logging
 import math
 import ssl
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import httpx
-import orjson
 
 from fdpush import __version__
+from fdpush.gateway_api import (
+    BATCH_TOO_BIG,
+    MAX_ITEM_ID_LENGTH,
+    BatchNotificationResponse,
+    EncryptedBatchItem,
+    ErrorResponse,
+    NotifyResponse,
+    PlainBatchItem,
+    PlainNotification,
+    PlainNotificationRequest,
+    encode,
+    read_answer,
+)
 
 __all__ = [
     "ENCRYPTED_BATCH",
-    "MAX_ID_LENGTH",
     "NOTIFY",
     "PLAIN_BATCH",
     "BatchOutcome",
+    "EncodedItem",
     "GatewayClient",
-    "ItemResult",
     "Outcome",
-    "OutgoingItem",
+    "Verdict",
+    "batch_body",
+    "batch_verdicts",
 ]
 
 log = logging.getLogger("fdpush.delivery")
@@ -59,11 +73,9 @@ log = logging.getLogger("fdpush.delivery")
 ENCRYPTED_BATCH = "notifyEncrypted/batch"
 PLAIN_BATCH = "notify/batch"
 NOTIFY = "notify"
-MAX_ID_LENGTH = 64  # the spec's maxLength of a batch item's id
 
 Outcome = Literal["delivered", "rejected", "retry", "failed"]
 
-_BATCH_TOO_BIG = "Batch size exceeds maximum limit"
 _MAX_REASON_CHARS = 200
 _MAX_ANSWER_BYTES = 1024 * 1024  # a batch answer is a few KB; more is a broken gateway
 # Idle connections are dropped a little before the 5 s idle timeout common servers use, so we
@@ -74,30 +86,36 @@ _HEADERS = {"content-type": "application/json", "user-agent": f"fdpush/{__versio
 _RANK: dict[Outcome, int] = {"delivered": 0, "retry": 1, "failed": 2, "rejected": 3}
 
 
+@dataclass(slots=True)  # not frozen: a hundred per batch, and frozen costs ~1 µs each
+class EncodedItem:
+    """A batch item to send and its JSON, encoded once: the sender sizes batches by it and
+    joins it into the request body (:func:`batch_body`)."""
+
+    item: EncryptedBatchItem | PlainBatchItem
+    encrypted: bool  # to notifyEncrypted/batch; else to notify/batch (or notify)
+    encoded: bytes = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, item: EncryptedBatchItem | PlainBatchItem) -> EncodedItem:
+        """``item`` with its JSON. Raises ValueError for an empty id or one over 64 characters."""
+        if not 1 <= len(item["id"]) <= MAX_ITEM_ID_LENGTH:
+            raise ValueError(f"an item id has 1 to {MAX_ITEM_ID_LENGTH} characters")
+        return cls(item, "device" in item["notification"], encode(item))
+
+    @property
+    def id(self) -> str:
+        """The item's id: the notification's id, stable across retries."""
+        return self.item["id"]
+
+
+def batch_body(items: Sequence[EncodedItem]) -> bytes:
+    """The request body of a batch endpoint: ``{"notifications": [<the items>]}``."""
+    return b'{"notifications":[' + b",".join(item.encoded for item in items) + b"]}"
+
+
 @dataclass(frozen=True, slots=True)
-class OutgoingItem:
-    """One notification to send: a batch item's ``id`` and the spec's notification object.
-
-    ``notification`` is an ``EncryptedNotification`` (``encrypted``) or a ``PlainNotification``
-    with ``"devices": [one device]``. Raises ValueError for an empty id or one over 64 chars.
-    """
-
-    id: str  # the notification id, stable across retries
-    notification: dict[str, Any]
-    encrypted: bool
-    encoded: bytes = field(init=False, repr=False, compare=False)  # the batch item, as JSON
-
-    def __post_init__(self) -> None:
-        if not 1 <= len(self.id) <= MAX_ID_LENGTH:
-            raise ValueError(f"an item id has 1 to {MAX_ID_LENGTH} characters")
-        # Serialised once: the sender sizes batches by it and joins it into the request body.
-        item = {"id": self.id, "notification": self.notification}
-        object.__setattr__(self, "encoded", orjson.dumps(item))
-
-
-@dataclass(frozen=True, slots=True)
-class ItemResult:
-    """The verdict on one notification.
+class Verdict:
+    """What the sender makes of one notification.
 
     ``delivered``: the gateway took it. ``rejected``: the gateway listed ``rejected_pushkeys``
     (delete those pushers). ``retry``: the gateway could not take it this time. ``failed``:
@@ -119,7 +137,7 @@ class BatchOutcome:
     ``max_batch_size`` is set).
     """
 
-    results: dict[str, ItemResult]  # by item id
+    results: dict[str, Verdict]  # by item id
     status_code: int | None  # HTTP status of the (last) request, None when no answer
     gateway_trouble: str | None = None  # whole-request failure to back off on
     retry_after_seconds: float | None = None  # from Retry-After (seconds or HTTP date)
@@ -130,13 +148,13 @@ class BatchOutcome:
 class _Collected:
     """What the requests of one ``send`` found out so far."""
 
-    results: dict[str, ItemResult] = field(default_factory=dict)
+    results: dict[str, Verdict] = field(default_factory=dict)
     status_code: int | None = None
     trouble: str | None = None
     retry_after: float | None = None
     max_batch_size: int | None = None
 
-    def add(self, result: ItemResult) -> None:
+    def add(self, result: Verdict) -> None:
         current = self.results.get(result.id)
         if current is None or _RANK[result.outcome] > _RANK[current.outcome]:
             self.results[result.id] = result
@@ -212,7 +230,7 @@ class GatewayClient:
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._without_batch: set[str] = set()
 
-    async def send(self, base_url: str, items: Sequence[OutgoingItem]) -> BatchOutcome:
+    async def send(self, base_url: str, items: Sequence[EncodedItem]) -> BatchOutcome:
         """Send ``items`` (of one kind or both) to the gateway at ``base_url``.
 
         Encrypted items go in one ``notifyEncrypted/batch`` request, plain ones in one
@@ -263,19 +281,19 @@ class GatewayClient:
         self,
         base_url: str,
         endpoint: str,
-        items: Sequence[OutgoingItem],
+        items: Sequence[EncodedItem],
         collected: _Collected,
     ) -> None:
-        content = b'{"notifications":[' + b",".join(i.encoded for i in items) + b"]}"
-        answer = await self._post(base_url + endpoint, content, collected)
+        answer = await self._post(base_url + endpoint, batch_body(items), collected)
         if answer is None:
             return
         if answer.status == 200:
-            entries = _batch_results(answer.body)
-            if entries is None:
+            verdicts = batch_verdicts(answer.body, {item.id for item in items})
+            if verdicts is None:
                 self._trouble(base_url, collected, "HTTP 200 without a batch result", answer)
             else:
-                _match(items, entries, collected)
+                for verdict in verdicts:
+                    collected.add(verdict)
         elif answer.status in (404, 405) and endpoint == PLAIN_BATCH:
             log.info("gateway %s lacks notify/batch: using notify", _host_port(base_url))
             self._without_batch.add(base_url)
@@ -293,13 +311,13 @@ class GatewayClient:
         self,
         base_url: str,
         endpoint: str,
-        items: Sequence[OutgoingItem],
+        items: Sequence[EncodedItem],
         answer: _Answer,
         collected: _Collected,
     ) -> None:
         """A whole-request 400: learn the batch size, or split until the bad item stands alone."""
         error, details = _error_body(answer.body)
-        if error == _BATCH_TOO_BIG:
+        if error == BATCH_TOO_BIG:
             limit = details.get("max_batch_size")
             if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit < len(items):
                 limit = len(items) // 2
@@ -316,33 +334,34 @@ class GatewayClient:
                 await self._send_batch(base_url, endpoint, items[middle:], collected)
             return
         reason = f"HTTP 400: {error}" if error else "HTTP 400 (answer not JSON)"
-        collected.add(ItemResult(items[0].id, "failed", error=reason))
+        collected.add(Verdict(items[0].id, "failed", error=reason))
 
     async def _notify_each(
-        self, base_url: str, items: Sequence[OutgoingItem], collected: _Collected
+        self, base_url: str, items: Sequence[EncodedItem], collected: _Collected
     ) -> None:
         """One ``notify`` per plain item, for a gateway without ``notify/batch``."""
 
-        async def one(item: OutgoingItem) -> None:
+        async def one(item: EncodedItem) -> None:
             if collected.trouble is not None:
                 return  # the gateway is in trouble: leave the rest for later
-            answer = await self._post(
-                base_url + NOTIFY, orjson.dumps({"notification": item.notification}), collected
-            )
+            # Only plain items come here (``send`` splits them off).
+            notification = cast(PlainNotification, item.item["notification"])
+            request: PlainNotificationRequest = {"notification": notification}
+            answer = await self._post(base_url + NOTIFY, encode(request), collected)
             if answer is None:
                 return
             if answer.status == 200:
-                rejected = _notify_rejected(answer.body)
-                if rejected is None:
+                notified = read_answer(NotifyResponse, answer.body)
+                if notified is None:
                     self._trouble(base_url, collected, "HTTP 200 without a notify result", answer)
-                elif rejected:
-                    collected.add(ItemResult(item.id, "rejected", rejected))
+                elif rejected := notified.get("rejected"):
+                    collected.add(Verdict(item.id, "rejected", tuple(rejected)))
                 else:
-                    collected.add(ItemResult(item.id, "delivered"))
+                    collected.add(Verdict(item.id, "delivered"))
             elif answer.status == 400:
                 error, _details = _error_body(answer.body)
                 reason = f"HTTP 400: {error}" if error else "HTTP 400 (answer not JSON)"
-                collected.add(ItemResult(item.id, "failed", error=reason))
+                collected.add(Verdict(item.id, "failed", error=reason))
             else:
                 self._trouble(base_url, collected, _status_reason(answer.status), answer)
 
@@ -403,77 +422,42 @@ class _AnswerTooLarge(Exception):
 # --- reading answers ---------------------------------------------------------------------------
 
 
-def _batch_results(body: bytes) -> list[Any] | None:
-    """The ``results`` list of a batch answer; None when the body is not one."""
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(parsed, dict):
-        return None
-    results = parsed.get("results")
-    return results if isinstance(results, list) else None
+def batch_verdicts(body: bytes, ids: Collection[str]) -> list[Verdict] | None:
+    """The verdicts a batch answer gives on the items ``ids``; None when ``body`` is not a
+    batch answer.
 
-
-def _match(items: Sequence[OutgoingItem], entries: list[Any], collected: _Collected) -> None:
-    """Each result to its item by ``id``; unknown ids are ignored, missing items get nothing."""
-    wanted = {item.id for item in items}
-    for entry in entries:
-        if not isinstance(entry, dict):
+    Results are matched by ``id`` (unknown ids are ignored; an item without a result gets no
+    verdict). Any ``rejected`` pushkey makes the item rejected, whatever its status;
+    ``success`` is delivered; ``failed`` and ``partial`` are retried.
+    """
+    answer = read_answer(BatchNotificationResponse, body)
+    if answer is None:
+        return None
+    verdicts: list[Verdict] = []
+    for result in answer["results"]:
+        item_id = result["id"]
+        if item_id not in ids:
             continue
-        item_id = entry.get("id")
-        if not isinstance(item_id, str) or item_id not in wanted:
-            continue
-        status = entry.get("status")
-        error = entry.get("error")
-        reason = _short(error) if isinstance(error, str) else ""
-        rejected = entry.get("rejected")
-        pushkeys = (
-            tuple(key for key in rejected if isinstance(key, str))
-            if isinstance(rejected, list)
-            else ()
-        )
-        if pushkeys:
-            collected.add(ItemResult(item_id, "rejected", pushkeys, reason or None))
-        elif status == "success":
-            collected.add(ItemResult(item_id, "delivered"))
-        elif status in ("failed", "partial"):
-            collected.add(ItemResult(item_id, "retry", error=reason or f"gateway said {status}"))
+        error = result.get("error")
+        reason = _short(error) if error else ""
+        rejected = result.get("rejected")
+        if rejected:
+            verdicts.append(Verdict(item_id, "rejected", tuple(rejected), reason or None))
+        elif result["status"] == "success":
+            verdicts.append(Verdict(item_id, "delivered"))
         else:
-            shown = _short(str(status)) if status is not None else "none"
-            collected.add(ItemResult(item_id, "retry", error=f"unknown status {shown}"))
-
-
-def _notify_rejected(body: bytes) -> tuple[str, ...] | None:
-    """The ``rejected`` pushkeys of a ``notify`` answer; None when the body is not one."""
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(parsed, dict):
-        return None
-    rejected = parsed.get("rejected")
-    if rejected is None:
-        return ()
-    if not isinstance(rejected, list):
-        return None
-    return tuple(key for key in rejected if isinstance(key, str))
+            why = reason or f"gateway said {result['status']}"
+            verdicts.append(Verdict(item_id, "retry", error=why))
+    return verdicts
 
 
 def _error_body(body: bytes) -> tuple[str | None, dict[str, Any]]:
     """The ``error`` text and ``details`` of an error answer (None, {} when it has none)."""
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    answer = read_answer(ErrorResponse, body)
+    if answer is None:
         return None, {}
-    if not isinstance(parsed, dict):
-        return None, {}
-    error = parsed.get("error")
-    details = parsed.get("details")
-    return (
-        _short(error) if isinstance(error, str) and error else None,
-        details if isinstance(details, dict) else {},
-    )
+    error = answer["error"]
+    return (_short(error) if error else None), answer.get("details") or {}
 
 
 def _status_reason(status: int) -> str:
