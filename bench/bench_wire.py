@@ -6,10 +6,10 @@ What it measures
 
     - ``compose``: 100 claimed outbox rows → 100 items ready to send
       (:func:`fdpush.delivery.compose.compose`: the event's payload opened once, each device's
-      month key opened, the payload sealed under it, the spec's ``EncryptedNotification`` and
-      ``Device`` built, each batch item encoded once). Once as it runs, once with the key
-      schedule and the sealing replaced by ready results: what is left is the wire objects'
-      part, comparable with the floor.
+      pushkey and month key opened, the payload sealed under it, the spec's
+      ``EncryptedNotification`` and ``Device`` built, each batch item encoded once). Once as it
+      runs, once with the pushkeys, the key schedule and the sealing replaced by ready results:
+      what is left is the wire objects' part, comparable with the floor.
     - ``request body``: the 100 encoded items joined into the ``notifyEncrypted/batch`` body.
     - ``answer → verdicts``: the gateway's ``BatchNotificationResponse`` for them (10 items with
       a rejected pushkey, results in reverse order) read and matched to one verdict each
@@ -79,14 +79,17 @@ class Batch:
         sealed = self.vault.seal_record("event-payload", "e1", orjson.dumps(payload))
         self.bodies = {"e1": EventBody("e1", "high", "160.000.100.000.001.05", sealed)}
         data = orjson.dumps({"url": GATEWAY, "format": "event_id_only"}).decode()
+        self.pushkeys: dict[int, str] = {}
         for n in range(BATCH):
             user, pushkey = f"user-{n}", f"pk/{uuid.uuid4().hex}+="
+            index, sealed_pushkey = self.vault.seal_pushkey(user, APP_ID, pushkey)
             generation = crypto.derive_generation(os.urandom(32), PERIOD)
-            material = self.vault.seal(user, APP_ID, pushkey, generation)
+            material = self.vault.seal(user, APP_ID, index, generation)
             self.targets[n] = Target(
-                n, user, APP_ID, pushkey, 1750000000, data, str(uuid.uuid4()),
-                ((PERIOD, material),),
+                n, user, APP_ID, index, 1750000000, data, str(uuid.uuid4()),
+                ((PERIOD, material),), sealed_pushkey,
             )  # fmt: skip
+            self.pushkeys[n] = pushkey
             self.rows.append(Claimed(uuid.uuid4().hex, "e1", n, GATEWAY, True, None, 0, 0))
         self.ciphertext = base64.b64encode(os.urandom(1052)).decode()
         self.steps: dict[tuple[str, str, str], Advance | None] = {}
@@ -95,8 +98,13 @@ class Batch:
             self.steps[owner] = advance(self.vault, owner, target.generations, PERIOD)
 
     def stubbed(self) -> contextlib.ExitStack:
-        """Within it, the key schedule and the sealing give ready results."""
+        """Within it, the sealed pushkeys, the key schedule and the sealing give ready results."""
         stack = contextlib.ExitStack()
+        stack.enter_context(
+            mock.patch.object(
+                compose_module, "_open_pushkey", lambda _vault, t: self.pushkeys[t.pusher_id]
+            )
+        )
         stack.enter_context(
             mock.patch.object(
                 compose_module, "advance", lambda _vault, owner, *_: self.steps[owner]
@@ -123,7 +131,7 @@ class Batch:
         """The gateway's answer: every item success, every tenth with a rejected pushkey."""
         results = []
         for n, row in enumerate(self.rows):
-            rejected = [self.targets[n].pushkey] if n % 10 == 0 else []
+            rejected = [self.pushkeys[n]] if n % 10 == 0 else []
             status = "failed" if rejected else "success"
             result: dict[str, Any] = {"id": row.id, "status": status, "rejected": rejected}
             if rejected:
@@ -146,7 +154,7 @@ def floor_build(batch: Batch) -> list[bytes]:
         data.pop("url", None)
         device = {
             "app_id": target.app_id,
-            "pushkey": target.pushkey,
+            "pushkey": batch.pushkeys[target.pusher_id],
             "pushkey_ts": target.pushkey_ts,
             "data": data,
             "tweaks": {},
