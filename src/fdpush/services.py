@@ -2,8 +2,8 @@
 
 Every entry point gets its services here — ``fdpush serve`` (:func:`fdpush.web.app.create_app`,
 and through it ``fdpush demo``), each ``fdpush worker`` process, the Python
-:class:`fdpush.Notifier`, and the commands ``failed``, ``audit`` and ``user …`` — so that each
-service is configured in one place, from one :class:`~fdpush.config.Settings`.
+:class:`fdpush.Notifier`, and the commands ``migrate``, ``failed``, ``audit`` and ``user …`` —
+so that each service is configured in one place, from one :class:`~fdpush.config.Settings`.
 
 The lifecycle:
 
