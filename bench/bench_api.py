@@ -73,6 +73,7 @@ from typing import Any
 import httpx
 import jwt
 
+from fdpush import crypto
 from fdpush.gateway.runner import stop_process
 from wrk_load import WrkResult, get_script, run_wrk, set_script, wrk_missing
 
@@ -419,13 +420,14 @@ class Service:
         self.name = "fdpush serve" if command is None else "the floor"
         self.log_path = workdir / f"service-{self.port}.log"
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("FDPUSH_")}
+        self.master_key = os.urandom(32)
         if command is None:
             self.command = [python, "-m", "fdpush", "serve", "--no-access-log"]
             env = {
                 "FDPUSH_HOST": "127.0.0.1",
                 "FDPUSH_PORT": str(self.port),
                 "FDPUSH_DATABASE_URL": database_url,
-                "FDPUSH_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+                "FDPUSH_MASTER_KEY": base64.b64encode(self.master_key).decode(),
                 "FDPUSH_AUTH_MODE": "dev",
                 "FDPUSH_AUTH_DEV_SECRET": DEV_SECRET,
                 "FDPUSH_RATE_LIMIT": "0",
@@ -869,9 +871,12 @@ def measure_backend(
 
 
 def measure_floor(
-    database_url: str, workload: Workload, options: Options, workdir: Path
+    database_url: str, workload: Workload, options: Options, workdir: Path, master_key: bytes
 ) -> ScenarioFigures:
-    """The floor app on the same database, the same devices, the same wrk settings."""
+    """The floor app on the same database, the same devices, the same wrk settings. It is
+    asked for what is stored (user pseudonyms and pushkey indexes, made from the service's
+    ``master_key``), so its SELECT finds the same rows as fdpush's."""
+    identity = crypto.IdentityKeys.derive(master_key)
     floor_url = urllib.parse.urlsplit(database_url)._replace(scheme="postgresql").geturl()
     service = Service(
         options.python,
@@ -897,7 +902,11 @@ def measure_floor(
     )
     try:
         calls = [
-            (f"/channels/{urllib.parse.quote(pk, safe='')}?user={urllib.parse.quote(u)}", "-")
+            (
+                f"/channels/{crypto.pushkey_index(identity, pk)}"
+                f"?user={crypto.user_pseudonym(identity, u)}",
+                "-",
+            )
             for u, pk in workload.devices
         ]
         script = get_script(calls)
@@ -959,7 +968,9 @@ def run_backend(backend: str, options: Options) -> list[ScenarioFigures]:
         finally:
             service.stop()
         if backend == "postgresql" and options.floor:
-            figures.append(measure_floor(database_url, workload, options, Path(tmp)))
+            figures.append(
+                measure_floor(database_url, workload, options, Path(tmp), service.master_key)
+            )
         return figures
 
 

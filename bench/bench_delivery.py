@@ -95,6 +95,7 @@ from bench_api import (
     text_table,
 )
 from fdpush import crypto
+from fdpush.crypto import pushkey_index
 from fdpush.domain.keys import current_period
 from fdpush.gateway import GatewayProcess, TestPki, make_test_pki
 from fdpush.gateway.runner import stop_process
@@ -370,13 +371,14 @@ class Service:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "service.log"
+        self.master_key = os.urandom(32)
         default = "not_set" if options.explicit_channels or options.mixed_channels else "enabled"
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("FDPUSH_")},
             "FDPUSH_HOST": "127.0.0.1",
             "FDPUSH_PORT": str(self.port),
             "FDPUSH_DATABASE_URL": database_url,
-            "FDPUSH_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+            "FDPUSH_MASTER_KEY": base64.b64encode(self.master_key).decode(),
             "FDPUSH_AUTH_MODE": "dev",
             "FDPUSH_AUTH_DEV_SECRET": DEV_SECRET,
             "FDPUSH_RATE_LIMIT": "0",
@@ -939,7 +941,7 @@ class Database:
         return {name: int(value) for name, value in zip(names, row, strict=True)}
 
     def statuses(self) -> dict[str, tuple[str, str]]:
-        """notification id → (pushkey, status)."""
+        """notification id → (pushkey index, status): pushkeys are stored as their keyed index."""
         query = (
             "SELECT n.id, p.pushkey, n.status FROM notifications n"
             " LEFT JOIN pushers p ON p.id = n.pusher_id"
@@ -976,8 +978,13 @@ def check_records(
     outbox: dict[str, tuple[str, str]],
     workload: Workload,
     problems: Problems,
+    master_key: bytes,
 ) -> None:
-    """Every notification exactly once at the gateway, to the right device, with the payload."""
+    """Every notification exactly once at the gateway, to the right device, with the payload.
+    ``outbox`` holds the stored pushkey index of each notification's pusher; the service's
+    ``master_key`` gives the index of the pushkey the gateway got (the identity keys of a
+    database are derived from the key it was first prepared with)."""
+    identity = crypto.IdentityKeys.derive(master_key)
     expected = len(workload.subscribed)
     ids = Counter(r["id"] for r in records)
     duplicated = sum(n - 1 for n in ids.values() if n > 1)
@@ -1014,7 +1021,12 @@ def check_records(
     for r in records:
         note = r["notification"]
         device = workload.by_pushkey.get(r["pushkey"])
-        if device is None or r["app_id"] != APP_ID or outbox.get(r["id"], ("",))[0] != r["pushkey"]:
+        stored = outbox.get(r["id"], ("",))[0]
+        if (
+            device is None
+            or r["app_id"] != APP_ID
+            or stored != pushkey_index(identity, r["pushkey"])
+        ):
             wrong += 1
             continue
         period = note["time_message_encrypted"]
@@ -1190,7 +1202,7 @@ async def measure_backend(
     records = gateway.records()
     stats = gateway.stats()
     outbox = db.statuses()
-    check_records(records, stats, outbox, workload, problems)
+    check_records(records, stats, outbox, workload, problems, service.master_key)
     for line in service.log_problems(log_start)[:ERROR_SAMPLES]:
         problems.note("errors", 1, f"service log: {line[:200]}")
 
