@@ -1,0 +1,53 @@
+"""The benchmarks still check what they measure: each runs once, small, and must find every
+notification delivered exactly once and every answer as expected (their exit status). No
+figure is asserted: speed is read from their tables, never from a test."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ON_CI
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=240, check=False
+    )
+
+
+def test_the_delivery_benchmark_checks_every_notification(backend: str) -> None:
+    result = _run(
+        str(BENCH / "bench_delivery.py"),
+        "--backend",
+        backend,
+        "--devices",
+        "60",
+        "--devices-per-user",
+        "2",
+        "--idle-events",
+        "3",
+        "--seal-iterations",
+        "1000",
+        "--baseline-concurrency",
+        "4",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "OK: every notification acknowledged" in result.stdout
+
+
+def test_the_api_benchmark_checks_every_answer(backend: str) -> None:
+    """On PostgreSQL with the floor app too, asked for what is stored."""
+    if shutil.which("wrk") is None:
+        if ON_CI:
+            pytest.fail("CI must run the API benchmark, but wrk is not installed")
+        pytest.skip("wrk is not installed (Debian/Ubuntu: apt-get install wrk)")
+    result = _run(str(BENCH / "bench_api.py"), "--backend", backend, "--quick", "--duration", "1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "OK: every request answered 200 with the expected body" in result.stdout
