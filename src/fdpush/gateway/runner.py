@@ -49,6 +49,7 @@ __all__ = [
 
 READY_LINE = re.compile(r"fdpush gateway: listening on (\S+)")
 STARTUP_DEADLINE = 30.0
+GRACE_SECONDS = 2  # for the requests in flight when the gateway is told to stop
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def build_server(gateway: DevGateway, tls: TlsFiles | None) -> uvicorn.Server:
         access_log=False,
         server_header=False,
         lifespan="off",
-        timeout_graceful_shutdown=2,
+        timeout_graceful_shutdown=GRACE_SECONDS,
         **options,
     )
     return uvicorn.Server(config)
@@ -315,9 +316,22 @@ class GatewayThread(RunningGateway):
             raise RuntimeError("the development gateway did not start") from None
 
     def stop(self) -> None:
-        """Stop the server, wait for its thread, close the socket and the JSON-lines file."""
+        """Stop the server, wait for its thread, close the socket and the JSON-lines file.
+
+        Requests in flight are answered first (within the grace period); idle keep-alive
+        connections are not waited for: their client (fdpush's pool) does not answer the TLS
+        close until it uses the connection again, which held every stop for the whole grace.
+        """
         self._close_client()
-        self._server.should_exit = True
+        server = self._server
+        server.should_exit = True
+        deadline = time.monotonic() + GRACE_SECONDS
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            accepting = not server.started or any(s.is_serving() for s in server.servers)
+            if not accepting and not server.server_state.tasks:
+                break
+            time.sleep(0.005)
+        server.force_exit = True
         if self._thread.is_alive():
             self._thread.join(10)
         self._socket.close()
