@@ -132,6 +132,9 @@ def configure_logging(
     logging.getLogger("uvicorn.access").disabled = True
     # httpx logs every request it makes at INFO: one line per gateway batch is our metrics' job.
     logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
+    # Alembic names each of its plugins at INFO when it is first imported, which may be after
+    # this (fdpush imports the storage layer when a command needs it): noise, not news.
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(root.level, logging.WARNING))
     # aiosqlite's debug lines carry every SQL statement's parameters (user ids, pushkeys).
     logging.getLogger("aiosqlite").setLevel(max(root.level, logging.INFO))
     for name in ("uvicorn", "uvicorn.error"):
