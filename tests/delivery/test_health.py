@@ -47,7 +47,8 @@ def test_ready_names_each_check_and_fails_on_an_old_outbox(
     body = wait_for(unready, timeout=20.0, interval=0.2, what="readiness fails on the outbox")
     assert body["status"] == "unavailable"
     assert body["checks"]["outbox"]["ok"] is False
-    assert body["checks"]["outbox"]["oldest_pending_age_seconds"] > 2
+    # Just past the limit the age shown (to a tenth of a second) may still read 2.0.
+    assert body["checks"]["outbox"]["oldest_pending_age_seconds"] >= 2
     assert body["checks"]["database"]["ok"] is True
     assert body["checks"]["worker"]["ok"] is True
     assert httpx.get(service.base_url + "/health/live").status_code == 200
