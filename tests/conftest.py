@@ -7,7 +7,9 @@
 - ``service`` is a running ``fdpush serve`` with the default test configuration;
   ``start_service(**overrides)`` starts another one with other settings. Each service has a
   fresh database of its own. Tests keep out of each other's way by using fresh user ids
-  (``new_user()``), so one service can serve a whole module.
+  (``new_user()``), so one service can serve a whole module. A service is a process of its
+  own, forked from one that has imported fdpush once (``service_fork.py``): the command's
+  start without its second of imports.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import pytest
 
 from fdpush.gateway import DevGateway, GatewayThread, TestPki, make_test_pki
 from fdpush.gateway.runner import stop_process
+from service_fork import ForkedCommand, stop_fork_server
 
 DEV_SECRET = "test-secret-0123456789abcdef0123456789"
 ALLOWLIST = "gateway.test;gw2.test:8443;127.0.0.1:8443"
@@ -137,13 +140,17 @@ class Service:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "service.log"
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "fdpush", "serve"],
-            env=env,
-            cwd=workdir,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        self.process: subprocess.Popen[bytes] | ForkedCommand
+        if int(env.get("FDPUSH_WORKERS", "1")) > 1:  # a supervisor of spawned processes
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "fdpush", "serve"],
+                env=env,
+                cwd=workdir,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+        else:  # the same command, without a second of imports (tests/service_fork.py)
+            self.process = ForkedCommand(["serve"], env=env, cwd=workdir, output=self.log_path)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -165,7 +172,7 @@ class Service:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        stop_process(self.process)
+        stop_process(self.process)  # type: ignore[arg-type]  # ForkedCommand: Popen's interface
         self._log.close()
 
     def client(self, user_id: str | None = None, **kwargs: Any) -> httpx.Client:
@@ -200,6 +207,10 @@ class Service:
         from fdpush.crypto import IdentityKeys, pushkey_index
 
         return pushkey_index(IdentityKeys.derive(self.master_key()), pushkey)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    stop_fork_server()
 
 
 @pytest.fixture(scope="module")
