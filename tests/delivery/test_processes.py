@@ -121,7 +121,7 @@ def test_three_workers_two_api_processes_and_a_sigkill_lose_nothing(
     gateway: GatewayThread,
     tmp_path: Path,
 ) -> None:
-    """Two API processes take 4,000 notifications (400 devices, ten events each) while
+    """Two API processes take 10,000 notifications (1,000 devices, ten events each) while
     three worker processes deliver them; one worker is killed with SIGKILL in the middle.
     Every notification arrives and ends ``delivered``; duplicates are only what the killed
     process had in flight (at most its concurrent batches)."""
@@ -135,7 +135,7 @@ def test_three_workers_two_api_processes_and_a_sigkill_lose_nothing(
     rigs = [Rig(service), Rig(second_api)]
     worker = WorkerProcess(service, tmp_path / "workers", processes=3)
     try:
-        devices = [AppDevice(f"u-{os.urandom(6).hex()}", gateway) for _ in range(400)]
+        devices = [AppDevice(f"u-{os.urandom(6).hex()}", gateway) for _ in range(1000)]
         for n, device in enumerate(devices):
             rigs[n % 2].register(device)
         results = []
@@ -148,26 +148,26 @@ def test_three_workers_two_api_processes_and_a_sigkill_lose_nothing(
                         for d in devices[start : start + 100]
                     ]
                 )
-        assert sum(r["notifications"] for r in results) == 4_000
+        assert sum(r["notifications"] for r in results) == 10_000
 
         def recorded() -> int:
             return int(gateway.gateway.stats()["notifications_recorded"])
 
-        wait_for(lambda: recorded() >= 800, timeout=60, what="a fifth delivered")
+        wait_for(lambda: recorded() >= 2_000, timeout=60, what="a fifth delivered")
         victim = worker.children()[0]
         os.kill(victim, signal.SIGKILL)
-        assert recorded() < 4_000, "the kill came too late to test anything"
+        assert recorded() < 10_000, "the kill came too late to test anything"
 
         def all_delivered() -> bool:
             [(done,)] = service.query(
                 "SELECT count(*) FROM notifications WHERE status = 'delivered'"
             )
-            return int(done) == 4_000
+            return int(done) == 10_000
 
-        wait_for(all_delivered, timeout=120, interval=0.2, what="all 4,000 delivered")
-        arrived = Counter(r.item_id for r in gateway.gateway.notifications(limit=10_000))
+        wait_for(all_delivered, timeout=120, interval=0.2, what="all 10,000 delivered")
+        arrived = Counter(r.item_id for r in gateway.gateway.notifications(limit=20_000))
         ids = {row[0] for row in service.query("SELECT id FROM notifications")}
-        assert set(arrived) == ids and len(ids) == 4_000  # none lost
+        assert set(arrived) == ids and len(ids) == 10_000  # none lost
         duplicates = sum(n - 1 for n in arrived.values())
         # At most the killed process's in-flight batches: 4 concurrent batches of 100.
         assert duplicates <= 400, duplicates
