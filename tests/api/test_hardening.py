@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 from collections.abc import Callable
 from urllib.parse import quote
@@ -74,6 +75,30 @@ def test_a_head_over_the_size_is_refused_before_it_ends(bounded: Service) -> Non
     response = exchange(bounded, request)
     assert status_of(response) == 431, response[:200]
     assert json.loads(response.partition(b"\r\n\r\n")[2])["errcode"] == "M_TOO_LARGE"
+
+
+def test_a_body_after_a_head_read_with_the_previous_request_is_not_counted_as_head(
+    bounded: Service,
+) -> None:
+    """Keep-alive: the end of one request and the whole head of the next arrive in one read;
+    the next body, longer than the head bound, is a body (it was once counted as head: 431)."""
+    first = b"POST /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n0123456789"
+    size = MAX_HEADER_BYTES * 3
+    second = (
+        b"POST /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Length: " + str(size).encode() + b"\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", bounded.port), timeout=10) as sock:
+        sock.sendall(first + second)
+        received = b""
+        while not (b"\r\n\r\n" in received and _complete(received)):  # the first answer:
+            received += sock.recv(65536)  # the server has read both heads, in one read
+        sock.sendall(b"a" * size)
+        while chunk := sock.recv(65536):
+            received += chunk
+    statuses = [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
+    assert len(statuses) == 2, received[:400]
+    assert 431 not in statuses, received[:400]
 
 
 def test_an_8_mb_header_line_is_cut_off(bounded: Service) -> None:

@@ -100,6 +100,13 @@ def http_protocol(max_bytes: int, max_fields: int) -> tuple[Any, dict[str, Any]]
                 raise _HeadTooLarge
             super().on_header(name, value)
 
+        def on_headers_complete(self) -> None:
+            # The parser's word, not only the scan: a read that holds the end of one request's
+            # body and the whole head of the next is scanned while still in the body, and the
+            # next one's body must not then be counted as its head.
+            self._in_head, self._carry = False, b""
+            super().on_headers_complete()
+
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._in_head, self._head_bytes, self._carry, self._start = True, 0, b"", b""
