@@ -44,6 +44,9 @@ DEFAULT_ENV = {
     "FDPUSH_CHANNELS": CHANNELS,
     "FDPUSH_RATE_LIMIT": "0",
     "FDPUSH_LOG_LEVEL": "info",
+    # Test files run in parallel processes, each with services of its own: PostgreSQL's 100
+    # connections are shared out (a test that needs more sets it).
+    "FDPUSH_DATABASE_POOL_SIZE": "6",
 }
 POSTGRES_ADMIN_URL = os.environ.get(
     "FDPUSH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
