@@ -48,6 +48,9 @@ def test_the_api_benchmark_checks_every_answer(backend: str) -> None:
         if ON_CI:
             pytest.fail("CI must run the API benchmark, but wrk is not installed")
         pytest.skip("wrk is not installed (Debian/Ubuntu: apt-get install wrk)")
-    result = _run(str(BENCH / "bench_api.py"), "--backend", backend, "--quick", "--duration", "1")
+    result = _run(
+        str(BENCH / "bench_api.py"),
+        *("--backend", backend, "--quick", "--duration", "1", "--users", "8", "--warmup", "40"),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "OK: every request answered 200 with the expected body" in result.stdout
