@@ -125,24 +125,28 @@ def _client_tls(settings: Settings) -> dict[str, Any] | None:
     """uvicorn's settings for mutual TLS on the client listener, when configured."""
     if not settings.client_tls():
         return None
-    return {
-        "ssl_certfile": str(settings.tls_cert),
-        "ssl_keyfile": str(settings.tls_key),
-        "ssl_ca_certs": str(settings.tls_client_ca),
-        "ssl_cert_reqs": ssl.CERT_REQUIRED,
-    }
+    return _mutual_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
 
 
 def _internal_tls(settings: Settings) -> dict[str, Any] | None:
-    """uvicorn's settings for mutual TLS on the internal listener, when configured."""
+    """uvicorn's settings for mutual TLS on the internal listener, when configured (the peer's
+    certificate names the technical user)."""
     if not settings.internal_tls():
         return None
     return {
-        "ssl_certfile": str(settings.internal_tls_cert),
-        "ssl_keyfile": str(settings.internal_tls_key),
-        "ssl_ca_certs": str(settings.internal_tls_client_ca),
-        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        **_mutual_tls(
+            settings.internal_tls_cert, settings.internal_tls_key, settings.internal_tls_client_ca
+        ),
         "peer_cert": True,
+    }
+
+
+def _mutual_tls(cert: Any, key: Any, client_ca: Any) -> dict[str, Any]:
+    return {
+        "ssl_certfile": str(cert),
+        "ssl_keyfile": str(key),
+        "ssl_ca_certs": str(client_ca),
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
     }
 
 
