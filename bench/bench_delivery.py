@@ -55,6 +55,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -138,6 +139,7 @@ class Options:
     python: str
     json_path: Path | None
     profile_dir: Path | None
+    logs_dir: Path | None
     worker_processes: int = 0
     mixed_channels: bool = False
 
@@ -245,6 +247,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "to this directory and print the top functions",
     )
     parser.add_argument(
+        "--keep-logs",
+        dest="logs_dir",
+        type=Path,
+        help="copy the service's (and worker's) log of each backend to this directory",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a small smoke run: 1000 devices, 20000 seals"
     )
     args = parser.parse_args(argv)
@@ -289,6 +297,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         python=args.python,
         json_path=args.json_path,
         profile_dir=args.profile_dir,
+        logs_dir=args.logs_dir,
         worker_processes=args.worker_processes,
         mixed_channels=args.mixed_channels,
     )
@@ -940,6 +949,19 @@ class Database:
         names = ("commits", "inserted", "updated", "deleted", "fetched", "blocks", "wal_bytes")
         return {name: int(value) for name, value in zip(names, row, strict=True)}
 
+    def analyze(self) -> None:
+        """Update the planner's statistics, as autovacuum does on a live database: the devices
+        were registered a moment ago, and a table the planner believes empty gets plans for an
+        empty table (a sequential scan of every device for each batch of events)."""
+        if self.url.startswith("sqlite"):
+            with sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30) as conn:
+                conn.execute("ANALYZE")
+            return
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("ANALYZE")
+
     def statuses(self) -> dict[str, tuple[str, str]]:
         """notification id → (pushkey index, status): pushkeys are stored as their keyed index."""
         query = (
@@ -1147,6 +1169,7 @@ async def measure_backend(
             setup[f"{name}_seconds"] = round(phase.seconds, 2)
             setup[f"{name}_per_second"] = round(len(calls) / phase.seconds)
         setup["service_rss_after_setup_mb"] = peak_rss_mb(service.pid)
+        db.analyze()
 
         # --- end to end: the clock runs from the first event request to the last ack
         batches = workload.event_batches()
@@ -1411,6 +1434,11 @@ def run_backend(
                 raise ServiceError(f"{exc}\n--- service log ---\n{service.log_tail()}") from None
             finally:
                 service.stop()
+                if options.logs_dir is not None:
+                    options.logs_dir.mkdir(parents=True, exist_ok=True)
+                    for name in ("service.log", "worker.log"):
+                        if (workdir / name).exists():
+                            shutil.copy(workdir / name, options.logs_dir / f"{backend}-{name}")
         finally:
             gateway.stop()
     steps = f"registered {len(workload.devices)} devices in {setup['register_seconds']:.1f} s"

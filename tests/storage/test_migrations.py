@@ -66,3 +66,54 @@ def test_processes_starting_together_migrate_once(database_url: str, backend: st
         pytest.skip("SQLite serves one host; concurrent migration is a PostgreSQL concern")
     revisions = asyncio.run(_concurrent_migrations(database_url, 4))
     assert len(set(revisions)) == 1 and revisions[0] is not None
+
+
+def _run(connection: Connection, revision: str, *, down: bool = False) -> None:
+    from alembic import command
+
+    from fdpush.storage.database import alembic_config
+
+    (command.downgrade if down else command.upgrade)(alembic_config(connection), revision)
+
+
+def _outbox_foreign_keys(connection: Connection) -> set[str]:
+    from sqlalchemy import inspect
+
+    return {fk["name"] for fk in inspect(connection).get_foreign_keys("notifications")}
+
+
+def test_0006_drops_the_outbox_foreign_keys_and_its_downgrade_restores_them(
+    database_url: str,
+) -> None:
+    """From 0006 a notification may name a pusher deleted since (ids are never reused) and is
+    written without checks; going back unlinks such rows, as the foreign key did, and
+    restores the keys."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    row = (
+        "INSERT INTO notifications (id, event_id, gateway, encrypted, status, attempts,"
+        " next_attempt_at, created_at, pusher_id) VALUES"
+        " (:id, 'e1', 'https://gw/', false, 'pending', 0, 0, 0, :pusher)"
+    )
+    try:
+        with engine.begin() as conn:
+            _run(conn, "0005")
+            assert _outbox_foreign_keys(conn) == {
+                "fk_notifications_event_id_events",
+                "fk_notifications_pusher_id_pushers",
+            }
+            _run(conn, "0006")
+            assert _outbox_foreign_keys(conn) == set()
+            conn.execute(
+                text(
+                    "INSERT INTO events (id, user_id, channel, prio, created_at, history)"
+                    " VALUES ('e1', 'u', 'c', 'high', 0, false)"
+                )
+            )
+            conn.execute(text(row), {"id": "n1", "pusher": 424242})  # no such pusher: fine
+            _run(conn, "0005", down=True)
+            assert len(_outbox_foreign_keys(conn)) == 2
+            assert conn.execute(text("SELECT pusher_id FROM notifications")).all() == [(None,)]
+    finally:
+        engine.dispose()
