@@ -140,6 +140,7 @@ class Options:
     json_path: Path | None
     profile_dir: Path | None
     logs_dir: Path | None
+    service_env: tuple[tuple[str, str], ...]
     worker_processes: int = 0
     mixed_channels: bool = False
 
@@ -247,6 +248,14 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "to this directory and print the top functions",
     )
     parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="FDPUSH_X=VALUE",
+        help="another setting for the service (and worker), e.g. "
+        "FDPUSH_DELIVERY_CONCURRENCY_PER_GATEWAY=8 (repeatable)",
+    )
+    parser.add_argument(
         "--keep-logs",
         dest="logs_dir",
         type=Path,
@@ -281,6 +290,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
     for ok, message in checks:
         if not ok:
             parser.error(message)
+    service_env = []
+    for item in args.service_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("FDPUSH_"):
+            parser.error(f"--service-env {item!r}: expected FDPUSH_NAME=VALUE")
+        service_env.append((name, value))
     return Options(
         backends=("sqlite", "postgresql") if args.backend == "both" else (args.backend,),
         devices=devices,
@@ -298,6 +313,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         json_path=args.json_path,
         profile_dir=args.profile_dir,
         logs_dir=args.logs_dir,
+        service_env=tuple(service_env),
         worker_processes=args.worker_processes,
         mixed_channels=args.mixed_channels,
     )
@@ -398,6 +414,7 @@ class Service:
             "FDPUSH_GATEWAY_CA_FILE": str(pki.ca_cert),
             "FDPUSH_GATEWAY_CLIENT_CERT": str(pki.client_cert),
             "FDPUSH_GATEWAY_CLIENT_KEY": str(pki.client_key),
+            **dict(options.service_env),
         }
         self.command = [options.python, "-m", "fdpush", "serve", "--no-access-log"]
         self.worker: subprocess.Popen[bytes] | None = None

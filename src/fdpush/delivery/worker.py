@@ -388,12 +388,14 @@ class DeliveryWorker:
                 started = time.perf_counter()
                 outcome = await self._client.send(gateway, [r.item for r in batch])
                 elapsed = time.perf_counter() - started
-                _log_batch(label, len(batch), outcome.status_code, elapsed)
-                if self._metrics is not None:
-                    self._metrics.latency.labels(label).observe(elapsed)
-                    self._metrics.batch_size.observe(len(batch))
-                    self._metrics.responses.labels(label, str(outcome.status_code or "none")).inc()
-                await self._record(gateway, batch, outcome)
+            # Recorded outside the gateway's slot: the next request goes while this one's
+            # verdicts are written (the in-flight cap still bounds what is claimed).
+            _log_batch(label, len(batch), outcome.status_code, elapsed)
+            if self._metrics is not None:
+                self._metrics.latency.labels(label).observe(elapsed)
+                self._metrics.batch_size.observe(len(batch))
+                self._metrics.responses.labels(label, str(outcome.status_code or "none")).inc()
+            await self._record(gateway, batch, outcome)
         except Exception:
             log.exception("sending a batch to %s failed unexpectedly", label)
             with contextlib.suppress(Exception):

@@ -352,16 +352,17 @@ async def claim(
     return [Claimed(*row) for row in result]
 
 
-# Index lookups throughout, whatever the backlog: the rows to lease come as an array of ids
-# (a join with a CTE lets the planner hash-join, reading the whole outbox on every claim), and
+# Index lookups throughout, whatever the backlog: the rows to lease come as an array of row
+# addresses (ctid: the rows locked a moment before, reached without a second index lookup; a
+# join with a CTE lets the planner hash-join, reading the whole outbox on every claim), and
 # each row's pusher and event come by key (LATERAL), not by joining whole tables.
 _CLAIM_WITH_CONTEXT = text(
     """
     WITH claimed AS (
         UPDATE notifications n
         SET lease_owner = :owner, lease_expires_at = :until
-        WHERE n.id = ANY(ARRAY(
-            SELECT id FROM notifications
+        WHERE n.ctid = ANY(ARRAY(
+            SELECT ctid FROM notifications
             WHERE status = 'pending' AND next_attempt_at <= :now
               AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
               AND NOT (gateway = ANY(CAST(:skip AS text[])))
