@@ -966,6 +966,44 @@ class Database:
         names = ("commits", "inserted", "updated", "deleted", "fetched", "blocks", "wal_bytes")
         return {name: int(value) for name, value in zip(names, row, strict=True)}
 
+    def reset_statements(self) -> bool:
+        """Start counting what each statement costs (pg_stat_statements, when the server loads
+        it: ``shared_preload_libraries``); whether it does."""
+        if self.url.startswith("sqlite"):
+            return False
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            loaded = conn.execute(
+                "SELECT setting LIKE '%pg_stat_statements%' FROM pg_settings"
+                " WHERE name = 'shared_preload_libraries'"
+            ).fetchone()
+            if not loaded or not loaded[0]:
+                return False
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute(
+                "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database"
+                " WHERE datname = current_database()), 0)"
+            )
+        return True
+
+    def statements(self, top: int = 6) -> list[dict[str, Any]]:
+        """The statements of this database that took the most time since the reset, with what
+        they cost: calls, execution ms, rows, blocks, WAL bytes."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT regexp_replace(query, '\\s+', ' ', 'g'), calls, total_exec_time, rows,"
+                " shared_blks_hit + shared_blks_read, wal_bytes FROM pg_stat_statements"
+                " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND query NOT LIKE '%%pg_stat_statements%%'"
+                " ORDER BY total_exec_time DESC LIMIT %s",
+                (top,),
+            ).fetchall()
+        names = ("statement", "calls", "exec_ms", "rows", "blocks", "wal_bytes")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
     def analyze(self) -> None:
         """Update the planner's statistics, as autovacuum does on a live database: the devices
         were registered a moment ago, and a table the planner believes empty gets plans for an
@@ -1204,6 +1242,7 @@ async def measure_backend(
         log_start = service.log_size()  # start-up warnings (dev auth) are not the phase's
         usage = Usage(service.pids, gateway.pid)
         activity_before = db.activity()
+        counting_statements = db.reset_statements()
         usage.begin()
         deadline = time.monotonic() + options.time_limit
         sent, (seen_all_at, recorded) = await asyncio.gather(
@@ -1218,6 +1257,7 @@ async def measure_backend(
                 settled_at = time.time()
                 break
             await asyncio.sleep(POLL_INTERVAL_S)  # poll interval, not a wait for the result
+        statements = db.statements() if counting_statements else []
         profile = None
         if worker_profiler is not None:
             worker_profiler.stop()
@@ -1272,6 +1312,22 @@ async def measure_backend(
         "gateway_batch_sizes": stats.get("batch_sizes"),
         "max_ms": round(latencies[-1], 1) if latencies else None,
         "profile": profile,
+        "database_statements": [
+            {
+                "statement": st["statement"][:160],
+                "calls": st["calls"],
+                "exec_us_per_notification": round(st["exec_ms"] * 1000 / len(records), 1)
+                if records
+                else None,
+                "blocks_per_notification": round(st["blocks"] / len(records), 1)
+                if records
+                else None,
+                "wal_bytes_per_notification": round(int(st["wal_bytes"]) / len(records))
+                if records
+                else None,
+            }
+            for st in statements
+        ],
         "database_per_notification": None
         if activity_before is None or activity_after is None or not records
         else {
@@ -1637,6 +1693,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"{per['commits']:.2f} transactions, inserted {per['inserted']:.2f}, updated "
                     f"{per['updated']:.2f} and read {per['fetched']:.2f} rows, touched "
                     f"{per['blocks']:.1f} blocks and wrote {per['wal_bytes']:,.0f} bytes of WAL"
+                )
+            for st in x.get("database_statements") or ():
+                blocks = st["blocks_per_notification"]
+                print(
+                    f"    {st['exec_us_per_notification']:7.1f} us {blocks:5.1f}"
+                    f" blocks {st['wal_bytes_per_notification']:6,} B WAL {st['calls']:6,} calls"
+                    f"  {st['statement'][:70]}"
                 )
             idle = x.get("idle_latency_ms")
             if idle:
