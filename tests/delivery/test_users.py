@@ -141,6 +141,17 @@ def test_export_holds_everything_but_keys(rig: Rig, gateway: GatewayThread) -> N
     assert via_api.status_code == 200
     assert via_api.json()["pushers"] == exported["pushers"]
     assert via_api.json()["events"] == exported["events"]
+    # A device deregistered since: its notification stays, linked to no device.
+    with rig.service.client(devices[1].user) as app:
+        body = {"kind": None, "app_id": devices[1].app_id, "pushkey": devices[1].pushkey}
+        assert app.post("/push/v1/pushers/set", json=body).status_code == 200
+    later = rig.events.get(f"/internal/v1/users/{devices[0].user}/export").json()
+    assert [p["pushkey"] for p in later["pushers"]] == [devices[0].pushkey]
+    (event,) = later["events"]
+    assert sorted((n["pushkey"] or "", n["status"]) for n in event["notifications"]) == [
+        ("", "delivered"),
+        (devices[0].pushkey, "delivered"),
+    ]
 
 
 def test_export_opens_each_payload_it_can_in_process(tmp_path: Path) -> None:
