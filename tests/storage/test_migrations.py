@@ -112,6 +112,25 @@ def test_0006_drops_the_outbox_foreign_keys_and_its_downgrade_restores_them(
                 )
             )
             conn.execute(text(row), {"id": "n1", "pusher": 424242})  # no such pusher: fine
+            # A deleted pusher's notifications refer to nothing, even where (SQLite) the next
+            # pusher may get its id again: they must never reach that device.
+            pusher = (
+                "INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name,"
+                " device_display_name, lang, data, pushkey_ts, created_at, updated_at)"
+                " VALUES (:user, 'app', 'k', 'http', 'a', 'd', 'de', '{}', 0,"
+                " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP) RETURNING id"
+            )
+            first = conn.execute(text(pusher), {"user": "u1"}).scalar_one()
+            conn.execute(text(row), {"id": "n2", "pusher": first})
+            conn.execute(text("DELETE FROM pushers WHERE id = :id"), {"id": first})
+            second = conn.execute(text(pusher), {"user": "u2"}).scalar_one()
+            assert (
+                conn.execute(
+                    text("SELECT count(*) FROM notifications WHERE pusher_id = :id"), {"id": second}
+                ).scalar_one()
+                == 0
+            )
+            conn.execute(text("DELETE FROM notifications WHERE id = 'n2'"))
             _run(conn, "0005", down=True)
             assert len(_outbox_foreign_keys(conn)) == 2
             assert conn.execute(text("SELECT pusher_id FROM notifications")).all() == [(None,)]

@@ -135,7 +135,8 @@ notifications = Table(
     metadata,
     Column("id", String(32), primary_key=True),  # also the gateway batch item id
     # No foreign keys (0006): checking them cost as much as writing the row. The event and its
-    # notifications are written and removed together; a deleted pusher's id refers to nothing.
+    # notifications are written and removed together; a deleted pusher's id refers to nothing
+    # (PostgreSQL never reuses it; on SQLite, which may, a trigger sets it NULL).
     Column("event_id", String(32), nullable=False),
     Column("gateway", String(1024), nullable=False),  # the gateway API base, …/push/v1/
     Column("encrypted", Boolean, nullable=False),
