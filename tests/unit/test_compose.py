@@ -130,7 +130,7 @@ def target(vault: KeyVault, g: crypto.KeyGeneration, **kw: object) -> Target:
 
 def event(vault: KeyVault, payload: dict[str, object], event_id: str = "e1") -> EventBody:
     sealed = vault.seal_record("event-payload", event_id, orjson.dumps(payload))
-    return EventBody(event_id, "high", "ident-1", sealed)
+    return EventBody(event_id, "high", "ident-1", sealed, OWNER[0])
 
 
 def test_an_encrypted_pusher_gets_the_spec_notification_sealed_under_this_months_key() -> None:
@@ -175,6 +175,30 @@ def test_rows_that_cannot_be_sent_end_with_their_reason() -> None:
     )
     assert out.failed == {"n1": DEREGISTERED, "n2": NO_KEY, "n3": NO_PAYLOAD}
     assert [r.row.id for r in out.ready] == ["n4"]
+
+
+def test_a_row_naming_another_persons_pusher_is_never_sent_to_it() -> None:
+    """The pusher a row names is gone and its id now belongs to someone else's device: the
+    event's user decides, and the row fails as deregistered."""
+    vault = KeyVault(MASTER)
+    [g] = chain(os.urandom(32), "2026-11", 1)
+    other = "u:someone-else"
+    someone_else = target(
+        vault,
+        g,
+        user_id=other,
+        pushkey_sealed=vault.seal_pushkey(other, OWNER[1], PUSHKEY)[1],
+        generations=((g.period, vault.seal(other, OWNER[1], OWNER[2], g)),),
+    )
+    out = compose(
+        [row(1)],
+        {1: someone_else},
+        {"e1": event(vault, {"a": 1})},
+        vault=vault,
+        period="2026-11",
+        gateway_refusal=lambda _url: None,
+    )
+    assert out.failed == {"n1": DEREGISTERED} and out.ready == []
 
 
 def test_a_plain_sized_payload_for_a_pusher_now_encrypted_fails_never_goes_plain() -> None:

@@ -302,12 +302,14 @@ class Target(NamedTuple):
 
 
 class EventBody(NamedTuple):
-    """An event as the worker needs it: its payload sealed at rest, prio and identifier."""
+    """An event as the worker needs it: its payload sealed at rest, prio and identifier, and
+    whose it is (as stored)."""
 
     id: str
     prio: str
     identifier: str | None
     payload: bytes | None
+    user_id: str | None = None
 
 
 async def claim(
@@ -377,7 +379,7 @@ _CLAIM_WITH_CONTEXT = text(
            c.created_at,
            p.user_id, p.app_id, p.pushkey, p.pushkey_ts, p.data, p.key_identifier,
            p.periods, p.materials,
-           e.prio, e.identifier, e.payload, p.pushkey_sealed
+           e.prio, e.identifier, e.payload, p.pushkey_sealed, e.user_id
     FROM claimed c
     LEFT JOIN LATERAL (
         SELECT x.user_id, x.app_id, x.pushkey, x.pushkey_ts, x.data, x.key_identifier,
@@ -391,7 +393,7 @@ _CLAIM_WITH_CONTEXT = text(
         WHERE x.id = c.pusher_id
     ) p ON true
     LEFT JOIN LATERAL (
-        SELECT y.prio, y.identifier, y.payload FROM events y WHERE y.id = c.event_id
+        SELECT y.prio, y.identifier, y.payload, y.user_id FROM events y WHERE y.id = c.event_id
     ) e ON true
     """
 )
@@ -445,7 +447,7 @@ async def claim_with_context(
             generations = tuple(zip(r[14] or (), r[15] or (), strict=True))
             found[r[2]] = Target(r[2], r[8], r[9], r[10], r[11], r[12], r[13], generations, r[19])
         if r[16] is not None and r[1] not in events_found:
-            events_found[r[1]] = EventBody(r[1], r[16], r[17], r[18])
+            events_found[r[1]] = EventBody(r[1], r[16], r[17], r[18], r[20])
     return claimed, found, events_found
 
 
@@ -484,12 +486,12 @@ async def sending_context(
     wanted = sorted(set(event_ids))
     if wanted:
         rows = await conn.execute(
-            select(events.c.id, events.c.prio, events.c.identifier, events.c.payload).where(
-                events.c.id.in_(wanted)
-            )
+            select(
+                events.c.id, events.c.prio, events.c.identifier, events.c.payload, events.c.user_id
+            ).where(events.c.id.in_(wanted))
         )
         for r in rows:
-            bodies[r[0]] = EventBody(r[0], r[1], r[2], r[3])
+            bodies[r[0]] = EventBody(r[0], r[1], r[2], r[3], r[4])
     return targets, bodies
 
 
