@@ -143,19 +143,19 @@ class PusherService:
             "encryption_method": None if reg.encryption is None else reg.encryption.method,
             "key_identifier": None if reg.encryption is None else reg.encryption.key_identifier,
         }
-        async with self._db.write(user_lock(user_id), device_lock(index)) as conn:
+        async with self._db.transaction(user_lock(user_id), device_lock(index)) as tx:
             existing, count, removed = await queries.claim_slot(
-                conn, user_id, reg.app_id, index, remove_others=not reg.append
+                tx, user_id, reg.app_id, index, remove_others=not reg.append
             )
             if existing is None and count >= self._max_pushers:
                 raise ResourceLimitExceeded(  # rolls back the removal, too
                     f"Too many pushers: at most {self._max_pushers} per user; delete one first"
                 )
             for other in removed:
-                if not await queries.device_exists(conn, other, index):
-                    await queries.delete_device_states(conn, other, index)
+                if not await queries.device_exists(tx, other, index):
+                    await queries.delete_device_states(tx, other, index)
                 await queries.record_audit(
-                    conn,
+                    tx,
                     action="pusher.removed_by_append",
                     actor=user_id,
                     user_id=other,
@@ -164,7 +164,7 @@ class PusherService:
                 )
             created = existing is None
             await queries.save_registration(
-                conn,
+                tx,
                 existing,
                 user_id=user_id,
                 app_id=reg.app_id,
@@ -187,13 +187,13 @@ class PusherService:
     async def delete(self, user_id: str, app_id: str, pushkey: str) -> None:
         """Delete the caller's pusher; succeed quietly when there is none (idempotent)."""
         index = self._vault.pushkey_index(pushkey)
-        async with self._db.write(user_lock(user_id), device_lock(index)) as conn:
-            if not await queries.delete_pusher(conn, user_id, app_id, index):
+        async with self._db.transaction(user_lock(user_id), device_lock(index)) as tx:
+            if not await queries.delete_pusher(tx, user_id, app_id, index):
                 return
-            if not await queries.device_exists(conn, user_id, index):
-                await queries.delete_device_states(conn, user_id, index)
+            if not await queries.device_exists(tx, user_id, index):
+                await queries.delete_device_states(tx, user_id, index)
             await queries.record_audit(
-                conn,
+                tx,
                 action="pusher.deleted",
                 actor=user_id,
                 user_id=user_id,

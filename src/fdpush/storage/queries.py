@@ -1,7 +1,9 @@
 """The SQL of the Client-FD API: pushers, their key generations, channel states, the audit log.
 
-Every function takes an open connection, so the domain layer decides what runs in one
-transaction; the one exception, ``device_states``, is a single statement that needs none.
+Every function takes an open connection or transaction, so the domain layer decides what runs
+in one transaction; the one exception, ``device_states``, is a single statement that needs
+none. A registration's statements run in a ``Database.transaction`` (on PostgreSQL straight
+through asyncpg), so they are statements built once, with parameters bound by name.
 Nothing here enforces a rule of the concept; it only stores and fetches. A ``user_id`` here is
 what the tables hold, the user's keyed pseudonym, and a ``pushkey`` the pushkey's keyed index;
 the pushkey itself is only stored sealed (``pushkey_sealed``).
@@ -30,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fdpush.storage.database import Database
+from fdpush.storage.database import Database, Transaction
 from fdpush.storage.schema import (
     audit_log,
     channel_states,
@@ -64,6 +66,10 @@ __all__ = [
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _statements(conn: AsyncConnection | Transaction) -> Transaction:
+    return conn if isinstance(conn, Transaction) else Transaction(conn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,18 +141,23 @@ _INSERT_PUSHER = insert(pushers).returning(pushers.c.id)
 _UPDATE_PUSHER = update(pushers).where(pushers.c.id == bindparam("pusher_id"))
 _DELETE_KEYS = delete(pusher_keys).where(pusher_keys.c.pusher_id == bindparam("pusher_id"))
 _INSERT_KEYS = insert(pusher_keys)
-_INSERT_AUDIT = insert(audit_log)
+# Every column named: a statement sent to asyncpg as compiled has no column list of its own.
+_INSERT_AUDIT = insert(audit_log).values(
+    {c: bindparam(c.name, type_=c.type) for c in audit_log.c if c.name != "id"}
+)
 
 
 async def pusher_slot(
-    conn: AsyncConnection, user_id: str, app_id: str, pushkey: str
+    conn: AsyncConnection | Transaction, user_id: str, app_id: str, pushkey: str
 ) -> tuple[int | None, int]:
     """The id of the user's pusher with this app_id and pushkey (None when there is none), and
     how many pushers the user has: in one round trip."""
-    row = (
-        await conn.execute(_PUSHER_SLOT, {"user_id": user_id, "app_id": app_id, "pushkey": pushkey})
-    ).one()
-    return (None if row.existing is None else int(row.existing)), int(row.pushers)
+    existing, count = (
+        await _statements(conn).fetch(
+            _PUSHER_SLOT, {"user_id": user_id, "app_id": app_id, "pushkey": pushkey}
+        )
+    )[0]
+    return (None if existing is None else int(existing)), int(count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,28 +178,38 @@ async def pushers_with_pushkey(conn: AsyncConnection, pushkey: str) -> list[Push
     return [PusherRef(*r) for r in result]
 
 
-async def device_exists(conn: AsyncConnection, user_id: str, pushkey: str) -> bool:
-    """Whether the user has any pusher (of any app) with this pushkey."""
-    result = await conn.execute(
-        select(pushers.c.id)
-        .where(pushers.c.user_id == user_id, pushers.c.pushkey == pushkey)
-        .limit(1)
+_DEVICE_EXISTS = select(
+    exists().where(
+        pushers.c.user_id == bindparam("user_id"), pushers.c.pushkey == bindparam("pushkey")
     )
-    return result.first() is not None
+)
+
+
+async def device_exists(conn: AsyncConnection | Transaction, user_id: str, pushkey: str) -> bool:
+    """Whether the user has any pusher (of any app) with this pushkey."""
+    rows = await _statements(conn).fetch(_DEVICE_EXISTS, {"user_id": user_id, "pushkey": pushkey})
+    return bool(rows[0][0])
+
+
+_REMOVE_OTHER_USERS_PUSHERS = (
+    delete(pushers)
+    .where(
+        pushers.c.app_id == bindparam("app_id"),
+        pushers.c.pushkey == bindparam("pushkey"),
+        pushers.c.user_id != bindparam("user_id"),
+    )
+    .returning(pushers.c.user_id)
+)
 
 
 async def remove_other_users_pushers(
-    conn: AsyncConnection, user_id: str, app_id: str, pushkey: str
+    conn: AsyncConnection | Transaction, user_id: str, app_id: str, pushkey: str
 ) -> list[str]:
     """Delete the pushers with this app_id and pushkey of every *other* user; return those users."""
-    result = await conn.execute(
-        delete(pushers)
-        .where(
-            pushers.c.app_id == app_id, pushers.c.pushkey == pushkey, pushers.c.user_id != user_id
-        )
-        .returning(pushers.c.user_id)
+    rows = await _statements(conn).fetch(
+        _REMOVE_OTHER_USERS_PUSHERS, {"user_id": user_id, "app_id": app_id, "pushkey": pushkey}
     )
-    return sorted({row.user_id for row in result})
+    return sorted({row[0] for row in rows})
 
 
 async def save_pusher(
@@ -292,29 +313,28 @@ _PG_UPDATE = text(_PG_UPDATE_HEAD + _KEY_AND_AUDIT)
 
 
 async def claim_slot(
-    conn: AsyncConnection, user_id: str, app_id: str, pushkey: str, *, remove_others: bool
+    tx: Transaction, user_id: str, app_id: str, pushkey: str, *, remove_others: bool
 ) -> tuple[int | None, int, list[str]]:
     """The id of the user's pusher with this app_id and pushkey (None when none), how many
     pushers the user has, and, with ``remove_others``, the other users whose pusher with this
     app_id and pushkey was just deleted (sorted)."""
-    if conn.dialect.name == "postgresql":
-        row = (
-            await conn.execute(
+    if tx.dialect == "postgresql":
+        existing, count, removed = (
+            await tx.fetch(
                 _PG_SLOT_AND_REMOVE,
                 {"user_id": user_id, "app_id": app_id, "pushkey": pushkey, "remove": remove_others},
             )
-        ).one()
-        existing = None if row.existing is None else int(row.existing)
-        return existing, int(row.pushers), list(row.removed)
-    existing, count = await pusher_slot(conn, user_id, app_id, pushkey)
+        )[0]
+        return (None if existing is None else int(existing)), int(count), list(removed)
+    existing, count = await pusher_slot(tx, user_id, app_id, pushkey)
     removed = (
-        await remove_other_users_pushers(conn, user_id, app_id, pushkey) if remove_others else []
+        await remove_other_users_pushers(tx, user_id, app_id, pushkey) if remove_others else []
     )
     return existing, count, removed
 
 
 async def save_registration(
-    conn: AsyncConnection,
+    tx: Transaction,
     existing: int | None,
     *,
     user_id: str,
@@ -329,7 +349,9 @@ async def save_registration(
     generations with ``generation`` (``(period, sealed material)``) and record it in the audit
     log."""
     action = "pusher.created" if existing is None else "pusher.updated"
-    if conn.dialect.name != "postgresql":
+    if tx.dialect != "postgresql":
+        conn = tx.connection
+        assert conn is not None
         pusher_id = await save_pusher(
             conn,
             existing,
@@ -365,21 +387,30 @@ async def save_registration(
         "detail": orjson.dumps(detail).decode("utf-8"),
     }
     if existing is None:
-        await conn.execute(_PG_CREATE, {**params, "pushkey_sealed": pushkey_sealed})
+        await tx.execute(_PG_CREATE, {**params, "pushkey_sealed": pushkey_sealed})
     else:
-        await conn.execute(_PG_UPDATE, {**params, "pusher_id": existing})
+        await tx.execute(_PG_UPDATE, {**params, "pusher_id": existing})
 
 
-async def delete_pusher(conn: AsyncConnection, user_id: str, app_id: str, pushkey: str) -> bool:
-    """Delete the user's pusher (its key generations go with it); whether there was one."""
-    result = await conn.execute(
-        delete(pushers)
-        .where(
-            pushers.c.user_id == user_id, pushers.c.app_id == app_id, pushers.c.pushkey == pushkey
-        )
-        .returning(pushers.c.id)
+_DELETE_PUSHER = (
+    delete(pushers)
+    .where(
+        pushers.c.user_id == bindparam("user_id"),
+        pushers.c.app_id == bindparam("app_id"),
+        pushers.c.pushkey == bindparam("pushkey"),
     )
-    return result.first() is not None
+    .returning(pushers.c.id)
+)
+
+
+async def delete_pusher(
+    conn: AsyncConnection | Transaction, user_id: str, app_id: str, pushkey: str
+) -> bool:
+    """Delete the user's pusher (its key generations go with it); whether there was one."""
+    rows = await _statements(conn).fetch(
+        _DELETE_PUSHER, {"user_id": user_id, "app_id": app_id, "pushkey": pushkey}
+    )
+    return bool(rows)
 
 
 async def replace_keys(
@@ -458,16 +489,20 @@ async def set_states(
     )
 
 
-async def delete_device_states(conn: AsyncConnection, user_id: str, pushkey: str) -> None:
-    await conn.execute(
-        delete(channel_states).where(
-            channel_states.c.user_id == user_id, channel_states.c.pushkey == pushkey
-        )
-    )
+_DELETE_DEVICE_STATES = delete(channel_states).where(
+    channel_states.c.user_id == bindparam("user_id"),
+    channel_states.c.pushkey == bindparam("pushkey"),
+)
+
+
+async def delete_device_states(
+    conn: AsyncConnection | Transaction, user_id: str, pushkey: str
+) -> None:
+    await _statements(conn).execute(_DELETE_DEVICE_STATES, {"user_id": user_id, "pushkey": pushkey})
 
 
 async def record_audit(
-    conn: AsyncConnection,
+    conn: AsyncConnection | Transaction,
     *,
     action: str,
     actor: str,
@@ -478,7 +513,7 @@ async def record_audit(
 ) -> None:
     """Append an audit record (the pushkey as its keyed index). Never pass secrets in
     ``detail``."""
-    await conn.execute(
+    await _statements(conn).execute(
         _INSERT_AUDIT,
         {
             "at": _now(),
