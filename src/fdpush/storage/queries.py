@@ -56,6 +56,7 @@ __all__ = [
     "record_audit",
     "remove_other_users_pushers",
     "replace_keys",
+    "save_alone",
     "save_pusher",
     "save_registration",
     "set_states",
@@ -312,6 +313,118 @@ _PG_CREATE = text(_PG_CREATE_HEAD + _KEY_AND_AUDIT)
 _PG_UPDATE = text(_PG_UPDATE_HEAD + _KEY_AND_AUDIT)
 
 
+# PostgreSQL: the common registration in one round trip, when no other user's pusher is to be
+# removed (then nothing is written and the caller goes step by step): the pusher created (while
+# the user has fewer than :max_pushers) or updated, its key generation and the audit record.
+_PG_SAVE_ALONE = text(
+    """
+    WITH slot AS (
+        SELECT
+            (SELECT id FROM pushers
+             WHERE user_id = :user_id AND app_id = :app_id AND pushkey = :pushkey) AS existing,
+            (SELECT count(*) FROM pushers WHERE user_id = :user_id) AS pushers,
+            :remove AND EXISTS (
+                SELECT 1 FROM pushers
+                WHERE app_id = :app_id AND pushkey = :pushkey AND user_id <> :user_id
+            ) AS shared
+    ),
+    go AS (
+        SELECT existing FROM slot
+        WHERE NOT shared AND (existing IS NOT NULL OR pushers < :max_pushers)
+    ),
+    updated AS (
+        UPDATE pushers SET kind = :kind, app_display_name = :app_display_name,
+            device_display_name = :device_display_name, profile_tag = :profile_tag,
+            lang = :lang, data = :data, pushkey_ts = :pushkey_ts,
+            encryption_method = :encryption_method, key_identifier = :key_identifier,
+            updated_at = :now
+        WHERE id = (SELECT existing FROM go)
+        RETURNING id
+    ),
+    created AS (
+        INSERT INTO pushers (user_id, app_id, pushkey, pushkey_sealed, kind, app_display_name,
+            device_display_name, profile_tag, lang, data, pushkey_ts, encryption_method,
+            key_identifier, created_at, updated_at)
+        SELECT :user_id, :app_id, :pushkey, :pushkey_sealed, :kind, :app_display_name,
+            :device_display_name, :profile_tag, :lang, :data, :pushkey_ts, :encryption_method,
+            :key_identifier, :now, :now
+        FROM go WHERE existing IS NULL
+        RETURNING id
+    ),
+    p AS (SELECT id FROM updated UNION ALL SELECT id FROM created),
+    gone AS (
+        DELETE FROM pusher_keys WHERE pusher_id = (SELECT existing FROM go)
+            AND period IS DISTINCT FROM CAST(:period AS varchar)
+    ),
+    k AS (
+        INSERT INTO pusher_keys (pusher_id, period, material)
+        SELECT p.id, CAST(:period AS varchar), CAST(:material AS bytea) FROM p
+        WHERE CAST(:period AS varchar) IS NOT NULL
+        ON CONFLICT (pusher_id, period) DO UPDATE SET material = EXCLUDED.material
+    ),
+    a AS (
+        INSERT INTO audit_log (at, action, actor, user_id, app_id, pushkey_hash, detail)
+        SELECT CAST(:now AS timestamptz),
+            CASE WHEN (SELECT existing FROM go) IS NULL THEN 'pusher.created'
+                ELSE 'pusher.updated' END,
+            CAST(:user_id AS varchar), CAST(:user_id AS varchar), CAST(:app_id AS varchar),
+            CAST(:pushkey AS varchar), CAST(:detail AS text)
+        FROM p
+    )
+    SELECT existing, pushers, shared, EXISTS (SELECT 1 FROM p) AS saved FROM slot
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What ``save_alone`` did: whether it saved, and the user's pusher and pusher count it
+    found before (``existing`` None: it created the pusher, or had no room to)."""
+
+    saved: bool
+    existing: int | None
+    pushers: int
+
+
+async def save_alone(
+    tx: Transaction,
+    *,
+    user_id: str,
+    app_id: str,
+    pushkey: str,
+    pushkey_sealed: bytes,
+    values: Mapping[str, Any],
+    generation: tuple[str, bytes] | None,
+    detail: Mapping[str, Any],
+    remove_others: bool,
+    max_pushers: int,
+) -> Saved | None:
+    """``claim_slot`` and ``save_registration`` in one step, for the common case; None, with
+    nothing written, when that is not the case: ``remove_others`` and another user has a
+    pusher with this app_id and pushkey, or on SQLite (whose statements cost no round trip).
+
+    It creates the pusher only while the user has fewer than ``max_pushers``; ``saved`` says
+    whether it wrote."""
+    if tx.dialect != "postgresql":
+        return None
+    existing, count, shared, saved = (
+        await tx.fetch(
+            _PG_SAVE_ALONE,
+            {
+                **_registration_params(
+                    user_id, app_id, pushkey, values, generation, detail, existing=None
+                ),
+                "pushkey_sealed": pushkey_sealed,
+                "remove": remove_others,
+                "max_pushers": max_pushers,
+            },
+        )
+    )[0]
+    if shared:
+        return None
+    return Saved(bool(saved), None if existing is None else int(existing), int(count))
+
+
 async def claim_slot(
     tx: Transaction, user_id: str, app_id: str, pushkey: str, *, remove_others: bool
 ) -> tuple[int | None, int, list[str]]:
@@ -374,18 +487,9 @@ async def save_registration(
             detail=detail,
         )
         return
-    params = {
-        **values,
-        "data": orjson.dumps(values["data"]).decode("utf-8"),
-        "user_id": user_id,
-        "app_id": app_id,
-        "pushkey": pushkey,
-        "now": _now(),
-        "period": None if generation is None else generation[0],
-        "material": None if generation is None else generation[1],
-        "action": action,
-        "detail": orjson.dumps(detail).decode("utf-8"),
-    }
+    params = _registration_params(
+        user_id, app_id, pushkey, values, generation, detail, existing=existing
+    )
     if existing is None:
         await tx.execute(_PG_CREATE, {**params, "pushkey_sealed": pushkey_sealed})
     else:
@@ -401,6 +505,30 @@ _DELETE_PUSHER = (
     )
     .returning(pushers.c.id)
 )
+
+
+def _registration_params(
+    user_id: str,
+    app_id: str,
+    pushkey: str,
+    values: Mapping[str, Any],
+    generation: tuple[str, bytes] | None,
+    detail: Mapping[str, Any],
+    *,
+    existing: int | None,
+) -> dict[str, Any]:
+    return {
+        **values,
+        "data": orjson.dumps(values["data"]).decode("utf-8"),
+        "user_id": user_id,
+        "app_id": app_id,
+        "pushkey": pushkey,
+        "now": _now(),
+        "period": None if generation is None else generation[0],
+        "material": None if generation is None else generation[1],
+        "action": "pusher.created" if existing is None else "pusher.updated",
+        "detail": orjson.dumps(detail).decode("utf-8"),
+    }
 
 
 async def delete_pusher(
