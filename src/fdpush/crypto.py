@@ -271,11 +271,11 @@ def user_pseudonym(keys: IdentityKeys, user_id: str) -> str:
     (ZETA A_29957, variant A). The same id always gives the same pseudonym, so lookups work;
     without the key it cannot be computed nor reversed."""
     message = user_id.encode("utf-8", "surrogatepass")
-    return hmac.new(keys.pseudonym_key, message, hashlib.sha256).hexdigest()
+    return hmac.digest(keys.pseudonym_key, message, "sha256").hex()
 
 
 def pushkey_index(keys: IdentityKeys, pushkey: str) -> str:
     """The keyed index of a pushkey: HMAC-SHA256 under the pushkey index key, as 64 hex digits.
     What lookups by pushkey compare; the pushkey itself is stored only sealed."""
     message = pushkey.encode("utf-8", "surrogatepass")
-    return hmac.new(keys.pushkey_index_key, message, hashlib.sha256).hexdigest()
+    return hmac.digest(keys.pushkey_index_key, message, "sha256").hex()

@@ -13,7 +13,8 @@ import hmac
 import logging
 import os
 import sys
-from datetime import datetime
+import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -52,8 +53,7 @@ def set_reference_key(master_key: bytes) -> None:
 
 
 def _ref(kind: str, value: str) -> str:
-    mac = hmac.new(_reference_key, f"{kind}\x00{value}".encode(), hashlib.sha256)
-    return mac.hexdigest()[:16]
+    return hmac.digest(_reference_key, f"{kind}\x00{value}".encode(), "sha256").hex()[:16]
 
 
 def user_ref(user_id: str) -> str:
@@ -72,9 +72,18 @@ def in_message(**fields: Any) -> dict[str, Any]:
     return {**fields, _IN_MESSAGE: tuple(fields)}
 
 
+_ZONES: dict[int, timezone] = {}  # UTC offset in seconds -> its zone (a handful per process)
+
+
 def _timestamp(record: logging.LogRecord) -> str:
     """ISO 8601, local time with its offset, to the millisecond."""
-    return datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+    # The offset from time.localtime, the zone object made once: astimezone() made both on
+    # every line, a third of the cost of a log line.
+    offset = time.localtime(record.created).tm_gmtoff
+    zone = _ZONES.get(offset)
+    if zone is None:
+        zone = _ZONES.setdefault(offset, timezone(timedelta(seconds=offset)))
+    return datetime.fromtimestamp(record.created, zone).isoformat(timespec="milliseconds")
 
 
 class _RequestIdFilter(logging.Filter):

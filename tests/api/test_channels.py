@@ -328,6 +328,29 @@ def test_deleting_the_last_pusher_of_a_device_removes_its_states(
         assert statuses(http, device) == defaults()
 
 
+def test_a_device_answers_as_stored_now_however_often_it_was_asked_before(
+    service: Service, layout: Layout
+) -> None:
+    """The process remembers pushkey indexes and pseudonyms, never answers: a device asked for
+    many times answers from the database each time, through deletion, re-registration and a
+    takeover by another user (``append: false``)."""
+    alice, bob = new_user(), new_user()
+    with service.client(alice) as a_http, service.client(bob) as b_http:
+        pushkey = register(a_http)
+        device = layout.device(pushkey)
+        change(a_http, device, ("erp.task.close", "enabled"))
+        for _ in range(3):
+            assert statuses(a_http, device)["erp.task.close"] == "enabled"
+        delete = {"kind": None, "app_id": "de.gematik.test.apns", "pushkey": pushkey}
+        assert a_http.post(layout.pushers_set, json=delete).status_code == 200
+        error_of(a_http.get(device), 404, "M_NOT_FOUND")
+        register(a_http, pushkey)
+        assert statuses(a_http, device) == defaults()
+        register(b_http, pushkey)  # append: false takes the device from alice
+        error_of(a_http.get(device), 404, "M_NOT_FOUND")
+        assert statuses(b_http, device) == defaults()
+
+
 # --- isolation --------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ material is opened with an implementation written here, independent of ``fdpush.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -287,6 +288,17 @@ def test_audit_records_who_did_what_to_which_device_without_secrets(service: Ser
     hashes_ = [r["pushkey_hash"] for r in records]
     assert len(set(hashes_[:3])) == 1 and len(set(hashes_[3:])) == 1
     assert hashes_[0] != hashes_[3]
+    # What each registration did, the same whether it took one statement or several.
+    details = [None if r["detail"] is None else json.loads(r["detail"]) for r in records]
+    created = {"encrypted": True, "append": False, "removed_from_other_users": 0}
+    assert details == [
+        created,
+        created,
+        None,
+        created,
+        None,
+        {**created, "removed_from_other_users": 1},
+    ]
     # Never the pushkey itself, never key material.
     secrets = [first["pushkey"], second["pushkey"]]
     for body in (first, second):

@@ -128,3 +128,111 @@ def test_sqlite_waits_for_its_lock_in_the_thread_and_reads_in_the_loop(tmp_path:
     assert ticks == 20
     assert during == [(1, "one")]
     assert after == [(1, "one"), (2, "other"), (3, "two")]
+
+
+def test_a_transaction_commits_or_rolls_back_and_leaves_its_connection_clean(
+    database_url: str,
+) -> None:
+    """``Database.transaction``: its statements commit together or not at all (an error of the
+    caller rolls them back), and the one pooled connection serves the next request with no
+    transaction left open."""
+
+    async def run() -> list[tuple[int, str]]:
+        db = Database(database_url, pool_size=1)
+        insert = text("INSERT INTO t (a, b) VALUES (:a, :b)")
+        try:
+            async with db.write() as conn:
+                await conn.execute(text("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)"))
+            async with db.transaction("t") as tx:
+                await tx.execute(insert, {"a": 1, "b": "kept"})
+                assert await tx.fetch(text("SELECT b FROM t WHERE a = :a"), {"a": 1}) == [("kept",)]
+            with pytest.raises(LookupError):
+                async with db.transaction("t") as tx:
+                    await tx.execute(insert, {"a": 2, "b": "rolled back"})
+                    raise LookupError  # as a domain rule refusing midway
+            with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+                async with db.transaction("t") as tx:
+                    await tx.execute(insert, {"a": 3, "b": "rolled back too"})
+                    await tx.execute(insert, {"a": 1, "b": "a duplicate key"})
+            rows = await db.fetch_all(text("SELECT a, b FROM t ORDER BY a"), {})
+            return [tuple(r) for r in rows]
+        finally:
+            await db.close()
+
+    assert asyncio.run(run()) == [(1, "kept")]
+
+
+def test_transactions_with_the_same_lock_run_one_after_the_other(backend: str) -> None:
+    """PostgreSQL: a transaction waits for another that holds one of its named locks (the rule
+    of ``pushers/set`` that spans rows: the per-user limit, the removal from other users)."""
+    if backend == "sqlite":
+        pytest.skip("SQLite runs one write transaction at a time anyway")
+    url = create_postgres_database()
+
+    async def run() -> list[str]:
+        db = Database(url, pool_size=3)
+        order: list[str] = []
+        try:
+            first_holds = asyncio.Event()
+
+            async def first() -> None:
+                async with db.transaction("user:a", "pushkey:x"):
+                    first_holds.set()
+                    await asyncio.sleep(0.3)
+                    order.append("first done")
+
+            async def second() -> None:
+                await first_holds.wait()
+                async with db.transaction("pushkey:x"):
+                    order.append("second in")
+
+            async def unrelated() -> None:
+                await first_holds.wait()
+                async with db.transaction("pushkey:y"):
+                    order.append("unrelated in")
+
+            await asyncio.gather(first(), second(), unrelated())
+            return order
+        finally:
+            await db.close()
+
+    try:
+        assert asyncio.run(run()) == ["unrelated in", "first done", "second in"]
+    finally:
+        drop_postgres_database(url)
+
+
+def test_a_cancelled_transaction_does_not_hand_on_its_connection(backend: str) -> None:
+    """PostgreSQL: a transaction cancelled while a statement runs (its request went away)
+    leaves nothing open: the next request gets a working connection, outside any transaction."""
+    if backend == "sqlite":
+        pytest.skip("asyncpg's connections are a PostgreSQL matter")
+    url = create_postgres_database()
+
+    async def run() -> list[tuple[int]]:
+        db = Database(url, pool_size=1)
+        try:
+            async with db.write() as conn:
+                await conn.execute(text("CREATE TABLE t (a INTEGER PRIMARY KEY)"))
+
+            async def slow() -> None:
+                async with db.transaction("t") as tx:
+                    await tx.execute(text("INSERT INTO t (a) VALUES (:a)"), {"a": 1})
+                    await tx.fetch(text("SELECT pg_sleep(:s)"), {"s": 5})
+
+            task = asyncio.create_task(slow())
+            await asyncio.sleep(0.5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with db.transaction("t") as tx:
+                await tx.execute(text("INSERT INTO t (a) VALUES (:a)"), {"a": 2})
+            rows = await asyncio.wait_for(db.fetch_all(text("SELECT a FROM t"), {}), 3)
+            return [tuple(r) for r in rows]
+        finally:
+            await db.close()
+
+    try:
+        assert asyncio.run(run()) == [(2,)]
+    finally:
+        drop_postgres_database(url)

@@ -427,6 +427,20 @@ def test_identity_keys_are_derived_from_the_master_key_until_given() -> None:
         assert derived.pushkey_index_key.hex() not in text
 
 
+def test_a_vault_remembers_indexes_only_for_the_identity_keys_it_uses() -> None:
+    """Pseudonyms and pushkey indexes are remembered per process; once the vault is given other
+    identity keys (a database's own), it answers with those, never with what it remembered."""
+    vault = KeyVault(os.urandom(32))
+    first = (vault.pseudonym("X110411675"), vault.pushkey_index("pk/1+="))
+    assert (vault.pseudonym("X110411675"), vault.pushkey_index("pk/1+=")) == first
+    stored = crypto.IdentityKeys.derive(MASTER)
+    vault.use_identity(stored)
+    assert vault.pseudonym("X110411675") == crypto.user_pseudonym(stored, "X110411675")
+    assert vault.pushkey_index("pk/1+=") == crypto.pushkey_index(stored, "pk/1+=")
+    assert (vault.pseudonym("X110411675"), vault.pushkey_index("pk/1+=")) != first
+    assert "X110411675" not in repr(vault) and "pk/1+=" not in repr(vault)
+
+
 def test_a_blob_is_sealed_anew_under_another_master_key_once() -> None:
     """What a rotation does to each stored blob: sealed under the new key when it opens under
     the current one, left alone when it is under the new one already, refused otherwise."""

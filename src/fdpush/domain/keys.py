@@ -9,9 +9,10 @@ keyed index, which is what lookups compare (ZETA A_29957).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache, partial
 from zoneinfo import ZoneInfo
 
 from fdpush import crypto
@@ -31,6 +32,9 @@ __all__ = [
 ]
 
 BERLIN = ZoneInfo("Europe/Berlin")
+# Pseudonyms and pushkey indexes a vault remembers, each: the API computes them for every
+# request, and an app's requests name the same user and device again and again.
+INDEXES_KEPT = 10_000
 
 
 def current_period(now: datetime | None = None) -> str:
@@ -83,7 +87,7 @@ class KeyVault:
         if len(master_key) != 32:
             raise ValueError("the master key must be 32 bytes")
         self._master_key = master_key
-        self._identity = identity or crypto.IdentityKeys.derive(master_key)
+        self.use_identity(identity or crypto.IdentityKeys.derive(master_key))
 
     def __repr__(self) -> str:
         return "KeyVault(<master key redacted>)"
@@ -98,6 +102,14 @@ class KeyVault:
         """Compute pseudonyms and indexes with the identity keys a database keeps (they were
         derived from the master key it was first opened with, which may since have changed)."""
         self._identity = identity
+        # Pure functions of the identity keys, so remembered results never go stale: new keys,
+        # new memory. Held in the process only (ids and pushkeys it has been told), never logged.
+        self._pseudonym: Callable[[str], str] = lru_cache(INDEXES_KEPT)(
+            partial(crypto.user_pseudonym, identity)
+        )
+        self._pushkey_index: Callable[[str], str] = lru_cache(INDEXES_KEPT)(
+            partial(crypto.pushkey_index, identity)
+        )
 
     def seal_identity(self) -> bytes:
         """The identity keys sealed under the master key, as the database keeps them."""
@@ -144,11 +156,11 @@ class KeyVault:
 
     def pseudonym(self, user_id: str) -> str:
         """What is stored for ``user_id``: its keyed pseudonym (:func:`crypto.user_pseudonym`)."""
-        return crypto.user_pseudonym(self._identity, user_id)
+        return self._pseudonym(user_id)
 
     def pushkey_index(self, pushkey: str) -> str:
         """What is stored and looked up for ``pushkey`` (:func:`crypto.pushkey_index`)."""
-        return crypto.pushkey_index(self._identity, pushkey)
+        return self._pushkey_index(pushkey)
 
     def seal_pushkey(self, user_id: str, app_id: str, pushkey: str) -> tuple[str, bytes]:
         """``(index, sealed pushkey)`` of a pusher: the sealed pushkey is bound to its row."""

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from fdpush import crypto
 from fdpush.domain.errors import InvalidParam, MissingParam, ResourceLimitExceeded
@@ -25,7 +26,7 @@ from fdpush.domain.keys import BERLIN, KeyVault, current_period
 from fdpush.domain.models import Pusher, PusherRegistration
 from fdpush.logs import user_ref
 from fdpush.storage import queries
-from fdpush.storage.database import Database
+from fdpush.storage.database import Database, Transaction
 
 __all__ = ["PusherService", "device_lock", "user_lock"]
 
@@ -143,29 +144,11 @@ class PusherService:
             "encryption_method": None if reg.encryption is None else reg.encryption.method,
             "key_identifier": None if reg.encryption is None else reg.encryption.key_identifier,
         }
-        async with self._db.write(user_lock(user_id), device_lock(index)) as conn:
-            existing, count, removed = await queries.claim_slot(
-                conn, user_id, reg.app_id, index, remove_others=not reg.append
-            )
-            if existing is None and count >= self._max_pushers:
-                raise ResourceLimitExceeded(  # rolls back the removal, too
-                    f"Too many pushers: at most {self._max_pushers} per user; delete one first"
-                )
-            for other in removed:
-                if not await queries.device_exists(conn, other, index):
-                    await queries.delete_device_states(conn, other, index)
-                await queries.record_audit(
-                    conn,
-                    action="pusher.removed_by_append",
-                    actor=user_id,
-                    user_id=other,
-                    app_id=reg.app_id,
-                    pushkey=index,
-                )
-            created = existing is None
-            await queries.save_registration(
-                conn,
-                existing,
+        too_many = f"Too many pushers: at most {self._max_pushers} per user; delete one first"
+        async with self._db.transaction(user_lock(user_id), device_lock(index)) as tx:
+            # The common case in one step: no other user's pusher to remove.
+            alone = await queries.save_alone(
+                tx,
                 user_id=user_id,
                 app_id=reg.app_id,
                 pushkey=index,
@@ -175,25 +158,81 @@ class PusherService:
                 detail={
                     "encrypted": generation is not None,
                     "append": reg.append,
-                    "removed_from_other_users": len(removed),
+                    "removed_from_other_users": 0,
                 },
+                remove_others=not reg.append,
+                max_pushers=self._max_pushers,
             )
+            if alone is not None:
+                if not alone.saved:
+                    raise ResourceLimitExceeded(too_many)
+                created, removed = alone.existing is None, 0
+            else:
+                created, removed = await self._save_step_by_step(
+                    tx, user_id, reg, index, pushkey_sealed, values, sealed, too_many
+                )
         log.info(
             "pusher %s",
             "created" if created else "updated",
-            extra={"user": user_ref(user_id), "app_id": reg.app_id, "removed": len(removed)},
+            extra={"user": user_ref(user_id), "app_id": reg.app_id, "removed": removed},
         )
+
+    async def _save_step_by_step(
+        self,
+        tx: Transaction,
+        user_id: str,
+        reg: PusherRegistration,
+        index: str,
+        pushkey_sealed: bytes,
+        values: dict[str, Any],
+        sealed: tuple[str, bytes] | None,
+        too_many: str,
+    ) -> tuple[bool, int]:
+        """Remove other users' same pushers (unless ``append``), then save the caller's;
+        whether it was created, and how many users' pushers were removed."""
+        existing, count, removed = await queries.claim_slot(
+            tx, user_id, reg.app_id, index, remove_others=not reg.append
+        )
+        if existing is None and count >= self._max_pushers:
+            raise ResourceLimitExceeded(too_many)  # rolls back the removal, too
+        for other in removed:
+            if not await queries.device_exists(tx, other, index):
+                await queries.delete_device_states(tx, other, index)
+            await queries.record_audit(
+                tx,
+                action="pusher.removed_by_append",
+                actor=user_id,
+                user_id=other,
+                app_id=reg.app_id,
+                pushkey=index,
+            )
+        await queries.save_registration(
+            tx,
+            existing,
+            user_id=user_id,
+            app_id=reg.app_id,
+            pushkey=index,
+            pushkey_sealed=pushkey_sealed,
+            values=values,
+            generation=sealed,
+            detail={
+                "encrypted": sealed is not None,
+                "append": reg.append,
+                "removed_from_other_users": len(removed),
+            },
+        )
+        return existing is None, len(removed)
 
     async def delete(self, user_id: str, app_id: str, pushkey: str) -> None:
         """Delete the caller's pusher; succeed quietly when there is none (idempotent)."""
         index = self._vault.pushkey_index(pushkey)
-        async with self._db.write(user_lock(user_id), device_lock(index)) as conn:
-            if not await queries.delete_pusher(conn, user_id, app_id, index):
+        async with self._db.transaction(user_lock(user_id), device_lock(index)) as tx:
+            if not await queries.delete_pusher(tx, user_id, app_id, index):
                 return
-            if not await queries.device_exists(conn, user_id, index):
-                await queries.delete_device_states(conn, user_id, index)
+            if not await queries.device_exists(tx, user_id, index):
+                await queries.delete_device_states(tx, user_id, index)
             await queries.record_audit(
-                conn,
+                tx,
                 action="pusher.deleted",
                 actor=user_id,
                 user_id=user_id,

@@ -1,7 +1,9 @@
 """The SQL of the Client-FD API: pushers, their key generations, channel states, the audit log.
 
-Every function takes an open connection, so the domain layer decides what runs in one
-transaction; the one exception, ``device_states``, is a single statement that needs none.
+Every function takes an open connection or transaction, so the domain layer decides what runs
+in one transaction; the one exception, ``device_states``, is a single statement that needs
+none. A registration's statements run in a ``Database.transaction`` (on PostgreSQL straight
+through asyncpg), so they are statements built once, with parameters bound by name.
 Nothing here enforces a rule of the concept; it only stores and fetches. A ``user_id`` here is
 what the tables hold, the user's keyed pseudonym, and a ``pushkey`` the pushkey's keyed index;
 the pushkey itself is only stored sealed (``pushkey_sealed``).
@@ -30,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fdpush.storage.database import Database
+from fdpush.storage.database import Database, Transaction
 from fdpush.storage.schema import (
     audit_log,
     channel_states,
@@ -54,6 +56,7 @@ __all__ = [
     "record_audit",
     "remove_other_users_pushers",
     "replace_keys",
+    "save_alone",
     "save_pusher",
     "save_registration",
     "set_states",
@@ -64,6 +67,10 @@ __all__ = [
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _statements(conn: AsyncConnection | Transaction) -> Transaction:
+    return conn if isinstance(conn, Transaction) else Transaction(conn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,18 +142,23 @@ _INSERT_PUSHER = insert(pushers).returning(pushers.c.id)
 _UPDATE_PUSHER = update(pushers).where(pushers.c.id == bindparam("pusher_id"))
 _DELETE_KEYS = delete(pusher_keys).where(pusher_keys.c.pusher_id == bindparam("pusher_id"))
 _INSERT_KEYS = insert(pusher_keys)
-_INSERT_AUDIT = insert(audit_log)
+# Every column named: a statement sent to asyncpg as compiled has no column list of its own.
+_INSERT_AUDIT = insert(audit_log).values(
+    {c: bindparam(c.name, type_=c.type) for c in audit_log.c if c.name != "id"}
+)
 
 
 async def pusher_slot(
-    conn: AsyncConnection, user_id: str, app_id: str, pushkey: str
+    conn: AsyncConnection | Transaction, user_id: str, app_id: str, pushkey: str
 ) -> tuple[int | None, int]:
     """The id of the user's pusher with this app_id and pushkey (None when there is none), and
     how many pushers the user has: in one round trip."""
-    row = (
-        await conn.execute(_PUSHER_SLOT, {"user_id": user_id, "app_id": app_id, "pushkey": pushkey})
-    ).one()
-    return (None if row.existing is None else int(row.existing)), int(row.pushers)
+    existing, count = (
+        await _statements(conn).fetch(
+            _PUSHER_SLOT, {"user_id": user_id, "app_id": app_id, "pushkey": pushkey}
+        )
+    )[0]
+    return (None if existing is None else int(existing)), int(count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,28 +179,38 @@ async def pushers_with_pushkey(conn: AsyncConnection, pushkey: str) -> list[Push
     return [PusherRef(*r) for r in result]
 
 
-async def device_exists(conn: AsyncConnection, user_id: str, pushkey: str) -> bool:
-    """Whether the user has any pusher (of any app) with this pushkey."""
-    result = await conn.execute(
-        select(pushers.c.id)
-        .where(pushers.c.user_id == user_id, pushers.c.pushkey == pushkey)
-        .limit(1)
+_DEVICE_EXISTS = select(
+    exists().where(
+        pushers.c.user_id == bindparam("user_id"), pushers.c.pushkey == bindparam("pushkey")
     )
-    return result.first() is not None
+)
+
+
+async def device_exists(conn: AsyncConnection | Transaction, user_id: str, pushkey: str) -> bool:
+    """Whether the user has any pusher (of any app) with this pushkey."""
+    rows = await _statements(conn).fetch(_DEVICE_EXISTS, {"user_id": user_id, "pushkey": pushkey})
+    return bool(rows[0][0])
+
+
+_REMOVE_OTHER_USERS_PUSHERS = (
+    delete(pushers)
+    .where(
+        pushers.c.app_id == bindparam("app_id"),
+        pushers.c.pushkey == bindparam("pushkey"),
+        pushers.c.user_id != bindparam("user_id"),
+    )
+    .returning(pushers.c.user_id)
+)
 
 
 async def remove_other_users_pushers(
-    conn: AsyncConnection, user_id: str, app_id: str, pushkey: str
+    conn: AsyncConnection | Transaction, user_id: str, app_id: str, pushkey: str
 ) -> list[str]:
     """Delete the pushers with this app_id and pushkey of every *other* user; return those users."""
-    result = await conn.execute(
-        delete(pushers)
-        .where(
-            pushers.c.app_id == app_id, pushers.c.pushkey == pushkey, pushers.c.user_id != user_id
-        )
-        .returning(pushers.c.user_id)
+    rows = await _statements(conn).fetch(
+        _REMOVE_OTHER_USERS_PUSHERS, {"user_id": user_id, "app_id": app_id, "pushkey": pushkey}
     )
-    return sorted({row.user_id for row in result})
+    return sorted({row[0] for row in rows})
 
 
 async def save_pusher(
@@ -291,30 +313,141 @@ _PG_CREATE = text(_PG_CREATE_HEAD + _KEY_AND_AUDIT)
 _PG_UPDATE = text(_PG_UPDATE_HEAD + _KEY_AND_AUDIT)
 
 
+# PostgreSQL: the common registration in one round trip, when no other user's pusher is to be
+# removed (then nothing is written and the caller goes step by step): the pusher created (while
+# the user has fewer than :max_pushers) or updated, its key generation and the audit record.
+_PG_SAVE_ALONE = text(
+    """
+    WITH slot AS (
+        SELECT
+            (SELECT id FROM pushers
+             WHERE user_id = :user_id AND app_id = :app_id AND pushkey = :pushkey) AS existing,
+            (SELECT count(*) FROM pushers WHERE user_id = :user_id) AS pushers,
+            :remove AND EXISTS (
+                SELECT 1 FROM pushers
+                WHERE app_id = :app_id AND pushkey = :pushkey AND user_id <> :user_id
+            ) AS shared
+    ),
+    go AS (
+        SELECT existing FROM slot
+        WHERE NOT shared AND (existing IS NOT NULL OR pushers < :max_pushers)
+    ),
+    updated AS (
+        UPDATE pushers SET kind = :kind, app_display_name = :app_display_name,
+            device_display_name = :device_display_name, profile_tag = :profile_tag,
+            lang = :lang, data = :data, pushkey_ts = :pushkey_ts,
+            encryption_method = :encryption_method, key_identifier = :key_identifier,
+            updated_at = :now
+        WHERE id = (SELECT existing FROM go)
+        RETURNING id
+    ),
+    created AS (
+        INSERT INTO pushers (user_id, app_id, pushkey, pushkey_sealed, kind, app_display_name,
+            device_display_name, profile_tag, lang, data, pushkey_ts, encryption_method,
+            key_identifier, created_at, updated_at)
+        SELECT :user_id, :app_id, :pushkey, :pushkey_sealed, :kind, :app_display_name,
+            :device_display_name, :profile_tag, :lang, :data, :pushkey_ts, :encryption_method,
+            :key_identifier, :now, :now
+        FROM go WHERE existing IS NULL
+        RETURNING id
+    ),
+    p AS (SELECT id FROM updated UNION ALL SELECT id FROM created),
+    gone AS (
+        DELETE FROM pusher_keys WHERE pusher_id = (SELECT existing FROM go)
+            AND period IS DISTINCT FROM CAST(:period AS varchar)
+    ),
+    k AS (
+        INSERT INTO pusher_keys (pusher_id, period, material)
+        SELECT p.id, CAST(:period AS varchar), CAST(:material AS bytea) FROM p
+        WHERE CAST(:period AS varchar) IS NOT NULL
+        ON CONFLICT (pusher_id, period) DO UPDATE SET material = EXCLUDED.material
+    ),
+    a AS (
+        INSERT INTO audit_log (at, action, actor, user_id, app_id, pushkey_hash, detail)
+        SELECT CAST(:now AS timestamptz),
+            CASE WHEN (SELECT existing FROM go) IS NULL THEN 'pusher.created'
+                ELSE 'pusher.updated' END,
+            CAST(:user_id AS varchar), CAST(:user_id AS varchar), CAST(:app_id AS varchar),
+            CAST(:pushkey AS varchar), CAST(:detail AS text)
+        FROM p
+    )
+    SELECT existing, pushers, shared, EXISTS (SELECT 1 FROM p) AS saved FROM slot
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What ``save_alone`` did: whether it saved, and the user's pusher and pusher count it
+    found before (``existing`` None: it created the pusher, or had no room to)."""
+
+    saved: bool
+    existing: int | None
+    pushers: int
+
+
+async def save_alone(
+    tx: Transaction,
+    *,
+    user_id: str,
+    app_id: str,
+    pushkey: str,
+    pushkey_sealed: bytes,
+    values: Mapping[str, Any],
+    generation: tuple[str, bytes] | None,
+    detail: Mapping[str, Any],
+    remove_others: bool,
+    max_pushers: int,
+) -> Saved | None:
+    """``claim_slot`` and ``save_registration`` in one step, for the common case; None, with
+    nothing written, when that is not the case: ``remove_others`` and another user has a
+    pusher with this app_id and pushkey, or on SQLite (whose statements cost no round trip).
+
+    It creates the pusher only while the user has fewer than ``max_pushers``; ``saved`` says
+    whether it wrote."""
+    if tx.dialect != "postgresql":
+        return None
+    existing, count, shared, saved = (
+        await tx.fetch(
+            _PG_SAVE_ALONE,
+            {
+                **_registration_params(
+                    user_id, app_id, pushkey, values, generation, detail, existing=None
+                ),
+                "pushkey_sealed": pushkey_sealed,
+                "remove": remove_others,
+                "max_pushers": max_pushers,
+            },
+        )
+    )[0]
+    if shared:
+        return None
+    return Saved(bool(saved), None if existing is None else int(existing), int(count))
+
+
 async def claim_slot(
-    conn: AsyncConnection, user_id: str, app_id: str, pushkey: str, *, remove_others: bool
+    tx: Transaction, user_id: str, app_id: str, pushkey: str, *, remove_others: bool
 ) -> tuple[int | None, int, list[str]]:
     """The id of the user's pusher with this app_id and pushkey (None when none), how many
     pushers the user has, and, with ``remove_others``, the other users whose pusher with this
     app_id and pushkey was just deleted (sorted)."""
-    if conn.dialect.name == "postgresql":
-        row = (
-            await conn.execute(
+    if tx.dialect == "postgresql":
+        existing, count, removed = (
+            await tx.fetch(
                 _PG_SLOT_AND_REMOVE,
                 {"user_id": user_id, "app_id": app_id, "pushkey": pushkey, "remove": remove_others},
             )
-        ).one()
-        existing = None if row.existing is None else int(row.existing)
-        return existing, int(row.pushers), list(row.removed)
-    existing, count = await pusher_slot(conn, user_id, app_id, pushkey)
+        )[0]
+        return (None if existing is None else int(existing)), int(count), list(removed)
+    existing, count = await pusher_slot(tx, user_id, app_id, pushkey)
     removed = (
-        await remove_other_users_pushers(conn, user_id, app_id, pushkey) if remove_others else []
+        await remove_other_users_pushers(tx, user_id, app_id, pushkey) if remove_others else []
     )
     return existing, count, removed
 
 
 async def save_registration(
-    conn: AsyncConnection,
+    tx: Transaction,
     existing: int | None,
     *,
     user_id: str,
@@ -329,7 +462,9 @@ async def save_registration(
     generations with ``generation`` (``(period, sealed material)``) and record it in the audit
     log."""
     action = "pusher.created" if existing is None else "pusher.updated"
-    if conn.dialect.name != "postgresql":
+    if tx.dialect != "postgresql":
+        conn = tx.connection
+        assert conn is not None
         pusher_id = await save_pusher(
             conn,
             existing,
@@ -352,7 +487,37 @@ async def save_registration(
             detail=detail,
         )
         return
-    params = {
+    params = _registration_params(
+        user_id, app_id, pushkey, values, generation, detail, existing=existing
+    )
+    if existing is None:
+        await tx.execute(_PG_CREATE, {**params, "pushkey_sealed": pushkey_sealed})
+    else:
+        await tx.execute(_PG_UPDATE, {**params, "pusher_id": existing})
+
+
+_DELETE_PUSHER = (
+    delete(pushers)
+    .where(
+        pushers.c.user_id == bindparam("user_id"),
+        pushers.c.app_id == bindparam("app_id"),
+        pushers.c.pushkey == bindparam("pushkey"),
+    )
+    .returning(pushers.c.id)
+)
+
+
+def _registration_params(
+    user_id: str,
+    app_id: str,
+    pushkey: str,
+    values: Mapping[str, Any],
+    generation: tuple[str, bytes] | None,
+    detail: Mapping[str, Any],
+    *,
+    existing: int | None,
+) -> dict[str, Any]:
+    return {
         **values,
         "data": orjson.dumps(values["data"]).decode("utf-8"),
         "user_id": user_id,
@@ -361,25 +526,19 @@ async def save_registration(
         "now": _now(),
         "period": None if generation is None else generation[0],
         "material": None if generation is None else generation[1],
-        "action": action,
+        "action": "pusher.created" if existing is None else "pusher.updated",
         "detail": orjson.dumps(detail).decode("utf-8"),
     }
-    if existing is None:
-        await conn.execute(_PG_CREATE, {**params, "pushkey_sealed": pushkey_sealed})
-    else:
-        await conn.execute(_PG_UPDATE, {**params, "pusher_id": existing})
 
 
-async def delete_pusher(conn: AsyncConnection, user_id: str, app_id: str, pushkey: str) -> bool:
+async def delete_pusher(
+    conn: AsyncConnection | Transaction, user_id: str, app_id: str, pushkey: str
+) -> bool:
     """Delete the user's pusher (its key generations go with it); whether there was one."""
-    result = await conn.execute(
-        delete(pushers)
-        .where(
-            pushers.c.user_id == user_id, pushers.c.app_id == app_id, pushers.c.pushkey == pushkey
-        )
-        .returning(pushers.c.id)
+    rows = await _statements(conn).fetch(
+        _DELETE_PUSHER, {"user_id": user_id, "app_id": app_id, "pushkey": pushkey}
     )
-    return result.first() is not None
+    return bool(rows)
 
 
 async def replace_keys(
@@ -458,16 +617,20 @@ async def set_states(
     )
 
 
-async def delete_device_states(conn: AsyncConnection, user_id: str, pushkey: str) -> None:
-    await conn.execute(
-        delete(channel_states).where(
-            channel_states.c.user_id == user_id, channel_states.c.pushkey == pushkey
-        )
-    )
+_DELETE_DEVICE_STATES = delete(channel_states).where(
+    channel_states.c.user_id == bindparam("user_id"),
+    channel_states.c.pushkey == bindparam("pushkey"),
+)
+
+
+async def delete_device_states(
+    conn: AsyncConnection | Transaction, user_id: str, pushkey: str
+) -> None:
+    await _statements(conn).execute(_DELETE_DEVICE_STATES, {"user_id": user_id, "pushkey": pushkey})
 
 
 async def record_audit(
-    conn: AsyncConnection,
+    conn: AsyncConnection | Transaction,
     *,
     action: str,
     actor: str,
@@ -478,7 +641,7 @@ async def record_audit(
 ) -> None:
     """Append an audit record (the pushkey as its keyed index). Never pass secrets in
     ``detail``."""
-    await conn.execute(
+    await _statements(conn).execute(
         _INSERT_AUDIT,
         {
             "at": _now(),
