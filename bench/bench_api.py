@@ -123,6 +123,20 @@ class Options:
     service_env: tuple[tuple[str, str], ...] = ()
 
 
+def parse_service_env(
+    parser: argparse.ArgumentParser, items: list[str]
+) -> tuple[tuple[str, str], ...]:
+    """``--service-env FDPUSH_NAME=VALUE`` items as (name, value) pairs; a bad one is a usage
+    error."""
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("FDPUSH_"):
+            parser.error(f"--service-env {item!r}: expected FDPUSH_NAME=VALUE")
+        pairs.append((name, value))
+    return tuple(pairs)
+
+
 def parse_options(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
         description="Benchmark POST pushers/set and GET channels/{pushkey} of the real fdpush "
@@ -214,12 +228,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     missing = wrk_missing()
     if missing is not None:
         parser.error(missing)
-    service_env = []
-    for item in args.service_env:
-        name, sep, value = item.partition("=")
-        if not sep or not name.startswith("FDPUSH_"):
-            parser.error(f"--service-env {item!r}: expected FDPUSH_NAME=VALUE")
-        service_env.append((name, value))
+    service_env = parse_service_env(parser, args.service_env)
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
     return Options(
         backends=backends,
@@ -238,7 +247,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         postgres_url=args.postgres_url,
         python=args.python,
         json_path=args.json_path,
-        service_env=tuple(service_env),
+        service_env=service_env,
     )
 
 

@@ -90,6 +90,7 @@ from bench_api import (
     expect_empty_object,
     machine_busy_seconds,
     machine_info,
+    parse_service_env,
     percentile,
     postgres_database,
     run_phase,
@@ -290,12 +291,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     for ok, message in checks:
         if not ok:
             parser.error(message)
-    service_env = []
-    for item in args.service_env:
-        name, sep, value = item.partition("=")
-        if not sep or not name.startswith("FDPUSH_"):
-            parser.error(f"--service-env {item!r}: expected FDPUSH_NAME=VALUE")
-        service_env.append((name, value))
+    service_env = parse_service_env(parser, args.service_env)
     return Options(
         backends=("sqlite", "postgresql") if args.backend == "both" else (args.backend,),
         devices=devices,
@@ -313,7 +309,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         json_path=args.json_path,
         profile_dir=args.profile_dir,
         logs_dir=args.logs_dir,
-        service_env=tuple(service_env),
+        service_env=service_env,
         worker_processes=args.worker_processes,
         mixed_channels=args.mixed_channels,
     )
