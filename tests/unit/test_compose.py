@@ -168,7 +168,7 @@ def test_rows_that_cannot_be_sent_end_with_their_reason() -> None:
     out = compose(
         [row(1, pusher_id=None), row(2, pusher_id=2), row(3, event_id="gone"), row(4)],
         {1: target(vault, g), 2: foreign},
-        {"e1": event(vault, {"a": 1}), "gone": EventBody("gone", "high", None, None)},
+        {"e1": event(vault, {"a": 1}), "gone": EventBody("gone", "high", None, None, OWNER[0])},
         vault=vault,
         period="2026-11",
         gateway_refusal=lambda _url: None,

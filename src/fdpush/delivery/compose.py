@@ -101,7 +101,7 @@ def compose(
             out.failed[row.id] = DEREGISTERED
             continue
         body = bodies.get(row.event_id)
-        if body is not None and body.user_id is not None and body.user_id != target.user_id:
+        if body is not None and body.user_id != target.user_id:
             # Never to another person's device, whatever the row says: the pusher it named
             # is gone and its id belongs to someone else now.
             out.failed[row.id] = DEREGISTERED

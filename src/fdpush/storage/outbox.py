@@ -309,7 +309,7 @@ class EventBody(NamedTuple):
     prio: str
     identifier: str | None
     payload: bytes | None
-    user_id: str | None = None
+    user_id: str
 
 
 async def claim(

@@ -766,11 +766,8 @@ async def user_record(
             .where(notifications.c.event_id.in_(list(by_event)))
             .order_by(notifications.c.created_at, notifications.c.id)
         )
-        known = {p["id"] for p in found_pushers}
         for r in outcomes:
             entry = _plain(r)
-            if entry["pusher_id"] not in known:  # deregistered since: its id refers to nothing
-                entry["pusher_id"] = None
             by_event[entry.pop("event_id")].append(entry)
     for event in found_events:
         event["notifications"] = by_event[event["id"]]
