@@ -1,10 +1,13 @@
-"""The connection to PostgreSQL: libpq URL parameters, and the one-statement reads."""
+"""The connection to the database: libpq URL parameters, the one-statement reads, and
+SQLite's direct connection."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -236,3 +239,56 @@ def test_a_cancelled_transaction_does_not_hand_on_its_connection(backend: str) -
         assert asyncio.run(run()) == [(2,)]
     finally:
         drop_postgres_database(url)
+
+
+def test_sqlite_direct_work_is_one_transaction_beside_sqlalchemy(tmp_path: Path) -> None:
+    """``Database.sqlite``: the work commits as a whole or not at all, and its writes queue
+    with those through SQLAlchemy (one writer at a time), neither side losing a row."""
+
+    async def run() -> tuple[int, int, str]:
+        db = Database(f"sqlite:///{tmp_path / 'fdpush.db'}")
+        try:
+            await db.migrate()
+
+            def insert(n: int, conn: Any) -> None:
+                conn.execute(
+                    "INSERT INTO data_steps (name, done_at) VALUES (?, ?)", (f"direct-{n}", n)
+                )
+
+            def insert_then_fail(conn: Any) -> None:
+                insert(-1, conn)
+                raise RuntimeError("work failed")
+
+            async def through_sqlalchemy(n: int) -> None:
+                async with db.write() as conn:
+                    await conn.execute(
+                        text("INSERT INTO data_steps (name, done_at) VALUES (:n, :d)"),
+                        {"n": f"orm-{n}", "d": n},
+                    )
+
+            with pytest.raises(RuntimeError, match="work failed"):
+                await db.sqlite(insert_then_fail, write=True)
+            await asyncio.gather(
+                *(db.sqlite(partial(insert, n), write=True) for n in range(50)),
+                *(through_sqlalchemy(n) for n in range(50)),
+            )
+
+            def counts(conn: Any) -> tuple[int, int]:
+                direct = conn.execute(
+                    "SELECT count(*) FROM data_steps WHERE name LIKE 'direct-%'"
+                ).fetchone()[0]
+                orm = conn.execute("SELECT count(*) FROM data_steps WHERE name LIKE 'orm-%'")
+                return direct, orm.fetchone()[0]
+
+            direct, orm = await db.sqlite(counts, write=False)
+            failed = await db.sqlite(
+                lambda conn: str(
+                    conn.execute("SELECT count(*) FROM data_steps WHERE done_at = -1").fetchone()
+                ),
+                write=False,
+            )
+            return direct, orm, failed
+        finally:
+            await db.close()
+
+    assert asyncio.run(run()) == (50, 50, "(0,)")

@@ -11,16 +11,21 @@ page), which is what makes a claim cheap. Looking for due work therefore walks p
 flight (at most a few batches per worker) and skips them by their lease.
 
 Every statement here handles a whole batch: the cost of a statement is paid per batch, not per
-notification.
+notification. On SQLite the statements of every batch (fan-out, queueing, claiming, settling)
+run on the direct connection (:meth:`Database.sqlite`): one hop to SQLite's thread per batch,
+none of SQLAlchemy's work in the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import asyncpg
+import orjson
 from sqlalchemy import (
     String,
     and_,
@@ -115,6 +120,10 @@ async def fan_out_read(
     Fan-out reads a moment before it writes; a pusher registered in between gets the next
     event, as it would have had it registered a moment later.
     """
+    if db.sqlite_direct:
+        return await db.sqlite(
+            partial(_sqlite_recipients, list(user_ids), list(channel_ids)), write=False
+        )
     if db.dialect != "postgresql":
         async with db.read() as conn:
             return await recipients(conn, user_ids, channel_ids)
@@ -140,6 +149,9 @@ async def queue(
     PostgreSQL: one statement, which commits on its own. SQLite: one write transaction.
     """
     if not event_rows:
+        return
+    if db.sqlite_direct:
+        await db.sqlite(partial(_sqlite_insert, event_rows, notification_rows), write=True)
         return
     if db.dialect == "postgresql":
         await db.fetch_all(
@@ -410,6 +422,11 @@ async def claim_with_context(
 ) -> tuple[list[Claimed], dict[int, Target], dict[str, EventBody]]:
     """:func:`claim` and :func:`sending_context` at once (PostgreSQL: one statement, which
     commits on its own)."""
+    if db.sqlite_direct:
+        claim_ = partial(
+            _sqlite_claim, owner, now_ms, now_ms + lease_ms, limit, list(skip_gateways)
+        )
+        return await db.sqlite(claim_, write=True)
     if db.dialect != "postgresql":
         async with db.write() as conn:
             rows = await claim(
@@ -610,6 +627,9 @@ async def settle(
                 if attempt == 2:
                     raise
                 await asyncio.sleep(0.01 * (attempt + 1))
+        return
+    if db.sqlite_direct:
+        await db.sqlite(partial(_sqlite_settle, outcomes, now_ms), write=True)
         return
     async with db.write() as conn:
         await conn.execute(
@@ -878,3 +898,121 @@ async def resume(conn: AsyncConnection, gateway: str, marker: str, *, now_ms: in
         .values(next_attempt_at=now_ms)
     )
     return int(result.rowcount or 0)
+
+
+# --- SQLite: the hot statements on the direct connection (Database.sqlite) ---------------------
+#
+# The same statements as above, in SQLite's SQL; a list goes in as one JSON array
+# (``IN (SELECT value FROM json_each(?))``): one statement text, whatever its length.
+
+_SQLITE_RECIPIENTS = """
+    SELECT id, user_id, pushkey, data, key_identifier FROM pushers
+    WHERE user_id IN (SELECT value FROM json_each(?)) ORDER BY id
+"""
+_SQLITE_CHOICES = """
+    SELECT user_id, pushkey, channel_id, status FROM channel_states
+    WHERE user_id IN (SELECT value FROM json_each(?))
+      AND channel_id IN (SELECT value FROM json_each(?))
+"""
+_SQLITE_INSERT_EVENTS = (
+    f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "  # noqa: S608 - our own names only
+    f"VALUES ({', '.join('?' for _ in _EVENT_COLUMNS)})"
+)
+_SQLITE_INSERT_NOTIFICATIONS = (
+    f"INSERT INTO notifications ({', '.join(_NOTIFICATION_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join('?' for _ in _NOTIFICATION_COLUMNS)})"
+)
+_SQLITE_CLAIM = """
+    UPDATE notifications SET lease_owner = ?, lease_expires_at = ?
+    WHERE id IN (
+        SELECT id FROM notifications
+        WHERE status = 'pending' AND next_attempt_at <= ?
+          AND (lease_expires_at IS NULL OR lease_expires_at <= ?)
+          AND gateway NOT IN (SELECT value FROM json_each(?))
+        ORDER BY next_attempt_at LIMIT ?
+    )
+    RETURNING id, event_id, pusher_id, gateway, encrypted, body, attempts, created_at
+"""
+_SQLITE_TARGETS = """
+    SELECT id, user_id, app_id, pushkey, pushkey_ts, data, key_identifier, pushkey_sealed
+    FROM pushers WHERE id IN (SELECT value FROM json_each(?))
+"""
+_SQLITE_GENERATIONS = """
+    SELECT pusher_id, period, material FROM pusher_keys
+    WHERE pusher_id IN (SELECT value FROM json_each(?)) ORDER BY pusher_id, period
+"""
+_SQLITE_EVENT_BODIES = """
+    SELECT id, prio, identifier, payload, user_id FROM events
+    WHERE id IN (SELECT value FROM json_each(?))
+"""
+_SQLITE_SETTLE = """
+    UPDATE notifications
+    SET status = ?, finished_at = ?, last_error = ?, lease_owner = NULL, lease_expires_at = NULL
+    WHERE id = ? AND status = 'pending'
+"""
+
+
+def _json_list(values: Iterable[Any]) -> str:
+    return orjson.dumps(list(values)).decode()
+
+
+def _sqlite_recipients(
+    user_ids: list[str], channel_ids: list[str], conn: sqlite3.Connection
+) -> tuple[list[Recipient], dict[tuple[str, str, str], str]]:
+    users = _json_list(user_ids)
+    found = [Recipient(*r) for r in conn.execute(_SQLITE_RECIPIENTS, (users,))]
+    states = {
+        (r[0], r[1], r[2]): r[3]
+        for r in conn.execute(_SQLITE_CHOICES, (users, _json_list(channel_ids)))
+    }
+    return found, states
+
+
+def _sqlite_insert(
+    event_rows: Sequence[Mapping[str, Any]],
+    notification_rows: Sequence[Mapping[str, Any]],
+    conn: sqlite3.Connection,
+) -> None:
+    conn.executemany(
+        _SQLITE_INSERT_EVENTS, [tuple(row[c] for c in _EVENT_COLUMNS) for row in event_rows]
+    )
+    if notification_rows:
+        conn.executemany(
+            _SQLITE_INSERT_NOTIFICATIONS,
+            [tuple(row[c] for c in _NOTIFICATION_COLUMNS) for row in notification_rows],
+        )
+
+
+def _sqlite_claim(
+    owner: str, now_ms: int, until_ms: int, limit: int, skip: list[str], conn: sqlite3.Connection
+) -> tuple[list[Claimed], dict[int, Target], dict[str, EventBody]]:
+    claimed = [
+        Claimed(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7])
+        for r in conn.execute(
+            _SQLITE_CLAIM, (owner, until_ms, now_ms, now_ms, _json_list(skip), limit)
+        ).fetchall()
+    ]
+    if not claimed:
+        return [], {}, {}
+    pusher_ids = _json_list(sorted({r.pusher_id for r in claimed if r.pusher_id is not None}))
+    generations: dict[int, list[tuple[str, bytes]]] = {}
+    for pusher_id, period, material in conn.execute(_SQLITE_GENERATIONS, (pusher_ids,)):
+        generations.setdefault(pusher_id, []).append((period, material))
+    targets = {
+        r[0]: Target(
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(generations.get(r[0], ())), r[7]
+        )
+        for r in conn.execute(_SQLITE_TARGETS, (pusher_ids,))
+    }
+    event_ids = _json_list(sorted({r.event_id for r in claimed}))
+    bodies = {r[0]: EventBody(*r) for r in conn.execute(_SQLITE_EVENT_BODIES, (event_ids,))}
+    return claimed, targets, bodies
+
+
+def _sqlite_settle(
+    outcomes: Sequence[tuple[str, str, str | None]], now_ms: int, conn: sqlite3.Connection
+) -> None:
+    conn.executemany(
+        _SQLITE_SETTLE,
+        [(st, now_ms, None if e is None else e[:512], i) for i, st, e in outcomes],
+    )
