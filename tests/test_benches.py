@@ -54,3 +54,9 @@ def test_the_api_benchmark_checks_every_answer(backend: str) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "OK: every request answered 200 with the expected body" in result.stdout
+
+
+def test_the_sender_http_benchmark_checks_every_verdict() -> None:
+    result = _run(str(BENCH / "bench_sender_http.py"), "--requests", "4", "--warmup", "1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "fdpush" in result.stdout and "httpx" in result.stdout

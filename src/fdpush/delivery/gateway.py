@@ -18,9 +18,11 @@ encoded once (:class:`EncodedItem`) — and posts them:
   decided, and the caller backs off from that gateway (:mod:`fdpush.delivery.circuit`).
 
 TLS: the gateway's certificate is verified (``ca_file``, else the system store), the client
-certificate is presented (mutual TLS), connections are kept alive and shared (HTTP/2 where the
-gateway offers it), and at most ``max_connections_per_gateway`` requests run at once per
-gateway. Redirects are never followed: sends go only to the stored, allowed URL.
+certificate is presented (mutual TLS), HTTP/1.1 connections are kept alive and shared, and at
+most ``max_connections_per_gateway`` requests run at once per gateway. Redirects are never
+followed: sends go only to the stored, allowed URL. The HTTP client is aiohttp's: a request of
+a hundred notifications costs it about a third of the CPU time httpx takes (its parser is
+compiled), and batches of a hundred leave nothing for HTTP/2's multiplexing to win.
 
 Logs name gateways by host:port and never carry pushkeys, payloads or ciphertexts.
 """
@@ -38,7 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from fdpush import __version__
 from fdpush.gateway_api import (
@@ -198,7 +201,6 @@ class GatewayClient:
         client_key: Path | None,
         timeout_seconds: float = 10.0,
         max_connections_per_gateway: int = 8,
-        http2: bool = True,
     ) -> None:
         """Raises ValueError for a key without a certificate or limits out of range, and
         OSError / ssl.SSLError when the CA file or client certificate cannot be loaded."""
@@ -213,20 +215,8 @@ class GatewayClient:
             context.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
         self._timeout = timeout_seconds
         self._per_gateway = max_connections_per_gateway
-        self._http = httpx.AsyncClient(
-            verify=context,
-            http2=http2,
-            timeout=httpx.Timeout(timeout_seconds),
-            # The pool itself is unbounded: the bound is per gateway (``_slots``), so a slow
-            # gateway cannot take the connections the others need.
-            limits=httpx.Limits(
-                max_connections=None,
-                max_keepalive_connections=None,
-                keepalive_expiry=_KEEPALIVE_EXPIRY,
-            ),
-            follow_redirects=False,
-            trust_env=False,  # no proxies or CA bundles from the environment: settings only
-        )
+        self._tls = context
+        self._http: aiohttp.ClientSession | None = None  # made in the event loop, on first use
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._without_batch: set[str] = set()
 
@@ -273,7 +263,24 @@ class GatewayClient:
 
     async def aclose(self) -> None:
         """Close the connections."""
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                # The pool itself is unbounded: the bound is per gateway (``_slots``), so a slow
+                # gateway cannot take the connections the others need.
+                connector=aiohttp.TCPConnector(
+                    ssl=self._tls, limit=0, keepalive_timeout=_KEEPALIVE_EXPIRY
+                ),
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                trust_env=False,  # no proxies or CA bundles from the environment: settings only
+                auto_decompress=False,  # we ask for no encoding: a batch answer is plain JSON
+                skip_auto_headers=("Accept-Encoding",),
+            )
+        return self._http
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -377,13 +384,13 @@ class GatewayClient:
             try:
                 async with asyncio.timeout(self._timeout):
                     answer = await self._exchange(url, content)
-            except (TimeoutError, httpx.TimeoutException):
+            except TimeoutError:
                 reason = f"no answer within {self._timeout:g}s"
-            except httpx.ConnectError as exc:
+            except aiohttp.ClientConnectorError as exc:
                 reason = f"cannot connect: {_short(str(exc)) or type(exc).__name__}"
             except _AnswerTooLarge:
                 reason = f"answer larger than {_MAX_ANSWER_BYTES} bytes"
-            except httpx.HTTPError as exc:
+            except (aiohttp.ClientError, OSError) as exc:
                 reason = f"connection failed: {_short(str(exc)) or type(exc).__name__}"
             else:
                 collected.status_code = answer.status
@@ -393,14 +400,16 @@ class GatewayClient:
         return None
 
     async def _exchange(self, url: str, content: bytes) -> _Answer:
-        async with self._http.stream("POST", url, content=content, headers=_HEADERS) as response:
+        async with self._session().post(
+            url, data=content, headers=_HEADERS, allow_redirects=False
+        ) as response:
             body = bytearray()
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.content.iter_chunked(65536):
                 body += chunk
                 if len(body) > _MAX_ANSWER_BYTES:
                     raise _AnswerTooLarge
             return _Answer(
-                response.status_code,
+                response.status,
                 bytes(body),
                 _parse_retry_after(response.headers.get("retry-after")),
             )
@@ -488,14 +497,15 @@ def _parse_retry_after(value: str | None) -> float | None:
 
 def _origin(url: str) -> str:
     """``scheme://host:port`` of ``url``: what the per-gateway connection limit counts."""
-    return f"{httpx.URL(url).scheme}://{_host_port(url)}"
+    return f"{URL(url).scheme}://{_host_port(url)}"
 
 
 def _host_port(url: str) -> str:
     """``host:port`` of ``url``: how a gateway is named in logs."""
-    parsed = httpx.URL(url)
+    parsed = URL(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    host = parsed.host or ""
+    host = f"[{host}]" if ":" in host else host
     return f"{host}:{port}"
 
 
