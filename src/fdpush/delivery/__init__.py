@@ -5,3 +5,7 @@
 - :mod:`fdpush.delivery.circuit`: per-gateway backoff, so a gateway in trouble is left alone
   for a while and the others keep flowing.
 """
+
+# The gauge each worker process sets when it looks for work; the supervisor of ``fdpush worker``
+# reads it for readiness. Here, so that the supervisor need not import the worker's modules.
+PROGRESS_METRIC = "fdpush_worker_last_progress_timestamp_seconds"

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fdpush.config import Settings
-from fdpush.delivery.worker import PROGRESS_METRIC
+from fdpush.delivery import PROGRESS_METRIC
 
 __all__ = ["run_worker_processes"]
 

@@ -27,6 +27,7 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from fdpush.delivery import PROGRESS_METRIC
 from fdpush.delivery.circuit import Circuits
 from fdpush.delivery.compose import Ready, compose
 from fdpush.delivery.gateway import BatchOutcome, GatewayClient
@@ -46,7 +47,6 @@ _IDLE_POLL_SECONDS = 5.0
 _MIN_WAIT_SECONDS = 0.05
 _ITEM_BACKOFF_BASE = 2.0
 _ITEM_BACKOFF_MAX = 3600.0
-PROGRESS_METRIC = "fdpush_worker_last_progress_timestamp_seconds"
 # Released because the gateway is in trouble: sent at once when it recovers (outbox.resume).
 TROUBLE_PREFIX = "gateway trouble: "
 
