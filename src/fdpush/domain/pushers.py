@@ -144,22 +144,14 @@ class PusherService:
             "encryption_method": None if reg.encryption is None else reg.encryption.method,
             "key_identifier": None if reg.encryption is None else reg.encryption.key_identifier,
         }
+        write = queries.PusherWrite(user_id, reg.app_id, index, pushkey_sealed, values, sealed)
         too_many = f"Too many pushers: at most {self._max_pushers} per user; delete one first"
         async with self._db.transaction(user_lock(user_id), device_lock(index)) as tx:
             # The common case in one step: no other user's pusher to remove.
             alone = await queries.save_alone(
                 tx,
-                user_id=user_id,
-                app_id=reg.app_id,
-                pushkey=index,
-                pushkey_sealed=pushkey_sealed,
-                values=values,
-                generation=sealed,
-                detail={
-                    "encrypted": generation is not None,
-                    "append": reg.append,
-                    "removed_from_other_users": 0,
-                },
+                write,
+                detail=_audit_detail(reg, sealed is not None, removed=0),
                 remove_others=not reg.append,
                 max_pushers=self._max_pushers,
             )
@@ -168,9 +160,7 @@ class PusherService:
                     raise ResourceLimitExceeded(too_many)
                 created, removed = alone.existing is None, 0
             else:
-                created, removed = await self._save_step_by_step(
-                    tx, user_id, reg, index, pushkey_sealed, values, sealed, too_many
-                )
+                created, removed = await self._save_step_by_step(tx, reg, write, too_many)
         log.info(
             "pusher %s",
             "created" if created else "updated",
@@ -178,18 +168,11 @@ class PusherService:
         )
 
     async def _save_step_by_step(
-        self,
-        tx: Transaction,
-        user_id: str,
-        reg: PusherRegistration,
-        index: str,
-        pushkey_sealed: bytes,
-        values: dict[str, Any],
-        sealed: tuple[str, bytes] | None,
-        too_many: str,
+        self, tx: Transaction, reg: PusherRegistration, write: queries.PusherWrite, too_many: str
     ) -> tuple[bool, int]:
         """Remove other users' same pushers (unless ``append``), then save the caller's;
         whether it was created, and how many users' pushers were removed."""
+        user_id, index = write.user_id, write.pushkey
         existing, count, removed = await queries.claim_slot(
             tx, user_id, reg.app_id, index, remove_others=not reg.append
         )
@@ -209,17 +192,8 @@ class PusherService:
         await queries.save_registration(
             tx,
             existing,
-            user_id=user_id,
-            app_id=reg.app_id,
-            pushkey=index,
-            pushkey_sealed=pushkey_sealed,
-            values=values,
-            generation=sealed,
-            detail={
-                "encrypted": sealed is not None,
-                "append": reg.append,
-                "removed_from_other_users": len(removed),
-            },
+            write,
+            detail=_audit_detail(reg, write.generation is not None, removed=len(removed)),
         )
         return existing is None, len(removed)
 
@@ -240,3 +214,8 @@ class PusherService:
                 pushkey=index,
             )
         log.info("pusher deleted", extra={"user": user_ref(user_id), "app_id": app_id})
+
+
+def _audit_detail(reg: PusherRegistration, encrypted: bool, *, removed: int) -> dict[str, Any]:
+    """What the audit log records of a registration (never the pushkey or the iss)."""
+    return {"encrypted": encrypted, "append": reg.append, "removed_from_other_users": removed}

@@ -44,6 +44,7 @@ from fdpush.storage.schema import (
 
 __all__ = [
     "PusherRow",
+    "PusherWrite",
     "UserRecord",
     "claim_slot",
     "delete_device_states",
@@ -377,6 +378,20 @@ _PG_SAVE_ALONE = text(
 
 
 @dataclass(frozen=True, slots=True)
+class PusherWrite:
+    """A registration as stored: the user's pusher (``pushkey`` the keyed index, the pushkey
+    itself sealed), its other columns, and its first key generation ``(period, sealed
+    material)`` when it receives encrypted notifications."""
+
+    user_id: str
+    app_id: str
+    pushkey: str
+    pushkey_sealed: bytes
+    values: Mapping[str, Any]
+    generation: tuple[str, bytes] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Saved:
     """What ``save_alone`` did: whether it saved, and the user's pusher and pusher count it
     found before (``existing`` None: it created the pusher, or had no room to)."""
@@ -388,13 +403,8 @@ class Saved:
 
 async def save_alone(
     tx: Transaction,
+    write: PusherWrite,
     *,
-    user_id: str,
-    app_id: str,
-    pushkey: str,
-    pushkey_sealed: bytes,
-    values: Mapping[str, Any],
-    generation: tuple[str, bytes] | None,
     detail: Mapping[str, Any],
     remove_others: bool,
     max_pushers: int,
@@ -411,10 +421,8 @@ async def save_alone(
         await tx.fetch(
             _PG_SAVE_ALONE,
             {
-                **_registration_params(
-                    user_id, app_id, pushkey, values, generation, detail, existing=None
-                ),
-                "pushkey_sealed": pushkey_sealed,
+                **_registration_params(write, detail, existing=None),
+                "pushkey_sealed": write.pushkey_sealed,
                 "remove": remove_others,
                 "max_pushers": max_pushers,
             },
@@ -447,20 +455,10 @@ async def claim_slot(
 
 
 async def save_registration(
-    tx: Transaction,
-    existing: int | None,
-    *,
-    user_id: str,
-    app_id: str,
-    pushkey: str,
-    pushkey_sealed: bytes,
-    values: Mapping[str, Any],
-    generation: tuple[str, bytes] | None,
-    detail: Mapping[str, Any],
+    tx: Transaction, existing: int | None, write: PusherWrite, *, detail: Mapping[str, Any]
 ) -> None:
-    """Create (``existing`` None; with ``pushkey_sealed``) or update the pusher, replace its key
-    generations with ``generation`` (``(period, sealed material)``) and record it in the audit
-    log."""
+    """Create (``existing`` None) or update the pusher, replace its key generations with the
+    write's first one and record it in the audit log."""
     action = "pusher.created" if existing is None else "pusher.updated"
     if tx.dialect != "postgresql":
         conn = tx.connection
@@ -468,30 +466,27 @@ async def save_registration(
         pusher_id = await save_pusher(
             conn,
             existing,
-            user_id=user_id,
-            app_id=app_id,
-            pushkey=pushkey,
-            pushkey_sealed=pushkey_sealed,
-            values=values,
+            user_id=write.user_id,
+            app_id=write.app_id,
+            pushkey=write.pushkey,
+            pushkey_sealed=write.pushkey_sealed,
+            values=write.values,
         )
-        await replace_keys(
-            conn, pusher_id, [generation] if generation else [], new_pusher=existing is None
-        )
+        generations = [write.generation] if write.generation else []
+        await replace_keys(conn, pusher_id, generations, new_pusher=existing is None)
         await record_audit(
             conn,
             action=action,
-            actor=user_id,
-            user_id=user_id,
-            app_id=app_id,
-            pushkey=pushkey,
+            actor=write.user_id,
+            user_id=write.user_id,
+            app_id=write.app_id,
+            pushkey=write.pushkey,
             detail=detail,
         )
         return
-    params = _registration_params(
-        user_id, app_id, pushkey, values, generation, detail, existing=existing
-    )
+    params = _registration_params(write, detail, existing=existing)
     if existing is None:
-        await tx.execute(_PG_CREATE, {**params, "pushkey_sealed": pushkey_sealed})
+        await tx.execute(_PG_CREATE, {**params, "pushkey_sealed": write.pushkey_sealed})
     else:
         await tx.execute(_PG_UPDATE, {**params, "pusher_id": existing})
 
@@ -508,21 +503,15 @@ _DELETE_PUSHER = (
 
 
 def _registration_params(
-    user_id: str,
-    app_id: str,
-    pushkey: str,
-    values: Mapping[str, Any],
-    generation: tuple[str, bytes] | None,
-    detail: Mapping[str, Any],
-    *,
-    existing: int | None,
+    write: PusherWrite, detail: Mapping[str, Any], *, existing: int | None
 ) -> dict[str, Any]:
+    generation = write.generation
     return {
-        **values,
-        "data": orjson.dumps(values["data"]).decode("utf-8"),
-        "user_id": user_id,
-        "app_id": app_id,
-        "pushkey": pushkey,
+        **write.values,
+        "data": orjson.dumps(write.values["data"]).decode("utf-8"),
+        "user_id": write.user_id,
+        "app_id": write.app_id,
+        "pushkey": write.pushkey,
         "now": _now(),
         "period": None if generation is None else generation[0],
         "material": None if generation is None else generation[1],
