@@ -7,8 +7,9 @@ notification is ``pending`` until it ends ``delivered``, ``rejected`` or ``faile
 them (:func:`sending_context`), and renews its leases while it works; rows of a dead worker
 become claimable again when their lease runs out. A claim writes only the lease columns, which
 no index holds: on PostgreSQL it is a HOT update (no new index entries, the row stays on its
-page), which is what makes a claim cheap. Looking for due work therefore walks past the rows in
-flight (at most a few batches per worker) and skips them by their lease.
+page, which keeps room for it: revision 0007), which is what makes a claim cheap. Looking for
+due work therefore walks past the rows in flight (at most a few batches per worker) and skips
+them by their lease.
 
 Every statement here handles a whole batch: the cost of a statement is paid per batch, not per
 notification. On SQLite the statements of every batch (fan-out, queueing, claiming, settling)
