@@ -29,6 +29,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from fdpush import heap
 from fdpush.config import Settings
 from fdpush.delivery import PROGRESS_METRIC
 
@@ -255,4 +256,5 @@ async def _child(settings: Settings, master_key: bytes) -> None:
     ) as services:
         assert services.worker is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, services.worker.stop)
+        heap.settle()
         await services.worker.run()

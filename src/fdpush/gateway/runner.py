@@ -30,6 +30,7 @@ from typing import Any, Self
 import httpx
 import uvicorn
 
+from fdpush import heap
 from fdpush.gateway.app import PUSH_BASE, create_gateway_app
 from fdpush.gateway.certs import TestPki, make_test_pki
 from fdpush.gateway.core import DevGateway
@@ -160,6 +161,7 @@ def serve(
     shown_host = f"[{host}]" if ":" in host else host
     on_listening(f"{'https' if tls else 'http'}://{shown_host}:{sock.getsockname()[1]}")
     server = build_server(gateway, tls)
+    heap.settle()  # this process serves until it stops (not so serve_in_thread's host)
     try:
         server.run(sockets=[sock])
     finally:

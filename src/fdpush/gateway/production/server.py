@@ -22,6 +22,7 @@ import uvicorn
 from cryptography import x509
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from fdpush import heap
 from fdpush.gateway.production.app import create_production_app
 from fdpush.gateway.production.config import GatewayConfig
 from fdpush.gateway.production.dispatch import Dispatcher
@@ -129,6 +130,7 @@ def serve_production(config: GatewayConfig, *, on_listening: Callable[[str], Non
     shown_host = f"[{listen.host}]" if ":" in listen.host else listen.host
     on_listening(f"https://{shown_host}:{sock.getsockname()[1]}")
     server = ProductionGateway(config).server()
+    heap.settle()  # this process serves until it stops (not so the thread's host)
     try:
         server.run(sockets=[sock])
     finally:
