@@ -10,6 +10,7 @@ exactly the devices it says it reaches.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -278,6 +279,9 @@ def test_batch_bounds(rig: Rig) -> None:
     results = rig.emit_many([event(user, payload={"n": n}) for n in range(MAX_BATCH)])
     assert len(results) == MAX_BATCH
     assert len({r["event_id"] for r in results}) == MAX_BATCH
+    # 12 hex digits of time, 20 random ones: each event its own 20 of one draw per batch
+    assert all(re.fullmatch("[0-9a-f]{32}", r["event_id"]) for r in results), results[:3]
+    assert len({r["event_id"][12:] for r in results}) == MAX_BATCH
     [(count,)] = rig.service.query(
         "SELECT count(*) FROM events WHERE user_id = ?", (rig.service.pseudonym(user),)
     )
