@@ -43,7 +43,8 @@ async def main():
 asyncio.run(main())
 """
     threshold_before, frozen_before, threshold, frozen = map(int, _python(code, tmp_path).split())
-    assert (threshold_before, frozen_before) == (700, 0)  # CPython's defaults until then
+    # CPython's own settings until then (700 young objects on 3.11 and 3.12, 2,000 since 3.13)
+    assert threshold_before != YOUNG_THRESHOLD and frozen_before == 0
     assert threshold == YOUNG_THRESHOLD
     assert frozen > 10_000  # modules, the app and its models: out of every pass
 
