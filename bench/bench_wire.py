@@ -90,7 +90,7 @@ class Batch:
                 ((PERIOD, material),), sealed_pushkey,
             )  # fmt: skip
             self.pushkeys[n] = pushkey
-            self.rows.append(Claimed(uuid.uuid4().hex, "e1", n, GATEWAY, True, None, 0, 0))
+            self.rows.append(Claimed(uuid.uuid4().hex, "e1", n, GATEWAY, True, None, 0, 0, 1))
         self.ciphertext = base64.b64encode(os.urandom(1052)).decode()
         self.steps: dict[tuple[str, str, str], Advance | None] = {}
         for target in self.targets.values():

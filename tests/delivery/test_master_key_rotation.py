@@ -102,7 +102,7 @@ def test_a_rotated_database_opens_with_the_new_key_and_no_longer_with_the_old(
     service.stop()
     rig.close()
     gateway.reset_trouble()
-    service.query("UPDATE notifications SET next_attempt_at = 0 WHERE status = 'pending'")
+    service.query("UPDATE dispatches SET next_attempt_at = 0")  # the pending one: due now
     pseudonym = service.pseudonym(user)  # under key A, from which the identity keys come
     old, new = service.master_key(), os.urandom(32)
     new_file = key_file(tmp_path_factory.mktemp("keys") / "new.key", new)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,5 +135,55 @@ def test_0006_drops_the_outbox_foreign_keys_and_its_downgrade_restores_them(
             _run(conn, "0005", down=True)
             assert len(_outbox_foreign_keys(conn)) == 2
             assert conn.execute(text("SELECT pusher_id FROM notifications")).all() == [(None,)]
+    finally:
+        engine.dispose()
+
+
+def test_0008_gives_every_pending_notification_a_dispatch(database_url: str) -> None:
+    """An outbox written before dispatches: each gateway's pending notifications, a hundred to
+    a dispatch by due time, with their earliest due time; finished ones get none. Going back
+    drops the dispatches and restores the index the claims used."""
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    row = (
+        "INSERT INTO notifications (id, event_id, gateway, encrypted, status, attempts,"
+        " next_attempt_at, created_at) VALUES (:id, 'e1', :gateway, true, :status, 0, :due, 5)"
+    )
+    rows = [
+        {"id": f"a{n:03d}", "gateway": "https://a/", "status": "pending", "due": 1000 + n}
+        for n in range(150)
+    ] + [
+        {"id": "b1", "gateway": "https://b/", "status": "pending", "due": 7},
+        {"id": "b2", "gateway": "https://b/", "status": "delivered", "due": 3},
+    ]
+    try:
+        with engine.begin() as conn:
+            _run(conn, "0007")
+            conn.execute(text(row), rows)
+            _run(conn, "0008")
+            found = conn.execute(
+                text(
+                    "SELECT gateway, notification_ids, next_attempt_at FROM dispatches"
+                    " ORDER BY gateway, next_attempt_at"
+                )
+            ).all()
+            ids = [g if isinstance(g, list) else json.loads(g) for _, g, _ in found]
+            assert [(gateway, due) for gateway, _, due in found] == [
+                ("https://a/", 1000),
+                ("https://a/", 1100),
+                ("https://b/", 7),
+            ]
+            assert [sorted(i) for i in ids] == [
+                [f"a{n:03d}" for n in range(100)],
+                [f"a{n:03d}" for n in range(100, 150)],
+                ["b1"],
+            ]
+            indexes = {i["name"] for i in inspect(conn).get_indexes("notifications")}
+            assert "ix_notifications_pending_due" not in indexes
+            _run(conn, "0007", down=True)
+            assert "dispatches" not in inspect(conn).get_table_names()
+            indexes = {i["name"] for i in inspect(conn).get_indexes("notifications")}
+            assert "ix_notifications_pending_due" in indexes
     finally:
         engine.dispose()

@@ -68,34 +68,33 @@ async def _fill(db: Database, count: int) -> list[str]:
     return sorted(r.id for r in claimed)
 
 
-async def _renew_while_a_batch_is_locked(url: str) -> tuple[float, dict[str, int]]:
+async def _renew_while_a_batch_is_locked(url: str) -> tuple[float, dict[int, int], int]:
     db = Database(url)
     try:
-        ids = await _fill(db, 200)
-        batch = ids[50:150]
+        await _fill(db, 300)
+        async with db.read() as conn:
+            held = [r[0] for r in await conn.execute(text("SELECT id FROM dispatches ORDER BY id"))]
+        locked = held[1]
         async with db.engine.connect() as settling, settling.begin():
-            # A batch being settled: its rows locked until this transaction ends.
+            # A batch being settled: its dispatch locked until this transaction ends.
             await settling.execute(
-                text("SELECT id FROM notifications WHERE id = ANY(:ids) FOR UPDATE"),
-                {"ids": batch},
+                text("SELECT id FROM dispatches WHERE id = :id FOR UPDATE"), {"id": locked}
             )
             started = asyncio.get_running_loop().time()
             async with asyncio.timeout(5):
                 async with db.write() as conn:
-                    await outbox.renew(conn, owner=OWNER, ids=ids, until_ms=99_000)
+                    await outbox.renew(conn, owner=OWNER, dispatch_ids=held, until_ms=99_000)
             took = asyncio.get_running_loop().time() - started
         async with db.read() as conn:
-            rows = (
-                await conn.execute(text("SELECT id, lease_expires_at FROM notifications"))
-            ).all()
-        return took, {r[0]: int(r[1]) for r in rows}
+            rows = (await conn.execute(text("SELECT id, lease_expires_at FROM dispatches"))).all()
+        return took, {r[0]: int(r[1]) for r in rows}, locked
     finally:
         await db.close()
 
 
-def test_renewal_skips_rows_locked_by_a_settle_instead_of_waiting(database_url: str) -> None:
-    took, leases = asyncio.run(_renew_while_a_batch_is_locked(database_url))
+def test_renewal_skips_dispatches_locked_by_a_settle_instead_of_waiting(database_url: str) -> None:
+    took, leases, locked = asyncio.run(_renew_while_a_batch_is_locked(database_url))
     assert took < 2.0  # it did not wait for the other transaction
-    locked = {f"n{n:031d}" for n in range(50, 150)}
-    assert all(leases[i] == 1010 for i in locked)  # skipped: still the claim's lease
-    assert all(leases[i] == 99_000 for i in leases if i not in locked)  # the rest renewed
+    assert len(leases) == 3  # 300 notifications of one gateway: three dispatches of 100
+    assert leases[locked] == 1010  # skipped: still the claim's lease
+    assert all(until == 99_000 for d, until in leases.items() if d != locked)  # renewed

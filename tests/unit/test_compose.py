@@ -107,6 +107,7 @@ def row(n: int, pusher_id: int | None = 1, event_id: str = "e1", **kw: object) -
         "body": None,
         "attempts": 0,
         "created_at": 0,
+        "dispatch": 1,
     }
     fields.update(kw)
     return Claimed(**fields)

@@ -174,6 +174,11 @@ def make_it_old(service: Service, user: str, devices: list[AppDevice]) -> None:
     service.query("DELETE FROM data_steps")
     service.query("ALTER TABLE pushers DROP COLUMN pushkey_sealed")
     service.query("DROP TABLE keyring")
+    service.query("DROP TABLE dispatches")  # and the outbox as it was (0008)
+    service.query(
+        "CREATE INDEX ix_notifications_pending_due ON notifications (next_attempt_at)"
+        " WHERE status = 'pending'"
+    )
     service.query("UPDATE alembic_version SET version_num = '0004'")
     assert cells_naming(service, pseudonym) == []
     assert all(cells_naming(service, d.pushkey) for d in devices[:1])
@@ -260,7 +265,7 @@ def test_migrate_and_a_worker_convert_a_database_before_any_service_starts(
     else:
         WorkerProcess(service, tmp_path_factory.mktemp("worker")).stop()
     assert_converted(service, user, devices)
-    assert service.query("SELECT version_num FROM alembic_version") == [("0007",)]
+    assert service.query("SELECT version_num FROM alembic_version") == [("0008",)]
 
 
 def test_a_database_is_not_converted_with_another_master_key(

@@ -173,6 +173,8 @@ class DeliveryWorker:
         self._batch_size: dict[str, int] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._in_flight: dict[str, set[str]] = defaultdict(set)
+        # The claimed dispatches: the ids of each not yet ended or given back (committed).
+        self._claimed: dict[int, set[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -250,6 +252,8 @@ class DeliveryWorker:
         )
         if not rows:
             return []
+        for row in rows:
+            self._claimed.setdefault(row.dispatch, set()).add(row.id)
         period = current_period(datetime.fromtimestamp(now, BERLIN))
         composed = compose(
             rows,
@@ -296,10 +300,14 @@ class DeliveryWorker:
                 len(composed.failed),
                 "; ".join(sorted(set(composed.failed.values()))),
             )
+            ended = [r for r in rows if r.id in composed.failed]
+            keeps = self._keeps(ended)
             async with self._db.write() as conn:
                 await outbox.finish_each(
                     conn, composed.failed, status="failed", now_ms=int(self._clock() * 1000)
                 )
+                await outbox.drop_dispatches(conn, _emptied(keeps))
+            await self._forget(ended, keeps)
             if self._metrics is not None:
                 self._metrics.outcomes.labels("failed").inc(len(composed.failed))
         if composed.unreadable:
@@ -441,13 +449,18 @@ class DeliveryWorker:
         for pushkey in sorted(dead_pushkeys):
             rejected.extend(await forget_rejected_pushkey(self._db, self._vault, gateway, pushkey))
         now_ms = int(self._clock() * 1000)
+        ended_ids = set(delivered) | set(rejected) | set(failed)
+        ended = [r.row for r in batch if r.row.id in ended_ids]
+        keeps = self._keeps(ended)
         await outbox.settle(
             self._db,
             [(i, "delivered", None) for i in delivered]
             + [(i, "rejected", "rejected") for i in sorted(set(rejected))]
             + [(i, "failed", reason) for i, reason in failed.items()],
             now_ms=now_ms,
+            done=_emptied(keeps),
         )
+        await self._forget(ended, keeps)
         if recovered:
             resumed = await self._resume(gateway)
             log.info("gateway %s recovered; sending its %d waiting notifications", label, resumed)
@@ -494,6 +507,7 @@ class DeliveryWorker:
             r for r in rows if count and now - r.created_at / 1000 >= self._options.max_age_seconds
         ]
         again = [r for r in rows if r not in too_old]
+        keeps = self._keeps(rows)
         async with self._db.write() as conn:
             if too_old:
                 age = f"{self._options.max_age_seconds:.0f}s"
@@ -503,11 +517,13 @@ class DeliveryWorker:
                 )
             await outbox.release(
                 conn,
-                [r.id for r in again],
+                again,
                 next_attempt_at=now_ms + int(delay * 1000),
                 error=error,
                 count_attempt=count,
+                remaining=keeps,
             )
+        await self._forget(rows, keeps)
         if self._metrics is not None:
             self._metrics.outcomes.labels("failed").inc(len(too_old))
             if count:
@@ -515,19 +531,46 @@ class DeliveryWorker:
         if too_old:
             log.error("gave up on %d notifications: %s", len(too_old), error or "undeliverable")
 
+    def _keeps(self, rows: Sequence[outbox.Claimed]) -> dict[int, set[str]]:
+        """What each dispatch of ``rows`` still holds claimed once they end or go back; an empty
+        set: the dispatch can go with them."""
+        leaving: dict[int, set[str]] = defaultdict(set)
+        for row in rows:
+            leaving[row.dispatch].add(row.id)
+        return {d: self._claimed.get(d, set()) - ids for d, ids in leaving.items()}
+
+    async def _forget(self, rows: Sequence[outbox.Claimed], keeps: dict[int, set[str]]) -> None:
+        """``rows`` ended or went back (committed). A dispatch that two batches emptied at once
+        (neither knew the other's ids were gone) is deleted here."""
+        for row in rows:
+            left = self._claimed.get(row.dispatch)
+            if left is not None:
+                left.discard(row.id)
+        emptied = []
+        for dispatch, kept in keeps.items():
+            if not self._claimed.get(dispatch, True):
+                del self._claimed[dispatch]
+                if kept:
+                    emptied.append(dispatch)
+        if emptied:
+            async with self._db.write() as conn:
+                await outbox.drop_dispatches(conn, emptied)
+
     # --- background -------------------------------------------------------------------------
 
     async def _renew_leases(self) -> None:
         interval = self._options.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            ids = sorted(set().union(*self._in_flight.values())) if self._in_flight else []
-            if not ids:
+            held = sorted(self._claimed)
+            if not held:
                 continue
             until = int((self._clock() + self._options.lease_seconds) * 1000)
             try:
                 async with self._db.write() as conn:
-                    await outbox.renew(conn, owner=self.worker_id, ids=ids, until_ms=until)
+                    await outbox.renew(
+                        conn, owner=self.worker_id, dispatch_ids=held, until_ms=until
+                    )
             except Exception:
                 log.exception("renewing leases failed")
 
@@ -590,6 +633,10 @@ class DeliveryWorker:
                 log.warning("LISTEN connection lost; polling until it is back", exc_info=True)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
+
+
+def _emptied(keeps: dict[int, set[str]]) -> list[int]:
+    return sorted(d for d, kept in keeps.items() if not kept)
 
 
 def _batches(items: Sequence[Ready], size: int, max_bytes: int) -> list[list[Ready]]:

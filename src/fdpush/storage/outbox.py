@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -45,16 +45,21 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fdpush.storage.database import Database
-from fdpush.storage.schema import channel_states, events, notifications, pusher_keys, pushers
+from fdpush.storage.schema import (
+    channel_states,
+    dispatches,
+    events,
+    notifications,
+    pusher_keys,
+    pushers,
+)
 
 _TEXT_ARRAY = postgresql.ARRAY(String)
 
 
-def _unleased(now_ms: int) -> Any:
-    """No worker holds the row: never leased, released, or its lease ran out."""
-    return or_(
-        notifications.c.lease_expires_at.is_(None), notifications.c.lease_expires_at <= now_ms
-    )
+def _unleased(table: Any, now_ms: int) -> Any:
+    """No worker holds the row: never leased, or its lease ran out."""
+    return or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at <= now_ms)
 
 
 def _among(conn: AsyncConnection, column: Any, values: Sequence[Any]) -> Any:
@@ -67,12 +72,14 @@ def _among(conn: AsyncConnection, column: Any, values: Sequence[Any]) -> Any:
 
 
 __all__ = [
+    "DISPATCH_SIZE",
     "Claimed",
     "EventBody",
     "Recipient",
     "Target",
     "claim",
     "claim_with_context",
+    "drop_dispatches",
     "event_counts",
     "finish",
     "insert_event_rows",
@@ -84,6 +91,7 @@ __all__ = [
     "renew",
     "save_generations",
     "sending_context",
+    "settle",
 ]
 
 
@@ -157,12 +165,7 @@ async def queue(
     if db.dialect == "postgresql":
         await db.fetch_all(
             _INSERT_EVENTS_AND_NOTIFICATIONS,
-            {
-                **_columns(event_rows, _EVENT_COLUMNS, "e_"),
-                **_columns(notification_rows, _NOTIFICATION_COLUMNS, "n_"),
-                "channel": notify_channel or "",
-                "wake": bool(notification_rows) and notify_channel is not None,
-            },
+            _queue_parameters(event_rows, notification_rows, notify_channel),
         )
         return
     async with db.write() as conn:
@@ -227,18 +230,25 @@ async def insert_event_rows(
             # checked at the end of the statement, when both tables have their rows).
             await conn.execute(
                 _INSERT_EVENTS_AND_NOTIFICATIONS,
-                {
-                    **_columns(event_rows, _EVENT_COLUMNS, "e_"),
-                    **_columns(notification_rows, _NOTIFICATION_COLUMNS, "n_"),
-                    "channel": notify_channel or "",
-                    "wake": bool(notification_rows) and notify_channel is not None,
-                },
+                _queue_parameters(event_rows, notification_rows, notify_channel),
             )
         return
     if event_rows:
         await conn.execute(insert(events), list(event_rows))
     if notification_rows:
         await conn.execute(insert(notifications), list(notification_rows))
+        await conn.execute(
+            insert(dispatches),
+            [
+                {
+                    "gateway": gateway,
+                    "notification_ids": _json_list(ids),
+                    "next_attempt_at": due,
+                    "created_at": created,
+                }
+                for gateway, ids, due, created in _dispatch_groups(notification_rows)
+            ],
+        )
 
 
 _EVENT_COLUMNS = {
@@ -271,11 +281,75 @@ def _unnest_insert(table: str, columns: Mapping[str, str], prefix: str) -> str:
     return f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"  # noqa: S608
 
 
+# The notifications' dispatches come from the same arrays: the rows of one group (``:n_group``,
+# numbered by _dispatch_groups) make one dispatch.
+_INSERT_DISPATCHES = """
+    INSERT INTO dispatches (gateway, notification_ids, next_attempt_at, created_at)
+    SELECT min(u.gateway), array_agg(u.id ORDER BY u.id), min(u.due), min(u.created)
+    FROM unnest(CAST(:n_id AS text[]), CAST(:n_gateway AS text[]), CAST(:n_group AS integer[]),
+                CAST(:n_next_attempt_at AS bigint[]), CAST(:n_created_at AS bigint[]))
+         AS u(id, gateway, grp, due, created)
+    GROUP BY u.grp
+"""
+
 _INSERT_EVENTS_AND_NOTIFICATIONS = text(
     f"WITH e AS ({_unnest_insert('events', _EVENT_COLUMNS, 'e_')}), "
-    f"n AS ({_unnest_insert('notifications', _NOTIFICATION_COLUMNS, 'n_')}) "
+    f"n AS ({_unnest_insert('notifications', _NOTIFICATION_COLUMNS, 'n_')}), "
+    f"d AS ({_INSERT_DISPATCHES}) "
     "SELECT CASE WHEN CAST(:wake AS boolean) THEN pg_notify(:channel, '') END"
 )
+
+DISPATCH_SIZE = 100  # notifications per dispatch at most: one gateway request's worth
+
+
+def _groups(notification_rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """A dispatch number for each row: rows of one gateway (and kind, encrypted or plain) in
+    their order, at most DISPATCH_SIZE to a number."""
+    current: dict[tuple[str, bool], int] = {}
+    filled: dict[tuple[str, bool], int] = {}
+    groups: list[int] = []
+    opened = 0
+    for row in notification_rows:
+        key = (row["gateway"], row["encrypted"])
+        if key not in current or filled[key] >= DISPATCH_SIZE:
+            current[key], filled[key] = opened, 0
+            opened += 1
+        filled[key] += 1
+        groups.append(current[key])
+    return groups
+
+
+def _dispatch_groups(
+    notification_rows: Sequence[Mapping[str, Any]],
+) -> list[tuple[str, list[str], int, int]]:
+    """The dispatches of ``notification_rows``: ``(gateway, ids, due, created_at)`` each."""
+    found: dict[int, tuple[str, list[str], int, int]] = {}
+    for group, row in zip(_groups(notification_rows), notification_rows, strict=True):
+        gateway, ids, due, created = found.get(
+            group, (row["gateway"], [], row["next_attempt_at"], row["created_at"])
+        )
+        ids.append(row["id"])
+        found[group] = (
+            gateway,
+            ids,
+            min(due, row["next_attempt_at"]),
+            min(created, row["created_at"]),
+        )
+    return list(found.values())
+
+
+def _queue_parameters(
+    event_rows: Sequence[Mapping[str, Any]],
+    notification_rows: Sequence[Mapping[str, Any]],
+    notify_channel: str | None,
+) -> dict[str, Any]:
+    return {
+        **_columns(event_rows, _EVENT_COLUMNS, "e_"),
+        **_columns(notification_rows, _NOTIFICATION_COLUMNS, "n_"),
+        "n_group": _groups(notification_rows),
+        "channel": notify_channel or "",
+        "wake": bool(notification_rows) and notify_channel is not None,
+    }
 
 
 def _columns(
@@ -288,7 +362,8 @@ def _columns(
 
 
 class Claimed(NamedTuple):
-    """A leased outbox row. ``body`` only on rows written before revision 0003."""
+    """A pending notification of a leased dispatch. ``body`` only on rows written before
+    revision 0003."""
 
     id: str
     event_id: str
@@ -298,6 +373,7 @@ class Claimed(NamedTuple):
     body: bytes | None
     attempts: int
     created_at: int
+    dispatch: int  # the dispatch it was claimed through
 
 
 class Target(NamedTuple):
@@ -334,26 +410,34 @@ async def claim(
     limit: int,
     skip_gateways: Sequence[str] = (),
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due pending notifications, oldest due first."""
+    """Lease due dispatches, oldest due first, for up to about ``limit`` notifications; their
+    pending notifications. Leased dispatches with none left pending are deleted."""
     due = (
-        select(notifications.c.id)
-        .where(
-            notifications.c.status == "pending",
-            notifications.c.next_attempt_at <= now_ms,
-            _unleased(now_ms),
-        )
-        .order_by(notifications.c.next_attempt_at)
-        .limit(limit)
+        select(dispatches.c.id)
+        .where(dispatches.c.next_attempt_at <= now_ms, _unleased(dispatches, now_ms))
+        .order_by(dispatches.c.next_attempt_at)
+        .limit(_dispatch_limit(limit))
     )
     if skip_gateways:
-        due = due.where(notifications.c.gateway.not_in(list(skip_gateways)))
+        due = due.where(dispatches.c.gateway.not_in(list(skip_gateways)))
     if conn.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
+    leased = (
+        await conn.execute(
+            update(dispatches)
+            .where(dispatches.c.id.in_(due.scalar_subquery()))
+            .values(lease_owner=owner, lease_expires_at=now_ms + lease_ms)
+            .returning(dispatches.c.id, dispatches.c.notification_ids)
+        )
+    ).all()
+    if not leased:
+        return []
+    of: dict[str, int] = {}
+    for dispatch_id, ids in leased:
+        for ident in ids if isinstance(ids, list) else orjson.loads(ids):
+            of.setdefault(ident, dispatch_id)
     result = await conn.execute(
-        update(notifications)
-        .where(notifications.c.id.in_(due.scalar_subquery()))
-        .values(lease_owner=owner, lease_expires_at=now_ms + lease_ms)
-        .returning(
+        select(
             notifications.c.id,
             notifications.c.event_id,
             notifications.c.pusher_id,
@@ -362,38 +446,56 @@ async def claim(
             notifications.c.body,
             notifications.c.attempts,
             notifications.c.created_at,
-        )
+        ).where(_among(conn, notifications.c.id, sorted(of)), notifications.c.status == "pending")
     )
-    return [Claimed(*row) for row in result]
+    rows = [Claimed(*row, dispatch=of[row[0]]) for row in result]
+    empty = {d for d, _ in leased} - {r.dispatch for r in rows}
+    if empty:
+        await conn.execute(delete(dispatches).where(dispatches.c.id.in_(sorted(empty))))
+    return rows
 
 
-# Index lookups throughout, whatever the backlog: the rows to lease come as an array of row
-# addresses (ctid: the rows locked a moment before, reached without a second index lookup; a
-# join with a CTE lets the planner hash-join, reading the whole outbox on every claim), and
-# each row's pusher and event come by key (LATERAL), not by joining whole tables.
+def _dispatch_limit(notifications_limit: int) -> int:
+    """Dispatches to claim for about ``notifications_limit`` notifications."""
+    return max(1, notifications_limit // DISPATCH_SIZE)
+
+
+# One statement: lease the due dispatches (skipping those another worker is leasing), then
+# their notifications that are still pending, each with its pusher (and key generations) and
+# event, all by key (LATERAL), whatever the size of the outbox. A dispatch with nothing pending
+# left comes back as one row without a notification. ``OFFSET 0`` keeps the notifications'
+# lookup inside the loop over the dispatches: a planner that thinks few rows are pending (its
+# statistics lag behind a burst) otherwise reads every pending row of the outbox, with its
+# pusher and event, and filters them against the dispatches' ids afterwards.
 _CLAIM_WITH_CONTEXT = text(
     """
-    WITH claimed AS (
-        UPDATE notifications n
+    WITH leased AS (
+        UPDATE dispatches d
         SET lease_owner = :owner, lease_expires_at = :until
-        WHERE n.ctid = ANY(ARRAY(
-            SELECT ctid FROM notifications
-            WHERE status = 'pending' AND next_attempt_at <= :now
+        WHERE d.id = ANY(ARRAY(
+            SELECT id FROM dispatches
+            WHERE next_attempt_at <= :now
               AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
               AND NOT (gateway = ANY(CAST(:skip AS text[])))
             ORDER BY next_attempt_at
             LIMIT :limit
             FOR UPDATE SKIP LOCKED
         ))
-        RETURNING n.id, n.event_id, n.pusher_id, n.gateway, n.encrypted, n.body, n.attempts,
-                  n.created_at
+        RETURNING d.id, d.notification_ids
     )
     SELECT c.id, c.event_id, c.pusher_id, c.gateway, c.encrypted, c.body, c.attempts,
-           c.created_at,
+           c.created_at, l.id,
            p.user_id, p.app_id, p.pushkey, p.pushkey_ts, p.data, p.key_identifier,
            p.periods, p.materials,
            e.prio, e.identifier, e.payload, p.pushkey_sealed, e.user_id
-    FROM claimed c
+    FROM leased l
+    LEFT JOIN LATERAL (
+        SELECT n.id, n.event_id, n.pusher_id, n.gateway, n.encrypted, n.body, n.attempts,
+               n.created_at
+        FROM notifications n
+        WHERE n.id = ANY(l.notification_ids) AND n.status = 'pending'
+        OFFSET 0
+    ) c ON true
     LEFT JOIN LATERAL (
         SELECT x.user_id, x.app_id, x.pushkey, x.pushkey_ts, x.data, x.key_identifier,
                x.pushkey_sealed, g.periods, g.materials
@@ -409,6 +511,10 @@ _CLAIM_WITH_CONTEXT = text(
         SELECT y.prio, y.identifier, y.payload, y.user_id FROM events y WHERE y.id = c.event_id
     ) e ON true
     """
+)
+
+_DROP_DISPATCHES = text(
+    "DELETE FROM dispatches WHERE id = ANY(CAST(:ids AS bigint[])) AND lease_owner = :owner"
 )
 
 
@@ -452,20 +558,29 @@ async def claim_with_context(
             "now": now_ms,
             "until": now_ms + lease_ms,
             "owner": owner,
-            "limit": limit,
+            "limit": _dispatch_limit(limit),
             "skip": list(skip_gateways),
         },
     )
     claimed: list[Claimed] = []
     found: dict[int, Target] = {}
     events_found: dict[str, EventBody] = {}
+    seen: set[str] = set()
+    leased: set[int] = set()
     for r in result:
-        claimed.append(Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]))
-        if r[2] is not None and r[8] is not None and r[2] not in found:
-            generations = tuple(zip(r[14] or (), r[15] or (), strict=True))
-            found[r[2]] = Target(r[2], r[8], r[9], r[10], r[11], r[12], r[13], generations, r[19])
-        if r[16] is not None and r[1] not in events_found:
-            events_found[r[1]] = EventBody(r[1], r[16], r[17], r[18], r[20])
+        leased.add(r[8])
+        if r[0] is None or r[0] in seen:  # nothing pending left; named by two dispatches
+            continue
+        seen.add(r[0])
+        claimed.append(Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]))
+        if r[2] is not None and r[9] is not None and r[2] not in found:
+            generations = tuple(zip(r[15] or (), r[16] or (), strict=True))
+            found[r[2]] = Target(r[2], r[9], r[10], r[11], r[12], r[13], r[14], generations, r[20])
+        if r[17] is not None and r[1] not in events_found:
+            events_found[r[1]] = EventBody(r[1], r[17], r[18], r[19], r[21])
+    empty = leased - {c.dispatch for c in claimed}
+    if empty:
+        await db.fetch_all(_DROP_DISPATCHES, {"ids": sorted(empty), "owner": owner})
     return claimed, found, events_found
 
 
@@ -542,35 +657,44 @@ async def save_generations(
         )
 
 
-async def renew(conn: AsyncConnection, *, owner: str, ids: Sequence[str], until_ms: int) -> None:
-    """Extend the leases ``owner`` still holds on ``ids``.
+async def renew(
+    conn: AsyncConnection, *, owner: str, dispatch_ids: Sequence[int], until_ms: int
+) -> None:
+    """Extend the leases ``owner`` still holds on these dispatches.
 
     Rows locked right now (a batch being settled) are skipped, not waited for: waiting while
     holding other rows' locks deadlocked with the settling of a batch.
     """
-    if not ids:
+    if not dispatch_ids:
         return
     if conn.dialect.name == "postgresql":
-        await conn.execute(_RENEW, {"ids": list(ids), "owner": owner, "until": until_ms})
+        await conn.execute(_RENEW, {"ids": list(dispatch_ids), "owner": owner, "until": until_ms})
         return
     await conn.execute(
-        update(notifications)
-        .where(_among(conn, notifications.c.id, ids), notifications.c.lease_owner == owner)
+        update(dispatches)
+        .where(dispatches.c.id.in_(list(dispatch_ids)), dispatches.c.lease_owner == owner)
         .values(lease_expires_at=until_ms)
     )
 
 
 _RENEW = text(
     """
-    UPDATE notifications SET lease_expires_at = :until
+    UPDATE dispatches SET lease_expires_at = :until
     WHERE id = ANY(ARRAY(
-        SELECT id FROM notifications
-        WHERE id = ANY(CAST(:ids AS text[])) AND lease_owner = :owner
+        SELECT id FROM dispatches
+        WHERE id = ANY(CAST(:ids AS bigint[])) AND lease_owner = :owner
         ORDER BY id
         FOR UPDATE SKIP LOCKED
     ))
     """
 )
+
+
+async def drop_dispatches(conn: AsyncConnection, dispatch_ids: Iterable[int]) -> None:
+    """Delete claimed dispatches whose notifications all ended or were given back."""
+    ids = sorted(set(dispatch_ids))
+    if ids:
+        await conn.execute(delete(dispatches).where(dispatches.c.id.in_(ids)))
 
 
 async def finish(
@@ -585,30 +709,41 @@ async def finish(
                 status=status,
                 finished_at=now_ms,
                 last_error=None if error is None else error[:512],
-                lease_owner=None,
-                lease_expires_at=None,
             )
         )
 
 
+# No index holds ``status`` (revision 0008): on PostgreSQL ending a notification is a HOT
+# update, its new version on its own page without index entries. The claimed dispatches whose
+# notifications all ended go in the same statement.
 _SETTLE = text(
     """
-    UPDATE notifications n
-    SET status = o.status, finished_at = :now, last_error = o.error,
-        lease_owner = NULL, lease_expires_at = NULL
-    FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:errors AS text[]))
-         AS o(id, status, error)
-    WHERE n.id = o.id AND n.status = 'pending'
+    WITH s AS (
+        UPDATE notifications n
+        SET status = o.status, finished_at = :now, last_error = o.error
+        FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:errors AS text[]))
+             AS o(id, status, error)
+        WHERE n.id = o.id AND n.status = 'pending'
+        RETURNING 1
+    ), d AS (
+        DELETE FROM dispatches WHERE id = ANY(CAST(:done AS bigint[]))
+    )
+    SELECT count(*) FROM s
     """
 )
 
 
 async def settle(
-    db: Database, outcomes: Sequence[tuple[str, str, str | None]], *, now_ms: int
+    db: Database,
+    outcomes: Sequence[tuple[str, str, str | None]],
+    *,
+    now_ms: int,
+    done: Sequence[int] = (),
 ) -> None:
     """End notifications: ``(id, status, reason)`` each, status ``delivered``, ``rejected`` or
-    ``failed`` (PostgreSQL: one statement, which commits on its own)."""
-    if not outcomes:
+    ``failed``; delete the claimed dispatches ``done`` (PostgreSQL: one statement, which
+    commits on its own)."""
+    if not outcomes and not done:
         return
     if db.dialect == "postgresql":
         ordered = sorted(outcomes)  # every writer of these rows locks them in id order
@@ -617,6 +752,7 @@ async def settle(
             "ids": [o[0] for o in ordered],
             "statuses": [o[1] for o in ordered],
             "errors": [None if o[2] is None else o[2][:512] for o in ordered],
+            "done": sorted(done),
         }
         for attempt in range(3):
             try:
@@ -630,24 +766,20 @@ async def settle(
                 await asyncio.sleep(0.01 * (attempt + 1))
         return
     if db.sqlite_direct:
-        await db.sqlite(partial(_sqlite_settle, outcomes, now_ms), write=True)
+        await db.sqlite(partial(_sqlite_settle, outcomes, now_ms, sorted(done)), write=True)
         return
     async with db.write() as conn:
-        await conn.execute(
-            update(notifications)
-            .where(notifications.c.id == bindparam("nid"), notifications.c.status == "pending")
-            .values(
-                status=bindparam("st"),
-                finished_at=now_ms,
-                last_error=bindparam("reason"),
-                lease_owner=None,
-                lease_expires_at=None,
-            ),
-            [
-                {"nid": i, "st": st, "reason": None if e is None else e[:512]}
-                for i, st, e in outcomes
-            ],
-        )
+        if outcomes:
+            await conn.execute(
+                update(notifications)
+                .where(notifications.c.id == bindparam("nid"), notifications.c.status == "pending")
+                .values(status=bindparam("st"), finished_at=now_ms, last_error=bindparam("reason")),
+                [
+                    {"nid": i, "st": st, "reason": None if e is None else e[:512]}
+                    for i, st, e in outcomes
+                ],
+            )
+        await drop_dispatches(conn, done)
 
 
 async def finish_each(
@@ -662,8 +794,6 @@ async def finish_each(
                 status=status,
                 finished_at=now_ms,
                 last_error=bindparam("reason"),
-                lease_owner=None,
-                lease_expires_at=None,
             ),
             [{"nid": ident, "reason": reason[:512]} for ident, reason in reasons.items()],
         )
@@ -671,27 +801,73 @@ async def finish_each(
 
 async def release(
     conn: AsyncConnection,
-    ids: Sequence[str],
+    rows: Sequence[Claimed],
     *,
     next_attempt_at: int,
     error: str | None,
     count_attempt: bool,
+    remaining: Mapping[int, Collection[str]],
 ) -> None:
-    """Give leased notifications back for a later attempt."""
-    if ids:
-        values: dict[str, Any] = {
-            "next_attempt_at": next_attempt_at,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "last_error": None if error is None else error[:512],
-        }
-        if count_attempt:
-            values["attempts"] = notifications.c.attempts + 1
-        await conn.execute(
-            update(notifications)
-            .where(_among(conn, notifications.c.id, ids), notifications.c.status == "pending")
-            .values(**values)
-        )
+    """Give claimed notifications back for a later attempt: new dispatches for them, due at
+    ``next_attempt_at``; the dispatches they came from keep only ``remaining[dispatch]`` (the
+    ids still claimed through them), or go when nothing remains."""
+    if rows:
+        await _give_back(conn, rows, next_attempt_at, error, count_attempt)
+    postgres = conn.dialect.name == "postgresql"
+    await drop_dispatches(conn, (d for d, rest in remaining.items() if not rest))
+    for dispatch_id, rest in sorted(remaining.items()):
+        if rest:
+            await conn.execute(
+                update(dispatches)
+                .where(dispatches.c.id == dispatch_id)
+                .values(notification_ids=sorted(rest) if postgres else _json_list(sorted(rest)))
+            )
+
+
+async def _give_back(
+    conn: AsyncConnection,
+    rows: Sequence[Claimed],
+    next_attempt_at: int,
+    error: str | None,
+    count_attempt: bool,
+) -> None:
+    ids = [r.id for r in rows]
+    values: dict[str, Any] = {
+        "next_attempt_at": next_attempt_at,
+        "last_error": None if error is None else error[:512],
+    }
+    if count_attempt:
+        values["attempts"] = notifications.c.attempts + 1
+    await conn.execute(
+        update(notifications)
+        .where(_among(conn, notifications.c.id, ids), notifications.c.status == "pending")
+        .values(**values)
+    )
+    postgres = conn.dialect.name == "postgresql"
+    await conn.execute(
+        insert(dispatches),
+        [
+            {
+                "gateway": gateway,
+                "notification_ids": group if postgres else _json_list(group),
+                "next_attempt_at": next_attempt_at,
+                "last_error": None if error is None else error[:512],
+                "created_at": created,
+            }
+            for gateway, group, _, created in _dispatch_groups(
+                [
+                    {
+                        "id": r.id,
+                        "gateway": r.gateway,
+                        "encrypted": r.encrypted,
+                        "next_attempt_at": next_attempt_at,
+                        "created_at": r.created_at,
+                    }
+                    for r in rows
+                ]
+            )
+        ],
+    )
 
 
 async def pending_for_pushers(conn: AsyncConnection, pusher_ids: Sequence[int]) -> list[str]:
@@ -708,35 +884,40 @@ async def pending_for_pushers(conn: AsyncConnection, pusher_ids: Sequence[int]) 
 
 
 async def next_due(conn: AsyncConnection, now_ms: int) -> int | None:
-    """When the earliest pending notification that is not in flight is due (epoch ms), or None.
+    """When the earliest dispatch that is not in flight is due (epoch ms), or None.
     (A dead worker's leases are found by the worker's idle poll once they run out.)"""
     result = await conn.execute(
-        select(notifications.c.next_attempt_at)
-        .where(notifications.c.status == "pending", _unleased(now_ms))
-        .order_by(notifications.c.next_attempt_at)
+        select(dispatches.c.next_attempt_at)
+        .where(_unleased(dispatches, now_ms))
+        .order_by(dispatches.c.next_attempt_at)
         .limit(1)
     )
     value = result.scalar_one_or_none()
     return None if value is None else int(value)
 
 
+def _id_count(conn: AsyncConnection) -> Any:
+    column = dispatches.c.notification_ids
+    if conn.dialect.name == "postgresql":
+        return func.cardinality(column)
+    return func.json_array_length(column)
+
+
 async def queue_stats(conn: AsyncConnection) -> tuple[int, int | None]:
-    """``(pending count, created_at of the oldest pending)``."""
+    """``(notifications waiting, created_at of the oldest)``, from the dispatches: what waits
+    to be sent or is in flight (a notification that ended outside delivery, a deregistered
+    device's, counts until its dispatch is next claimed)."""
     row = (
         await conn.execute(
-            select(func.count(), func.min(notifications.c.created_at)).where(
-                notifications.c.status == "pending"
-            )
+            select(func.coalesce(func.sum(_id_count(conn)), 0), func.min(dispatches.c.created_at))
         )
     ).one()
     return int(row[0]), (None if row[1] is None else int(row[1]))
 
 
 async def oldest_pending(conn: AsyncConnection) -> int | None:
-    """``created_at`` (ms) of the oldest pending notification, or None when nothing waits."""
-    value = await conn.scalar(
-        select(func.min(notifications.c.created_at)).where(notifications.c.status == "pending")
-    )
+    """``created_at`` (ms) of the oldest waiting notification, or None when nothing waits."""
+    value = await conn.scalar(select(func.min(dispatches.c.created_at)))
     return None if value is None else int(value)
 
 
@@ -885,20 +1066,20 @@ async def prune(
 
 
 async def resume(conn: AsyncConnection, gateway: str, marker: str, *, now_ms: int) -> int:
-    """Make a recovered gateway's notifications that wait for it (their ``last_error`` starts
-    with ``marker``) due now; returns how many."""
+    """Make a recovered gateway's dispatches that wait for it (their ``last_error`` starts with
+    ``marker``) due now; returns how many."""
     result = await conn.execute(
-        update(notifications)
+        update(dispatches)
         .where(
-            notifications.c.status == "pending",
-            notifications.c.gateway == gateway,
-            notifications.c.next_attempt_at > now_ms,
-            notifications.c.lease_owner.is_(None),  # not the ones in flight right now
-            notifications.c.last_error.startswith(marker, autoescape=True),
+            dispatches.c.gateway == gateway,
+            dispatches.c.next_attempt_at > now_ms,
+            dispatches.c.lease_owner.is_(None),  # not the ones in flight right now
+            dispatches.c.last_error.startswith(marker, autoescape=True),
         )
         .values(next_attempt_at=now_ms)
+        .returning(_id_count(conn))
     )
-    return int(result.rowcount or 0)
+    return sum(int(count or 0) for (count,) in result)
 
 
 # --- SQLite: the hot statements on the direct connection (Database.sqlite) ---------------------
@@ -923,17 +1104,25 @@ _SQLITE_INSERT_NOTIFICATIONS = (
     f"INSERT INTO notifications ({', '.join(_NOTIFICATION_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join('?' for _ in _NOTIFICATION_COLUMNS)})"
 )
+_SQLITE_INSERT_DISPATCH = """
+    INSERT INTO dispatches (gateway, notification_ids, next_attempt_at, created_at)
+    VALUES (?, ?, ?, ?)
+"""
 _SQLITE_CLAIM = """
-    UPDATE notifications SET lease_owner = ?, lease_expires_at = ?
+    UPDATE dispatches SET lease_owner = ?, lease_expires_at = ?
     WHERE id IN (
-        SELECT id FROM notifications
-        WHERE status = 'pending' AND next_attempt_at <= ?
-          AND (lease_expires_at IS NULL OR lease_expires_at <= ?)
+        SELECT id FROM dispatches
+        WHERE next_attempt_at <= ? AND (lease_expires_at IS NULL OR lease_expires_at <= ?)
           AND gateway NOT IN (SELECT value FROM json_each(?))
         ORDER BY next_attempt_at LIMIT ?
     )
-    RETURNING id, event_id, pusher_id, gateway, encrypted, body, attempts, created_at
+    RETURNING id, notification_ids
 """
+_SQLITE_CLAIMED = """
+    SELECT id, event_id, pusher_id, gateway, encrypted, body, attempts, created_at
+    FROM notifications WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'
+"""
+_SQLITE_DROP_DISPATCHES = "DELETE FROM dispatches WHERE id IN (SELECT value FROM json_each(?))"
 _SQLITE_TARGETS = """
     SELECT id, user_id, app_id, pushkey, pushkey_ts, data, key_identifier, pushkey_sealed
     FROM pushers WHERE id IN (SELECT value FROM json_each(?))
@@ -947,8 +1136,7 @@ _SQLITE_EVENT_BODIES = """
     WHERE id IN (SELECT value FROM json_each(?))
 """
 _SQLITE_SETTLE = """
-    UPDATE notifications
-    SET status = ?, finished_at = ?, last_error = ?, lease_owner = NULL, lease_expires_at = NULL
+    UPDATE notifications SET status = ?, finished_at = ?, last_error = ?
     WHERE id = ? AND status = 'pending'
 """
 
@@ -982,17 +1170,34 @@ def _sqlite_insert(
             _SQLITE_INSERT_NOTIFICATIONS,
             [tuple(row[c] for c in _NOTIFICATION_COLUMNS) for row in notification_rows],
         )
+        conn.executemany(
+            _SQLITE_INSERT_DISPATCH,
+            [
+                (gateway, _json_list(ids), due, created)
+                for gateway, ids, due, created in _dispatch_groups(notification_rows)
+            ],
+        )
 
 
 def _sqlite_claim(
     owner: str, now_ms: int, until_ms: int, limit: int, skip: list[str], conn: sqlite3.Connection
 ) -> tuple[list[Claimed], dict[int, Target], dict[str, EventBody]]:
+    leased = conn.execute(
+        _SQLITE_CLAIM, (owner, until_ms, now_ms, now_ms, _json_list(skip), _dispatch_limit(limit))
+    ).fetchall()
+    if not leased:
+        return [], {}, {}
+    of: dict[str, int] = {}
+    for dispatch_id, ids in leased:
+        for ident in orjson.loads(ids):
+            of.setdefault(ident, dispatch_id)
     claimed = [
-        Claimed(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7])
-        for r in conn.execute(
-            _SQLITE_CLAIM, (owner, until_ms, now_ms, now_ms, _json_list(skip), limit)
-        ).fetchall()
+        Claimed(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], of[r[0]])
+        for r in conn.execute(_SQLITE_CLAIMED, (_json_list(sorted(of)),))
     ]
+    empty = {d for d, _ in leased} - {c.dispatch for c in claimed}
+    if empty:
+        conn.execute(_SQLITE_DROP_DISPATCHES, (_json_list(sorted(empty)),))
     if not claimed:
         return [], {}, {}
     pusher_ids = _json_list(sorted({r.pusher_id for r in claimed if r.pusher_id is not None}))
@@ -1011,9 +1216,14 @@ def _sqlite_claim(
 
 
 def _sqlite_settle(
-    outcomes: Sequence[tuple[str, str, str | None]], now_ms: int, conn: sqlite3.Connection
+    outcomes: Sequence[tuple[str, str, str | None]],
+    now_ms: int,
+    done: list[int],
+    conn: sqlite3.Connection,
 ) -> None:
     conn.executemany(
         _SQLITE_SETTLE,
         [(st, now_ms, None if e is None else e[:512], i) for i, st, e in outcomes],
     )
+    if done:
+        conn.execute(_SQLITE_DROP_DISPATCHES, (_json_list(done),))

@@ -26,8 +26,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
-    text,
 )
+from sqlalchemy.dialects import postgresql
 
 metadata = MetaData(
     naming_convention={
@@ -40,6 +40,7 @@ metadata = MetaData(
 
 # Integer primary keys: BigInteger on PostgreSQL, the rowid alias INTEGER on SQLite.
 _ID = BigInteger().with_variant(Integer(), "sqlite")
+_ID_LIST = Text().with_variant(postgresql.ARRAY(Text()), "postgresql")
 
 pushers = Table(
     "pushers",
@@ -150,14 +151,30 @@ notifications = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("finished_at", BigInteger, nullable=True),
     Column("pusher_id", _ID, nullable=True),
-    Index(
-        "ix_notifications_pending_due",
-        "next_attempt_at",
-        postgresql_where=text("status = 'pending'"),
-        sqlite_where=text("status = 'pending'"),
-    ),
+    # No index holds ``status`` (0008): ending a notification rewrites no index entry (on
+    # PostgreSQL a HOT update). What is waiting is found through ``dispatches``.
     Index(None, "event_id"),
     Index(None, "pusher_id", "created_at"),
+)
+
+# What a worker claims (0008): a group of pending notifications for one gateway, written with
+# them (at most one gateway request's worth), or by a worker that gives some back for later.
+# Every pending notification is in a dispatch; a dispatch may still name notifications that
+# ended meanwhile (a deregistered device's), which a claim passes over. A worker deletes the
+# dispatches it claimed once their notifications are settled or given back, in the statement
+# that does so. The ids: PostgreSQL ``text[]``, SQLite a JSON array.
+dispatches = Table(
+    "dispatches",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("gateway", String(1024), nullable=False),
+    Column("notification_ids", _ID_LIST, nullable=False),
+    Column("next_attempt_at", BigInteger, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires_at", BigInteger, nullable=True),
+    Column("last_error", String(512), nullable=True),
+    Column("created_at", BigInteger, nullable=False),  # of its oldest notification
+    Index(None, "next_attempt_at"),
 )
 
 # --- the RS API (ZETA) --------------------------------------------------------------------------

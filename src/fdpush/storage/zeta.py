@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, delete, func, select, update
+from sqlalchemy import ColumnElement, and_, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from fdpush.storage import outbox
 from fdpush.storage.database import Database
-from fdpush.storage.schema import channel_states, notifications, pushers, rs_idempotency
+from fdpush.storage.schema import channel_states, pushers, rs_idempotency
 
 __all__ = [
     "Receipt",
@@ -64,13 +65,10 @@ async def user_devices(db: Database, user_id: str) -> UserDevices:
 
 
 async def pending_count(db: Database) -> int:
+    """Notifications waiting to be sent or in flight (counted from their dispatches)."""
     async with db.read() as conn:
-        result = await conn.execute(
-            select(func.count())
-            .select_from(notifications)
-            .where(notifications.c.status == "pending")
-        )
-        return int(result.scalar_one())
+        count, _ = await outbox.queue_stats(conn)
+        return count
 
 
 async def claim_key(db: Database, client: str, key: str, fingerprint: str, now_ms: int) -> bool:
