@@ -138,6 +138,10 @@ def test_three_workers_two_api_processes_and_a_sigkill_lose_nothing(
         devices = [AppDevice(f"u-{os.urandom(6).hex()}", gateway) for _ in range(1000)]
         for n, device in enumerate(devices):
             rigs[n % 2].register(device)
+
+        def recorded() -> int:
+            return int(gateway.gateway.stats()["notifications_recorded"])
+
         results = []
         for round_ in range(10):
             for start in range(0, len(devices), 100):
@@ -148,15 +152,13 @@ def test_three_workers_two_api_processes_and_a_sigkill_lose_nothing(
                         for d in devices[start : start + 100]
                     ]
                 )
+            if round_ == 2:
+                # In the middle, whatever the machine's speed: 3,000 taken, 2,000 of them
+                # delivered, 7,000 still to come when one worker dies.
+                wait_for(lambda: recorded() >= 2_000, timeout=60, what="a fifth delivered")
+                victim = worker.children()[0]
+                os.kill(victim, signal.SIGKILL)
         assert sum(r["notifications"] for r in results) == 10_000
-
-        def recorded() -> int:
-            return int(gateway.gateway.stats()["notifications_recorded"])
-
-        wait_for(lambda: recorded() >= 2_000, timeout=60, what="a fifth delivered")
-        victim = worker.children()[0]
-        os.kill(victim, signal.SIGKILL)
-        assert recorded() < 10_000, "the kill came too late to test anything"
 
         def all_delivered() -> bool:
             [(done,)] = service.query(
