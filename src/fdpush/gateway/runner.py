@@ -198,7 +198,12 @@ class RunningGateway:
         return self._client
 
     def _dev(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.http.request(method, "/_dev/" + path, **kwargs)
+        try:
+            response = self.http.request(method, "/_dev/" + path, **kwargs)
+        except httpx.RemoteProtocolError:
+            # The server closed the kept-alive connection just as the request went out (its
+            # idle timeout): the request was not taken, and every /_dev/ call can be repeated.
+            response = self.http.request(method, "/_dev/" + path, **kwargs)
         response.raise_for_status()
         return response.json()
 
