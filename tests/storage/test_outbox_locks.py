@@ -1,9 +1,9 @@
 """Row locks of the outbox on PostgreSQL: renewing leases never waits for a batch being settled.
 
-A worker renews the leases of all its in-flight rows in one statement while it settles one
-batch of them in another. If renewal waited for locked rows, the two could lock in different
-orders and deadlock; PostgreSQL would abort one and the batch the gateway had taken would be
-sent again. Renewal skips rows locked at that moment instead.
+A worker renews the leases of all its claimed dispatches in one statement while it settles one
+batch (and deletes its dispatch) in another. If renewal waited for locked rows, the two could
+lock in different orders and deadlock; PostgreSQL would abort one and the batch the gateway had
+taken would be sent again. Renewal skips dispatches locked at that moment instead.
 """
 
 from __future__ import annotations

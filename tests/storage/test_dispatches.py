@@ -1,0 +1,128 @@
+"""Dispatches, on both databases: what a claim, giving back and settling leave behind.
+
+Every pending notification stays named by exactly one dispatch that will claim it: giving some
+back moves them to a new dispatch, due later, and the one they came from keeps only the rest
+(after a crash they could otherwise be sent through both); a dispatch goes once nothing it
+claimed is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from conftest import create_postgres_database, drop_postgres_database
+from fdpush.storage import outbox
+from fdpush.storage.database import Database
+
+OWNER = "worker-1"
+GATEWAY = "https://gw.example/push/v1/"
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'dispatches.db'}"
+        return
+    url = create_postgres_database()
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+async def _dispatches(db: Database) -> list[tuple[list[str], int]]:
+    async with db.read() as conn:
+        rows = await conn.execute(
+            text("SELECT notification_ids, next_attempt_at FROM dispatches ORDER BY id")
+        )
+        return [
+            (sorted(ids if isinstance(ids, list) else json.loads(ids)), int(due))
+            for ids, due in rows
+        ]
+
+
+async def _give_back_one_then_settle(url: str) -> dict[str, Any]:
+    db = Database(url)
+    try:
+        await db.migrate()
+        event = {
+            "id": "e1",
+            "user_id": "u",
+            "channel": "c",
+            "prio": "high",
+            "identifier": None,
+            "created_at": 1,
+            "payload": b"x",
+            "history": False,
+        }
+        notes = [
+            {
+                "id": f"n{n}",
+                "event_id": "e1",
+                "pusher_id": None,
+                "gateway": GATEWAY,
+                "encrypted": True,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": 0,
+                "created_at": 1,
+            }
+            for n in range(3)
+        ]
+        await outbox.queue(db, [event], notes, notify_channel=None)
+        queued = await _dispatches(db)
+        claimed, _, _ = await outbox.claim_with_context(
+            db, owner=OWNER, now_ms=10, lease_ms=1000, limit=100
+        )
+        dispatch = claimed[0].dispatch
+        back = [r for r in claimed if r.id == "n0"]
+        async with db.write() as conn:
+            await outbox.release(
+                conn,
+                back,
+                next_attempt_at=5000,
+                error="gateway could not deliver",
+                count_attempt=True,
+                remaining={dispatch: {"n1", "n2"}},
+            )
+        after_release = await _dispatches(db)
+        await outbox.settle(
+            db, [("n1", "delivered", None), ("n2", "delivered", None)], now_ms=20, done=[dispatch]
+        )
+        after_settle = await _dispatches(db)
+        again, _, _ = await outbox.claim_with_context(
+            db, owner=OWNER, now_ms=6000, lease_ms=1000, limit=100
+        )
+        async with db.read() as conn:
+            attempts = (
+                await conn.execute(text("SELECT attempts FROM notifications WHERE id = 'n0'"))
+            ).scalar_one()
+        return {
+            "queued": queued,
+            "claimed": sorted(r.id for r in claimed),
+            "after_release": after_release,
+            "after_settle": after_settle,
+            "again": [(r.id, r.attempts) for r in again],
+            "attempts": attempts,
+        }
+    finally:
+        await db.close()
+
+
+def test_a_notification_given_back_moves_to_a_new_dispatch_and_the_old_one_keeps_the_rest(
+    database_url: str,
+) -> None:
+    seen = asyncio.run(_give_back_one_then_settle(database_url))
+    assert seen["queued"] == [(["n0", "n1", "n2"], 0)]  # one dispatch for the three
+    assert seen["claimed"] == ["n0", "n1", "n2"]
+    assert seen["after_release"] == [(["n1", "n2"], 0), (["n0"], 5000)]
+    assert seen["after_settle"] == [(["n0"], 5000)]  # the settled dispatch is gone
+    assert seen["again"] == [("n0", 1)]  # claimed once more when due, its attempt counted
+    assert seen["attempts"] == 1
