@@ -77,6 +77,8 @@ def parse(argv: list[str] | None) -> tuple[Options, int, str]:
             str(args.worker_processes),
             "--time-limit",
             "900",
+            "--idle-events",  # no idle phase here (its default needs 50 users)
+            "0",
         ]
     )
     return options, args.events_per_device, str(args.json_path or "")

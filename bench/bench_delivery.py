@@ -245,8 +245,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--profile",
         dest="profile_dir",
         type=Path,
-        help="sample the service with py-spy during the measured phase; write the raw stacks "
-        "to this directory and print the top functions",
+        help="sample the service and the gateway with py-spy during the measured phase; write "
+        "the raw stacks to this directory and print the service's top functions",
     )
     parser.add_argument(
         "--service-env",
@@ -1225,9 +1225,13 @@ async def measure_backend(
         # --- end to end: the clock runs from the first event request to the last ack
         batches = workload.event_batches()
         expected = len(workload.subscribed)
-        profiler = worker_profiler = None
+        profiler = worker_profiler = gateway_profiler = None
         if options.profile_dir is not None:
-            profiler = Profiler(service.pid, options.profile_dir / f"service-{backend}.txt")
+            # With FDPUSH_WORKERS the service's API processes are its children.
+            profiler = Profiler(
+                service.pid, options.profile_dir / f"service-{backend}.txt", subprocesses=True
+            )
+            gateway_profiler = Profiler(gateway.pid, options.profile_dir / f"gateway-{backend}.txt")
             if service.worker is not None:  # separate delivery processes: sampled apart
                 worker_profiler = Profiler(
                     service.worker.pid,
@@ -1255,9 +1259,13 @@ async def measure_backend(
             await asyncio.sleep(POLL_INTERVAL_S)  # poll interval, not a wait for the result
         statements = db.statements() if counting_statements else []
         profile = None
-        if worker_profiler is not None:
-            worker_profiler.stop()
-            print(f"  worker processes' profile: {worker_profiler.output}")
+        for other, whose in (
+            (worker_profiler, "worker processes'"),
+            (gateway_profiler, "gateway's"),
+        ):
+            if other is not None:
+                other.stop()
+                print(f"  {whose} profile: {other.output}")
         if profiler is not None:
             complaint = profiler.stop()
             profile = (

@@ -8,7 +8,8 @@ What it measures
       (:func:`fdpush.delivery.compose.compose`: the event's payload opened once, each device's
       pushkey and month key opened, the payload sealed under it, the spec's
       ``EncryptedNotification`` and ``Device`` built, each batch item encoded once). Once as it
-      runs, once with the pushkeys, the key schedule and the sealing replaced by ready results:
+      runs, once with the pushkeys, the payloads, the key schedule and the sealing replaced by
+      ready results:
       what is left is the wire objects' part, comparable with the floor.
     - ``request body``: the 100 encoded items joined into the ``notifyEncrypted/batch`` body.
     - ``answer → verdicts``: the gateway's ``BatchNotificationResponse`` for them (10 items with
@@ -76,12 +77,14 @@ class Batch:
         self.rows: list[Claimed] = []
         self.targets: dict[int, Target] = {}
         payload = {"ChannelId": "erp.task.activate", "Identifier": "160.000.100.000.001.05"}
-        sealed = self.vault.seal_record("event-payload", "e1", orjson.dumps(payload))
-        self.bodies = {"e1": EventBody("e1", "high", "160.000.100.000.001.05", sealed)}
+        self.bodies: dict[str, EventBody] = {}
         data = orjson.dumps({"url": GATEWAY, "format": "event_id_only"}).decode()
         self.pushkeys: dict[int, str] = {}
         for n in range(BATCH):
-            user, pushkey = f"user-{n}", f"pk/{uuid.uuid4().hex}+="
+            # One event per user, as in the delivery benchmark's headline: each payload opened.
+            user, pushkey, event = f"user-{n}", f"pk/{uuid.uuid4().hex}+=", f"e{n}"
+            sealed = self.vault.seal_record("event-payload", event, orjson.dumps(payload))
+            self.bodies[event] = EventBody(event, "high", "160.000.100.000.001.05", sealed, user)
             index, sealed_pushkey = self.vault.seal_pushkey(user, APP_ID, pushkey)
             generation = crypto.derive_generation(os.urandom(32), PERIOD)
             material = self.vault.seal(user, APP_ID, index, generation)
@@ -90,16 +93,26 @@ class Batch:
                 ((PERIOD, material),), sealed_pushkey,
             )  # fmt: skip
             self.pushkeys[n] = pushkey
-            self.rows.append(Claimed(uuid.uuid4().hex, "e1", n, GATEWAY, True, None, 0, 0, 1))
+            self.rows.append(Claimed(uuid.uuid4().hex, event, n, GATEWAY, True, None, 0, 0, 1))
         self.ciphertext = base64.b64encode(os.urandom(1052)).decode()
+        self.opened = {
+            event: compose_module._open_payload(self.vault, body)
+            for event, body in self.bodies.items()
+        }
         self.steps: dict[tuple[str, str, str], Advance | None] = {}
         for target in self.targets.values():
             owner = (target.user_id, target.app_id, target.pushkey)
             self.steps[owner] = advance(self.vault, owner, target.generations, PERIOD)
 
     def stubbed(self) -> contextlib.ExitStack:
-        """Within it, the sealed pushkeys, the key schedule and the sealing give ready results."""
+        """Within it, the sealed pushkeys and payloads, the key schedule and the sealing give
+        ready results."""
         stack = contextlib.ExitStack()
+        stack.enter_context(
+            mock.patch.object(
+                compose_module, "_open_payload", lambda _vault, body: self.opened[body.id]
+            )
+        )
         stack.enter_context(
             mock.patch.object(
                 compose_module, "_open_pushkey", lambda _vault, t: self.pushkeys[t.pusher_id]
@@ -146,9 +159,9 @@ class Batch:
 
 def floor_build(batch: Batch) -> list[bytes]:
     """What the sender sends, built as dicts and encoded with orjson (sealing not included)."""
-    event = batch.bodies["e1"]
     encoded = []
     for row in batch.rows:
+        event = batch.bodies[row.event_id]
         target = batch.targets[row.pusher_id or 0]
         data = orjson.loads(target.data)
         data.pop("url", None)

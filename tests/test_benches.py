@@ -60,3 +60,35 @@ def test_the_sender_http_benchmark_checks_every_verdict() -> None:
     result = _run(str(BENCH / "bench_sender_http.py"), "--requests", "4", "--warmup", "1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "fdpush" in result.stdout and "httpx" in result.stdout
+
+
+def test_the_wire_benchmark_runs_the_paths_it_compares() -> None:
+    """It first checks that compose and the floor build the same notifications, and that the
+    sender and the floor read the same verdicts from an answer."""
+    result = _run(str(BENCH / "bench_wire.py"), "--quick")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "compose (keys opened, payload sealed)" in result.stdout
+
+
+def test_the_prune_benchmark_checks_what_is_left() -> None:
+    result = _run(str(BENCH / "bench_prune.py"), "--events", "300", "--devices", "4")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "OK: the old rows are gone, the recent ones kept" in result.stdout
+
+
+def test_the_backlog_benchmark_checks_every_notification(backend: str) -> None:
+    result = _run(
+        str(BENCH / "bench_backlog.py"),
+        *("--backend", backend, "--devices", "20", "--events-per-device", "10"),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1].split()[-2:] == ["0", "0"]  # none lost, none repeated
+
+
+def test_the_gateway_benchmark_checks_every_answer(tmp_path: Path) -> None:
+    result = _run(
+        str(BENCH / "bench_gateway.py"),
+        *("--batches", "4", "--warmup", "1", "--rounds", "1", "--json", str(tmp_path / "g.json")),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "production gateway" in result.stdout
