@@ -126,3 +126,110 @@ def test_a_notification_given_back_moves_to_a_new_dispatch_and_the_old_one_keeps
     assert seen["after_settle"] == [(["n0"], 5000)]  # the settled dispatch is gone
     assert seen["again"] == [("n0", 1)]  # claimed once more when due, its attempt counted
     assert seen["attempts"] == 1
+
+
+def _notes(count: int, **overrides: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"n{n}",
+            "event_id": "e1",
+            "pusher_id": None,
+            "gateway": GATEWAY,
+            "encrypted": True,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": 0,
+            "created_at": 1,
+        }
+        | overrides.get(f"n{n}", {})
+        for n in range(count)
+    ]
+
+
+_EVENT = {
+    "id": "e1",
+    "user_id": "u",
+    "channel": "c",
+    "prio": "high",
+    "identifier": None,
+    "created_at": 1,
+    "payload": b"x",
+    "history": False,
+}
+
+
+async def _settle_two_batches(url: str) -> dict[str, Any]:
+    """Two claimed dispatches: one whose notifications all ended alike, one with three
+    different endings."""
+    db = Database(url)
+    try:
+        await db.migrate()
+        await outbox.queue(db, [_EVENT], _notes(3), notify_channel=None)
+        first, _, _ = await outbox.claim_with_context(
+            db, owner=OWNER, now_ms=10, lease_ms=1000, limit=100
+        )
+        await outbox.settle(
+            db,
+            [(r.id, "failed", "the gateway refused it") for r in first],
+            now_ms=20,
+            done=[first[0].dispatch],
+        )
+        second_event = _EVENT | {"id": "e2"}
+        notes = [n | {"id": "m" + n["id"], "event_id": "e2"} for n in _notes(3)]
+        await outbox.queue(db, [second_event], notes, notify_channel=None)
+        second, _, _ = await outbox.claim_with_context(
+            db, owner=OWNER, now_ms=30, lease_ms=1000, limit=100
+        )
+        await outbox.settle(
+            db,
+            [
+                ("mn0", "delivered", None),
+                ("mn1", "rejected", "rejected"),
+                ("mn2", "failed", "x" * 600),  # a reason is kept to 512 characters
+            ],
+            now_ms=40,
+            done=[second[0].dispatch],
+        )
+        async with db.read() as conn:
+            rows = await conn.execute(
+                text("SELECT id, status, finished_at, last_error FROM notifications ORDER BY id")
+            )
+            ended = {r[0]: (r[1], r[2], r[3]) for r in rows}
+        return {"ended": ended, "dispatches": await _dispatches(db)}
+    finally:
+        await db.close()
+
+
+def test_a_batch_settles_each_notification_with_its_own_ending(database_url: str) -> None:
+    seen = asyncio.run(_settle_two_batches(database_url))
+    assert seen["ended"] == {
+        "n0": ("failed", 20, "the gateway refused it"),
+        "n1": ("failed", 20, "the gateway refused it"),
+        "n2": ("failed", 20, "the gateway refused it"),
+        "mn0": ("delivered", 40, None),
+        "mn1": ("rejected", 40, "rejected"),
+        "mn2": ("failed", 40, "x" * 512),
+    }
+    assert seen["dispatches"] == []
+
+
+async def _queue_rows_of_two_moments(url: str) -> tuple[str, int]:
+    db = Database(url)
+    try:
+        await db.migrate()
+        late = _notes(2, n1={"next_attempt_at": 5})
+        with pytest.raises(ValueError, match="differ in next_attempt_at") as refused:
+            await outbox.queue(db, [_EVENT], late, notify_channel=None)
+        async with db.read() as conn:
+            stored = (await conn.execute(text("SELECT count(*) FROM notifications"))).scalar_one()
+        return str(refused.value), stored
+    finally:
+        await db.close()
+
+
+def test_rows_of_different_moments_are_not_queued_together(database_url: str) -> None:
+    """One call's rows are stored with one time each column (PostgreSQL gets it once): rows
+    that differ there are refused, not stored with another row's time."""
+    message, stored = asyncio.run(_queue_rows_of_two_moments(database_url))
+    assert "differ in next_attempt_at" in message
+    assert stored == 0

@@ -155,11 +155,17 @@ async def queue(
 ) -> None:
     """Store events and their notifications durably (committed on return), waking workers.
 
+    The rows are of one moment: every event has the same ``created_at`` and ``history``, every
+    notification the same ``status``, ``attempts``, ``next_attempt_at`` and ``created_at``
+    (ValueError otherwise).
+
     PostgreSQL: one statement, which commits on its own. SQLite: one write transaction.
     """
     if not event_rows:
         return
     if db.sqlite_direct:
+        _alike(event_rows, _EVENT_CONSTANTS)  # one moment per call, as on PostgreSQL
+        _alike(notification_rows, _NOTIFICATION_CONSTANTS)
         await db.sqlite(partial(_sqlite_insert, event_rows, notification_rows), write=True)
         return
     if db.dialect == "postgresql":
@@ -274,28 +280,47 @@ _NOTIFICATION_COLUMNS = {
 }
 
 
-def _unnest_insert(table: str, columns: Mapping[str, str], prefix: str) -> str:
+# What is the same for every row of one call (one clock reading; a new notification is pending,
+# never tried) goes to PostgreSQL once, not as an array of a hundred copies: each array element
+# costs the driver's encoder and the server's decoder (about 0.3 µs each on the service's side).
+_EVENT_CONSTANTS = ("created_at", "history")
+_NOTIFICATION_CONSTANTS = ("status", "attempts", "next_attempt_at", "created_at")
+
+
+def _unnest_insert(
+    table: str, columns: Mapping[str, str], prefix: str, constants: Sequence[str]
+) -> str:
     names = ", ".join(columns)
-    arrays = ", ".join(f"CAST(:{prefix}{name} AS {kind}[])" for name, kind in columns.items())
+    varying = [name for name in columns if name not in constants]
+    arrays = ", ".join(f"CAST(:{prefix}{name} AS {columns[name]}[])" for name in varying)
+    values = ", ".join(
+        f"CAST(:{prefix}{name} AS {kind})" if name in constants else f"u.{name}"
+        for name, kind in columns.items()
+    )
     # Only our own table and column names: no input reaches this text.
-    return f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"  # noqa: S608
+    return (
+        f"INSERT INTO {table} ({names}) SELECT {values} "  # noqa: S608
+        f"FROM unnest({arrays}) AS u({', '.join(varying)})"
+    )
 
 
 # The notifications' dispatches come from the same arrays: the rows of one group (``:n_group``,
 # numbered by _dispatch_groups) make one dispatch.
 _INSERT_DISPATCHES = """
     INSERT INTO dispatches (gateway, notification_ids, next_attempt_at, created_at)
-    SELECT min(u.gateway), array_agg(u.id ORDER BY u.id), min(u.due), min(u.created)
-    FROM unnest(CAST(:n_id AS text[]), CAST(:n_gateway AS text[]), CAST(:n_group AS integer[]),
-                CAST(:n_next_attempt_at AS bigint[]), CAST(:n_created_at AS bigint[]))
-         AS u(id, gateway, grp, due, created)
+    SELECT min(u.gateway), array_agg(u.id ORDER BY u.id), CAST(:n_next_attempt_at AS bigint),
+           CAST(:n_created_at AS bigint)
+    FROM unnest(CAST(:n_id AS text[]), CAST(:n_gateway AS text[]), CAST(:n_group AS integer[]))
+         AS u(id, gateway, grp)
     GROUP BY u.grp
 """
 
+_INSERT_EVENTS = _unnest_insert("events", _EVENT_COLUMNS, "e_", _EVENT_CONSTANTS)
+_INSERT_NOTIFICATIONS = _unnest_insert(
+    "notifications", _NOTIFICATION_COLUMNS, "n_", _NOTIFICATION_CONSTANTS
+)
 _INSERT_EVENTS_AND_NOTIFICATIONS = text(
-    f"WITH e AS ({_unnest_insert('events', _EVENT_COLUMNS, 'e_')}), "
-    f"n AS ({_unnest_insert('notifications', _NOTIFICATION_COLUMNS, 'n_')}), "
-    f"d AS ({_INSERT_DISPATCHES}) "
+    f"WITH e AS ({_INSERT_EVENTS}), n AS ({_INSERT_NOTIFICATIONS}), d AS ({_INSERT_DISPATCHES}) "
     "SELECT CASE WHEN CAST(:wake AS boolean) THEN pg_notify(:channel, '') END"
 )
 
@@ -344,8 +369,8 @@ def _queue_parameters(
     notify_channel: str | None,
 ) -> dict[str, Any]:
     return {
-        **_columns(event_rows, _EVENT_COLUMNS, "e_"),
-        **_columns(notification_rows, _NOTIFICATION_COLUMNS, "n_"),
+        **_columns(event_rows, _EVENT_COLUMNS, "e_", _EVENT_CONSTANTS),
+        **_columns(notification_rows, _NOTIFICATION_COLUMNS, "n_", _NOTIFICATION_CONSTANTS),
         "n_group": _groups(notification_rows),
         "channel": notify_channel or "",
         "wake": bool(notification_rows) and notify_channel is not None,
@@ -353,9 +378,31 @@ def _queue_parameters(
 
 
 def _columns(
-    rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str], prefix: str
+    rows: Sequence[Mapping[str, Any]],
+    columns: Mapping[str, str],
+    prefix: str,
+    constants: Sequence[str],
 ) -> dict[str, Any]:
-    return {prefix + name: [row[name] for row in rows] for name in columns}
+    """The statement's parameters: an array per column, one value per column in ``constants``
+    (every row must have the same there)."""
+    found: dict[str, Any] = {
+        prefix + name: [row[name] for row in rows] for name in columns if name not in constants
+    }
+    for name, value in _alike(rows, constants).items():
+        found[prefix + name] = value
+    return found
+
+
+def _alike(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """The one value every row has in each of ``names`` (None without rows); rows that differ
+    there cannot be queued together (ValueError)."""
+    found: dict[str, Any] = {}
+    for name in names:
+        values = {row[name] for row in rows}
+        if len(values) > 1:
+            raise ValueError(f"rows queued together differ in {name}: {sorted(values)[:3]}")
+        found[name] = values.pop() if values else None
+    return found
 
 
 # --- the worker's side ---------------------------------------------------------------------------
@@ -731,6 +778,22 @@ _SETTLE = text(
     SELECT count(*) FROM s
     """
 )
+# The usual batch: every notification ended alike (delivered), so status and reason go once.
+_SETTLE_ALIKE = text(
+    """
+    WITH s AS (
+        UPDATE notifications n
+        SET status = CAST(:status AS text), finished_at = :now,
+            last_error = CAST(:error AS text)
+        FROM unnest(CAST(:ids AS text[])) AS o(id)
+        WHERE n.id = o.id AND n.status = 'pending'
+        RETURNING 1
+    ), d AS (
+        DELETE FROM dispatches WHERE id = ANY(CAST(:done AS bigint[]))
+    )
+    SELECT count(*) FROM s
+    """
+)
 
 
 async def settle(
@@ -747,16 +810,23 @@ async def settle(
         return
     if db.dialect == "postgresql":
         ordered = sorted(outcomes)  # every writer of these rows locks them in id order
-        params = {
+        endings = {(o[1], None if o[2] is None else o[2][:512]) for o in ordered}
+        params: dict[str, Any] = {
             "now": now_ms,
             "ids": [o[0] for o in ordered],
-            "statuses": [o[1] for o in ordered],
-            "errors": [None if o[2] is None else o[2][:512] for o in ordered],
             "done": sorted(done),
         }
+        if len(endings) == 1:
+            [(status, error)] = endings
+            statement = _SETTLE_ALIKE
+            params |= {"status": status, "error": error}
+        else:
+            statement = _SETTLE
+            params["statuses"] = [o[1] for o in ordered]
+            params["errors"] = [None if o[2] is None else o[2][:512] for o in ordered]
         for attempt in range(3):
             try:
-                await db.fetch_all(_SETTLE, params)
+                await db.fetch_all(statement, params)
                 return
             except asyncpg.DeadlockDetectedError:
                 # PostgreSQL undid this statement alone: doing it again settles the batch
