@@ -145,6 +145,8 @@ class Database:
         self._sqlite_writer = asyncio.Lock()
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
+        else:
+            event.listen(self.engine.sync_engine, "checkout", _learn_array_types)
 
     async def close(self) -> None:
         try:
@@ -324,6 +326,23 @@ class Database:
                         text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id(_MIGRATION_LOCK)}
                     )
                     await conn.commit()
+
+
+# The array types the outbox's statements pass and read that asyncpg has no built-in codec for
+# (it knows text[]): without this it looks each up with a query of its own on a connection's
+# first use of the queueing statement, and again of the claim, in the middle of the traffic.
+_ARRAY_TYPES = "SELECT $1::bytea[], $2::boolean[], $3::integer[], $4::bigint[], $5::varchar[]"
+
+
+def _learn_array_types(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """On a PostgreSQL connection's first checkout: learn the array types at once (one lookup).
+
+    Not on ``connect``: SQLAlchemy's asyncpg dialect sets its JSON codecs after that event,
+    which empties asyncpg's cache of types."""
+    if record.info.get("array_types"):
+        return
+    dbapi_connection.run_async(lambda driver: driver.prepare(_ARRAY_TYPES))
+    record.info["array_types"] = True
 
 
 class Transaction:
