@@ -92,3 +92,10 @@ def test_the_gateway_benchmark_checks_every_answer(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "production gateway" in result.stdout
+
+
+def test_the_queue_benchmark_checks_every_notification_settled() -> None:
+    result = _run(str(BENCH / "bench_queue.py"), "--calls", "3", "--rounds", "1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "OK: every notification queued and settled" in result.stdout
+    assert "settle, three endings" in result.stdout
