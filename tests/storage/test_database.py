@@ -4,7 +4,6 @@ SQLite's direct connection."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,18 +14,6 @@ from sqlalchemy import text
 from conftest import POSTGRES_ADMIN_URL, create_postgres_database, drop_postgres_database
 from fdpush.storage import queries
 from fdpush.storage.database import Database
-
-
-@pytest.fixture
-def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fdpush.db'}"
-        return
-    url = create_postgres_database()
-    try:
-        yield url
-    finally:
-        drop_postgres_database(url)
 
 
 def test_libpq_parameters_of_the_url_reach_the_server(backend: str) -> None:

@@ -10,31 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from conftest import create_postgres_database, drop_postgres_database
 from fdpush.storage import outbox
 from fdpush.storage.database import Database
+from storage.rows import event, notification
 
 OWNER = "worker-1"
-GATEWAY = "https://gw.example/push/v1/"
-
-
-@pytest.fixture
-def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'dispatches.db'}"
-        return
-    url = create_postgres_database()
-    try:
-        yield url
-    finally:
-        drop_postgres_database(url)
 
 
 async def _dispatches(db: Database) -> list[tuple[list[str], int]]:
@@ -52,31 +37,8 @@ async def _give_back_one_then_settle(url: str) -> dict[str, Any]:
     db = Database(url)
     try:
         await db.migrate()
-        event = {
-            "id": "e1",
-            "user_id": "u",
-            "channel": "c",
-            "prio": "high",
-            "identifier": None,
-            "created_at": 1,
-            "payload": b"x",
-            "history": False,
-        }
-        notes = [
-            {
-                "id": f"n{n}",
-                "event_id": "e1",
-                "pusher_id": None,
-                "gateway": GATEWAY,
-                "encrypted": True,
-                "status": "pending",
-                "attempts": 0,
-                "next_attempt_at": 0,
-                "created_at": 1,
-            }
-            for n in range(3)
-        ]
-        await outbox.queue(db, [event], notes, notify_channel=None)
+        notes = [notification(f"n{n}", "e1") for n in range(3)]
+        await outbox.queue(db, [event("e1")], notes, notify_channel=None)
         queued = await _dispatches(db)
         claimed, _, _ = await outbox.claim_with_context(
             db, owner=OWNER, now_ms=10, lease_ms=1000, limit=100
@@ -128,43 +90,14 @@ def test_a_notification_given_back_moves_to_a_new_dispatch_and_the_old_one_keeps
     assert seen["attempts"] == 1
 
 
-def _notes(count: int, **overrides: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": f"n{n}",
-            "event_id": "e1",
-            "pusher_id": None,
-            "gateway": GATEWAY,
-            "encrypted": True,
-            "status": "pending",
-            "attempts": 0,
-            "next_attempt_at": 0,
-            "created_at": 1,
-        }
-        | overrides.get(f"n{n}", {})
-        for n in range(count)
-    ]
-
-
-_EVENT = {
-    "id": "e1",
-    "user_id": "u",
-    "channel": "c",
-    "prio": "high",
-    "identifier": None,
-    "created_at": 1,
-    "payload": b"x",
-    "history": False,
-}
-
-
 async def _settle_two_batches(url: str) -> dict[str, Any]:
     """Two claimed dispatches: one whose notifications all ended alike, one with three
     different endings."""
     db = Database(url)
     try:
         await db.migrate()
-        await outbox.queue(db, [_EVENT], _notes(3), notify_channel=None)
+        first_notes = [notification(f"n{n}", "e1") for n in range(3)]
+        await outbox.queue(db, [event("e1")], first_notes, notify_channel=None)
         first, _, _ = await outbox.claim_with_context(
             db, owner=OWNER, now_ms=10, lease_ms=1000, limit=100
         )
@@ -174,9 +107,8 @@ async def _settle_two_batches(url: str) -> dict[str, Any]:
             now_ms=20,
             done=[first[0].dispatch],
         )
-        second_event = _EVENT | {"id": "e2"}
-        notes = [n | {"id": "m" + n["id"], "event_id": "e2"} for n in _notes(3)]
-        await outbox.queue(db, [second_event], notes, notify_channel=None)
+        second_notes = [notification(f"mn{n}", "e2") for n in range(3)]
+        await outbox.queue(db, [event("e2")], second_notes, notify_channel=None)
         second, _, _ = await outbox.claim_with_context(
             db, owner=OWNER, now_ms=30, lease_ms=1000, limit=100
         )
@@ -217,9 +149,9 @@ async def _queue_rows_of_two_moments(url: str) -> tuple[str, int]:
     db = Database(url)
     try:
         await db.migrate()
-        late = _notes(2, n1={"next_attempt_at": 5})
+        late = [notification("n0", "e1"), notification("n1", "e1", next_attempt_at=5)]
         with pytest.raises(ValueError, match="differ in next_attempt_at") as refused:
-            await outbox.queue(db, [_EVENT], late, notify_channel=None)
+            await outbox.queue(db, [event("e1")], late, notify_channel=None)
         async with db.read() as conn:
             stored = (await conn.execute(text("SELECT count(*) FROM notifications"))).scalar_one()
         return str(refused.value), stored

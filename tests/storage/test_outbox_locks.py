@@ -17,6 +17,7 @@ from sqlalchemy import text
 from conftest import create_postgres_database, drop_postgres_database
 from fdpush.storage import outbox
 from fdpush.storage.database import Database
+from storage.rows import event, notification
 
 OWNER = "worker-1"
 
@@ -34,33 +35,8 @@ def database_url(backend: str) -> Iterator[str]:
 
 async def _fill(db: Database, count: int) -> list[str]:
     await db.migrate()
-    events = [
-        {
-            "id": f"e{n:031d}",
-            "user_id": "u",
-            "channel": "c",
-            "prio": "high",
-            "identifier": None,
-            "created_at": 1,
-            "payload": b"x",
-            "history": False,
-        }
-        for n in range(count)
-    ]
-    notes = [
-        {
-            "id": f"n{n:031d}",
-            "event_id": f"e{n:031d}",
-            "pusher_id": None,
-            "gateway": "https://gw.example/push/v1/",
-            "encrypted": True,
-            "status": "pending",
-            "attempts": 0,
-            "next_attempt_at": 0,
-            "created_at": 1,
-        }
-        for n in range(count)
-    ]
+    events = [event(f"e{n:031d}") for n in range(count)]
+    notes = [notification(f"n{n:031d}", f"e{n:031d}") for n in range(count)]
     await outbox.queue(db, events, notes, notify_channel=None)
     claimed, _, _ = await outbox.claim_with_context(
         db, owner=OWNER, now_ms=10, lease_ms=1000, limit=count

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from conftest import create_postgres_database, drop_postgres_database
 from fdpush.storage import outbox
 from fdpush.storage.database import Database
+from storage.rows import event, notification
 
 COUNT = 2000
 
@@ -38,31 +39,14 @@ async def _queue_claim_settle_and_count(url: str) -> tuple[int, int, int]:
     db = Database(url)
     try:
         await db.migrate()
-        events = [
-            {
-                "id": f"{n:012x}{'e' * 20}",
-                "user_id": "u",
-                "channel": "c",
-                "prio": "high",
-                "identifier": None,
-                "created_at": 1,
-                "payload": b"x" * 200,
-                "history": False,
-            }
-            for n in range(COUNT)
-        ]
+        events = [event(f"{n:012x}{'e' * 20}", payload=b"x" * 200) for n in range(COUNT)]
         notes = [
-            {
-                "id": f"{n:012x}{'n' * 20}",
-                "event_id": f"{n:012x}{'e' * 20}",
-                "pusher_id": n,
-                "gateway": "https://gateway.example/push/v1/",
-                "encrypted": True,
-                "status": "pending",
-                "attempts": 0,
-                "next_attempt_at": 0,
-                "created_at": 1,
-            }
+            notification(
+                f"{n:012x}{'n' * 20}",
+                f"{n:012x}{'e' * 20}",
+                pusher_id=n,
+                gateway="https://gateway.example/push/v1/",
+            )
             for n in range(COUNT)
         ]
         for start in range(0, COUNT, 100):  # as the event API queues them: 100 a statement
