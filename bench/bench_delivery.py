@@ -1162,12 +1162,14 @@ class Usage:
 
     service_pids: list[int] | None
     gateway_pid: int
+    worker_pid: int | None = None  # a separate ``fdpush worker`` (also in service_pids)
     start: dict[str, float | None] = field(default_factory=dict)
     used: dict[str, float | None] = field(default_factory=dict)
 
     def _now(self) -> dict[str, float | None]:
         return {
             "service": None if self.service_pids is None else tree_cpu_seconds(self.service_pids),
+            "worker": None if self.worker_pid is None else tree_cpu_seconds([self.worker_pid]),
             "gateway": cpu_seconds(self.gateway_pid),
             "load": cpu_seconds(os.getpid()),  # this process: the events' sender
             "database": database_cpu_seconds(),
@@ -1249,7 +1251,9 @@ async def measure_backend(
                 )
             await asyncio.sleep(1.0)  # let py-spy attach before the clock starts
         log_start = service.log_size()  # start-up warnings (dev auth) are not the phase's
-        usage = Usage(service.pids, gateway.pid)
+        usage = Usage(
+            service.pids, gateway.pid, None if service.worker is None else service.worker.pid
+        )
         activity_before = db.activity()
         counting_statements = db.reset_statements()
         usage.begin()
@@ -1327,6 +1331,7 @@ async def measure_backend(
         "gateway_batch_sizes": stats.get("batch_sizes"),
         "max_ms": round(latencies[-1], 1) if latencies else None,
         "load_cpu_percent": usage.percent("load", seconds),
+        "worker_cpu_percent": usage.percent("worker", seconds),
         "profile": profile,
         "database_statements": [
             {
@@ -1703,6 +1708,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{x['gateway_requests']} gateway requests; latency max {_num(x['max_ms'], 1)} ms; "
                 f"the load (this process) used {_pct(x['load_cpu_percent'])} CPU"
             )
+            if x.get("worker_cpu_percent") is not None:
+                print(
+                    f"  {f.backend}: of the service's CPU, the worker processes used "
+                    f"{_pct(x['worker_cpu_percent'])}, the API the rest"
+                )
             per = x.get("database_per_notification")
             if per:
                 print(

@@ -42,6 +42,29 @@ def test_the_delivery_benchmark_checks_every_notification(backend: str) -> None:
     assert "OK: every notification acknowledged" in result.stdout
 
 
+def test_the_delivery_benchmark_runs_separate_worker_processes(backend: str) -> None:
+    if backend == "sqlite":
+        pytest.skip("separate worker processes share PostgreSQL; SQLite is one process's")
+    result = _run(
+        str(BENCH / "bench_delivery.py"),
+        "--backend",
+        "postgresql",
+        "--devices",
+        "40",
+        "--worker-processes",
+        "1",
+        "--idle-events",
+        "0",
+        "--seal-iterations",
+        "1000",
+        "--baseline-concurrency",
+        "4",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "OK: every notification acknowledged" in result.stdout
+    assert "of the service's CPU, the worker processes used" in result.stdout
+
+
 def test_the_api_benchmark_checks_every_answer(backend: str) -> None:
     """On PostgreSQL with the floor app too, asked for what is stored."""
     if shutil.which("wrk") is None:
