@@ -211,7 +211,7 @@ def _prepare(settings: Settings, *, migrate: bool) -> str | None:
     from fdpush.domain.keyring import KeyringError
     from fdpush.services import Services
 
-    services = Services.build(settings)
+    services = Services.build(settings, tool=True)
 
     async def run() -> str | None:
         try:
@@ -442,7 +442,7 @@ def _with_services(obj: _Context, work: Callable[[Services], Awaitable[_T]]) -> 
     settings = obj.settings(for_serving=False)
 
     async def run() -> _T:
-        async with Services.open(settings, prepare=False) as services:
+        async with Services.open(settings, prepare=False, tool=True) as services:
             return await work(services)
 
     try:

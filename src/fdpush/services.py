@@ -89,6 +89,7 @@ class Services:
         worker: bool = False,
         master_key: bytes | None = None,
         pool_size: int = POOL_SIZE,
+        tool: bool = False,
     ) -> Services:
         """The services of one process, from ``settings``.
 
@@ -96,13 +97,20 @@ class Services:
         checked first). ``master_key``: already resolved (a process started by another); else
         ``FDPUSH_MASTER_KEY`` or the key file (made if missing, see
         :func:`~fdpush.config.resolve_master_key`). ``pool_size``: database connections unless
-        ``FDPUSH_DATABASE_POOL_SIZE`` says otherwise. Raises ``ConfigError``.
+        ``FDPUSH_DATABASE_POOL_SIZE`` says otherwise. ``tool``: for a command that lists or
+        erases (``fdpush failed``, ``fdpush user``): PostgreSQL plans its reads as it likes,
+        where the service's statements are planned by index (:class:`Database` ``by_key``).
+        Raises ``ConfigError``.
         """
         if worker:
             settings.check_delivery()
         master_key = master_key if master_key is not None else resolve_master_key(settings)
         set_reference_key(master_key)  # log references of this process, keyed like every other
-        db = Database(settings.database_url, pool_size=settings.database_pool_size or pool_size)
+        db = Database(
+            settings.database_url,
+            pool_size=settings.database_pool_size or pool_size,
+            by_key=not tool,  # every statement of the API and of delivery reads by key
+        )
         vault = KeyVault(master_key)
         metrics = CollectorRegistry()
         ProcessCollector(registry=metrics)
@@ -161,12 +169,15 @@ class Services:
         prepare: bool = True,
         master_key: bytes | None = None,
         pool_size: int = POOL_SIZE,
+        tool: bool = False,
     ) -> AsyncIterator[Services]:
         """:meth:`build`, then :meth:`prepare` (with ``prepare=False``
         :meth:`use_prepared_database`: another process prepared it, or it must not be changed);
         :meth:`close` at the end. ``KeyringError`` when the master key cannot work on the
         database."""
-        services = cls.build(settings, worker=worker, master_key=master_key, pool_size=pool_size)
+        services = cls.build(
+            settings, worker=worker, master_key=master_key, pool_size=pool_size, tool=tool
+        )
         try:
             if prepare:
                 await services.prepare()

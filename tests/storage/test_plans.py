@@ -1,0 +1,152 @@
+"""PostgreSQL: the plans the service's connections cache read the outbox by key, even when they
+were made while its tables were empty.
+
+A prepared statement's generic plan is costed with the table sizes of the moment it is made. On
+an empty, analysed outbox that plan scans the tables, and a connection keeps it while the outbox
+grows to tens of thousands of rows: each claim then scans every notification once per dispatch.
+``Database(by_key=True)`` (the service's connections) prices sequential scans out. Each test
+asks PostgreSQL for the generic plan of the delivery's statements on an empty outbox, with the
+service's settings and, to show the difference, without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from conftest import create_postgres_database, drop_postgres_database
+from fdpush.storage import outbox
+from fdpush.storage.database import Database
+
+# The delivery's statements that read the outbox by the ids a batch names, with parameters.
+STATEMENTS: dict[str, tuple[Any, dict[str, str]]] = {
+    "claim": (
+        outbox._CLAIM_WITH_CONTEXT,
+        {"owner": "'w'", "until": "99", "now": "1", "skip": "'{}'", "limit": "3"},
+    ),
+    "settle alike": (
+        outbox._SETTLE_ALIKE,
+        {
+            "status": "'delivered'",
+            "now": "1",
+            "error": "NULL",
+            "ids": "'{a,b}'",
+            "done": "'{1}'",
+        },
+    ),
+    "settle": (
+        outbox._SETTLE,
+        {
+            "now": "1",
+            "ids": "'{a,b}'",
+            "statuses": "'{delivered,failed}'",
+            "errors": "'{NULL,x}'",
+            "done": "'{1}'",
+        },
+    ),
+}
+OUTBOX = ("notifications", "events", "dispatches", "pushers", "pusher_keys")
+
+
+@pytest.fixture
+def database_url(backend: str) -> Iterator[str]:
+    if backend != "postgresql":
+        pytest.skip("generic plans of prepared statements are PostgreSQL's")
+    url = create_postgres_database()
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+async def _generic_plans(url: str, *, by_key: bool) -> dict[str, str]:
+    """The generic plan of each of STATEMENTS on an empty, analysed outbox, as EXPLAIN says."""
+    db = Database(url, pool_size=1, by_key=by_key)
+    try:
+        await db.migrate()
+        plans = {}
+        async with db.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            await raw.execute("ANALYZE; SET plan_cache_mode = force_generic_plan")
+            for n, (name, (statement, values)) in enumerate(STATEMENTS.items()):
+                compiled = statement.compile(dialect=db.engine.dialect)
+                order = compiled.positiontup or ()
+                await raw.execute(f"PREPARE s{n} AS {compiled}")
+                arguments = ", ".join(values[p] for p in order)
+                rows = await raw.fetch(f"EXPLAIN EXECUTE s{n}({arguments})")
+                plans[name] = "\n".join(r[0] for r in rows)
+        return plans
+    finally:
+        await db.close()
+
+
+def _scanned(plan: str) -> set[str]:
+    return {table for table in OUTBOX if f"Seq Scan on {table} " in plan}
+
+
+def test_the_services_plans_read_the_outbox_by_key_whatever_its_size(database_url: str) -> None:
+    plans = asyncio.run(_generic_plans(database_url, by_key=True))
+    assert {name: _scanned(plan) for name, plan in plans.items()} == {
+        name: set() for name in STATEMENTS
+    }, plans
+
+
+def test_without_the_services_settings_the_same_plans_scan_the_outbox(database_url: str) -> None:
+    plans = asyncio.run(_generic_plans(database_url, by_key=False))
+    assert "notifications" in _scanned(plans["claim"]), plans["claim"]
+    assert "notifications" in _scanned(plans["settle alike"]), plans["settle alike"]
+
+
+def test_the_operators_url_may_set_the_planner_itself(database_url: str) -> None:
+    async def setting(url: str, *, by_key: bool) -> str:
+        db = Database(url, pool_size=1, by_key=by_key)
+        try:
+            async with db.engine.connect() as conn:
+                return str((await conn.execute(text("SHOW enable_seqscan"))).scalar())
+        finally:
+            await db.close()
+
+    assert asyncio.run(setting(database_url, by_key=True)) == "off"
+    assert asyncio.run(setting(database_url, by_key=False)) == "on"
+    assert asyncio.run(setting(database_url + "?enable_seqscan=on", by_key=True)) == "on"
+
+
+def test_migrations_plan_as_postgresql_likes_and_leave_the_connection_by_key(
+    database_url: str,
+) -> None:
+    async def during_and_after() -> tuple[str, str]:
+        db = Database(database_url, pool_size=1, by_key=True)
+        try:
+            async with db.engine.connect() as conn:
+                await conn.execute(text("CREATE TABLE probe (setting text)"))
+                # A trigger records the setting a migration's statements run with.
+                await conn.execute(
+                    text(
+                        "CREATE FUNCTION record_setting() RETURNS event_trigger LANGUAGE plpgsql "
+                        "AS $$ BEGIN INSERT INTO probe "
+                        "VALUES (current_setting('enable_seqscan')); END $$"
+                    )
+                )
+                await conn.execute(
+                    text(
+                        "CREATE EVENT TRIGGER record_setting ON ddl_command_end "
+                        "EXECUTE FUNCTION record_setting()"
+                    )
+                )
+                await conn.commit()
+            await db.migrate()
+            async with db.engine.connect() as conn:
+                during = (await conn.execute(text("SELECT min(setting) FROM probe"))).scalar()
+                await conn.execute(text("DROP EVENT TRIGGER record_setting"))
+                await conn.commit()
+                after = (await conn.execute(text("SHOW enable_seqscan"))).scalar()
+            return str(during), str(after)
+        finally:
+            await db.close()
+
+    assert asyncio.run(during_and_after()) == ("on", "off")
