@@ -107,14 +107,15 @@ class Recipient(NamedTuple):
 
 _RECIPIENTS = text(
     """
-    SELECT p.id, p.user_id, p.pushkey, p.data, p.key_identifier,
-           (SELECT array_agg(s.channel_id) FROM channel_states s
-             WHERE s.user_id = p.user_id AND s.pushkey = p.pushkey
-               AND s.channel_id = ANY(CAST(:channels AS text[]))) AS chosen,
-           (SELECT array_agg(s.status) FROM channel_states s
-             WHERE s.user_id = p.user_id AND s.pushkey = p.pushkey
-               AND s.channel_id = ANY(CAST(:channels AS text[]))) AS statuses
+    SELECT p.id, p.user_id, p.pushkey, p.data, p.key_identifier, c.chosen, c.statuses
     FROM pushers p
+    CROSS JOIN LATERAL (
+        SELECT array_agg(s.channel_id ORDER BY s.channel_id) AS chosen,
+               array_agg(s.status ORDER BY s.channel_id) AS statuses
+        FROM channel_states s
+        WHERE s.user_id = p.user_id AND s.pushkey = p.pushkey
+          AND s.channel_id = ANY(CAST(:channels AS text[]))
+    ) c
     WHERE p.user_id = ANY(CAST(:users AS text[]))
     ORDER BY p.id
     """
