@@ -1708,10 +1708,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{x['gateway_requests']} gateway requests; latency max {_num(x['max_ms'], 1)} ms; "
                 f"the load (this process) used {_pct(x['load_cpu_percent'])} CPU"
             )
-            if x.get("worker_cpu_percent") is not None:
+            if x.get("worker_cpu_percent") is not None and f.service_cpu_percent is not None:
                 print(
-                    f"  {f.backend}: of the service's CPU, the worker processes used "
-                    f"{_pct(x['worker_cpu_percent'])}, the API the rest"
+                    f"  {f.backend}: of the service's {_pct(f.service_cpu_percent)} CPU, the "
+                    f"worker processes used {_pct(x['worker_cpu_percent'])}, the API "
+                    f"{_pct(f.service_cpu_percent - x['worker_cpu_percent'])}"
                 )
             per = x.get("database_per_notification")
             if per:
