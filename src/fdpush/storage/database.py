@@ -97,8 +97,11 @@ def _asyncpg_url(parsed: URL) -> URL:
 # (until autovacuum's next ANALYZE replans it, a minute or more later). Measured: a claim at
 # 127 µs per notification instead of 36, a settle at 46 instead of 18. With sequential scans
 # priced out, every plan is by index whatever the sizes it was costed with; a statement that has
-# no index to use still scans (nothing is refused).
-_BY_KEY_SETTINGS = {"enable_seqscan": "off"}
+# no index to use still scans (nothing is refused). Such a statement (the pending gauge's sum
+# over the dispatches) is then costed above ``jit_above_cost`` and was compiled with LLVM on
+# every run: 200 ms for a scan of a few pages. No statement of the service is long enough for
+# JIT to pay off: it is off as well.
+_BY_KEY_SETTINGS = {"enable_seqscan": "off", "jit": "off"}
 
 
 def _asyncpg_connect_args(url: str, *, by_key: bool = False) -> dict[str, Any]:
