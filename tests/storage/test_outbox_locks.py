@@ -9,12 +9,10 @@ taken would be sent again. Renewal skips dispatches locked at that moment instea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
 
-from conftest import create_postgres_database, drop_postgres_database
 from fdpush.storage import outbox
 from fdpush.storage.database import Database
 from storage.rows import event, notification
@@ -23,14 +21,11 @@ OWNER = "worker-1"
 
 
 @pytest.fixture
-def database_url(backend: str) -> Iterator[str]:
+def database_url(database_url: str, backend: str) -> str:
+    """The storage tests' fresh database, on PostgreSQL only."""
     if backend != "postgresql":
         pytest.skip("row locks between connections: PostgreSQL (SQLite has one writer)")
-    url = create_postgres_database()
-    try:
-        yield url
-    finally:
-        drop_postgres_database(url)
+    return database_url
 
 
 async def _fill(db: Database, count: int) -> list[str]:

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
 
-from conftest import create_postgres_database, drop_postgres_database
 from fdpush.storage import outbox
 from fdpush.storage.database import Database
 from storage.rows import event, notification
@@ -25,14 +23,11 @@ COUNT = 2000
 
 
 @pytest.fixture
-def database_url(backend: str) -> Iterator[str]:
+def database_url(database_url: str, backend: str) -> str:
+    """The storage tests' fresh database, on PostgreSQL only."""
     if backend != "postgresql":
         pytest.skip("HOT updates and fill factors are PostgreSQL's")
-    url = create_postgres_database()
-    try:
-        yield url
-    finally:
-        drop_postgres_database(url)
+    return database_url
 
 
 async def _queue_claim_settle_and_count(url: str) -> tuple[int, int, int]:

@@ -12,13 +12,11 @@ service's settings and, to show the difference, without them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from conftest import create_postgres_database, drop_postgres_database
 from fdpush.storage import outbox
 from fdpush.storage.database import Database
 
@@ -53,14 +51,11 @@ OUTBOX = ("notifications", "events", "dispatches", "pushers", "pusher_keys")
 
 
 @pytest.fixture
-def database_url(backend: str) -> Iterator[str]:
+def database_url(database_url: str, backend: str) -> str:
+    """The storage tests' fresh database, on PostgreSQL only."""
     if backend != "postgresql":
         pytest.skip("generic plans of prepared statements are PostgreSQL's")
-    url = create_postgres_database()
-    try:
-        yield url
-    finally:
-        drop_postgres_database(url)
+    return database_url
 
 
 async def _generic_plans(url: str, *, by_key: bool) -> dict[str, str]:
