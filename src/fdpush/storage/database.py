@@ -336,7 +336,7 @@ class Database:
                 await conn.execute(
                     text("SELECT pg_advisory_lock(:id)"), {"id": lock_id(_MIGRATION_LOCK)}
                 )
-                # A migration may rewrite whole tables: PostgreSQL's own choice of plans.
+                # A migration may rewrite whole tables: sequential scans allowed (JIT stays off).
                 await conn.execute(text("SET enable_seqscan = on"))
                 await conn.commit()
             try:
