@@ -223,6 +223,22 @@ def test_lasting_outage_fails_within_the_deadline_never_rejects(
     assert len(apns.answers) >= 2  # retried meanwhile
 
 
+def test_an_attempt_cut_by_the_deadline_still_names_the_providers_answer(
+    start_gateway: StartGateway, pki: TestPki, apns: MockApns
+) -> None:
+    # The first 503 takes 0.6 s; the retry after it cannot finish by the 1 s deadline. The error
+    # must still say what the provider answered, not only that the last attempt ran out of time.
+    gateway = start_gateway(delivery={"answer_within_seconds": 1.0})
+    apns.fail_next(10_000, 503, "ServiceUnavailable")
+    apns.latency = 0.6
+    with client_for(gateway, pki) as http:
+        result = send_one(http, APNS_APP, new_pushkey())
+    assert result["status"] == "failed"
+    assert result["error"].endswith(
+        "did not accept it within 1 s: 503 ServiceUnavailable, then timeout"
+    )
+
+
 def test_retry_after_is_honoured(client: httpx.Client, apns: MockApns) -> None:
     # A Retry-After longer than the answer time: failed at once, not hammered.
     apns.fail_next(1, 503, "ServiceUnavailable", retry_after=3600)

@@ -172,6 +172,7 @@ class Dispatcher:
             log.warning("no app configured", extra={"app_id": push.app_id})
             return Delivery("failed", NO_APP_ERROR)
         retries = 0
+        answered: Attempt | None = None  # the provider's latest answer, for the error
         while True:
             now = self._clock()
             if lane.paused_until > now:
@@ -185,6 +186,8 @@ class Dispatcher:
                 await asyncio.sleep(lane.paused_until - now)
                 continue
             attempt = await self._attempt(lane, push, deadline - now)
+            if attempt.status is not None:
+                answered = attempt
             if attempt.kind == "accepted":
                 self._metrics.items.labels(provider, "accepted").inc()
                 return Delivery("accepted")
@@ -212,7 +215,7 @@ class Dispatcher:
             if self._clock() + delay >= deadline:
                 error = (
                     f"{provider} did not accept it within "
-                    f"{self._delivery.answer_within_seconds:g} s: {attempt.describe()}"
+                    f"{self._delivery.answer_within_seconds:g} s: {_cause(attempt, answered)}"
                 )
                 return self._failed(lane, push, error, transient=True)
             self._metrics.retries.labels(provider).inc()
@@ -248,3 +251,11 @@ class Dispatcher:
             extra={"app_id": push.app_id, "pushkey": pushkey_ref(push.pushkey), "error": error},
         )
         return Delivery("failed", error, transient)
+
+
+def _cause(last: Attempt, answered: Attempt | None) -> str:
+    """Why a push ran out of time: the last attempt, or, when that one had no answer (the deadline
+    cut it short, or the connection failed), the provider's latest answer before it as well."""
+    if last.status is not None or answered is None:
+        return last.describe()
+    return f"{answered.describe()}, then {last.describe()}"
