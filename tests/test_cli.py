@@ -59,13 +59,25 @@ def ec_public_key_file(tmp_path: Path) -> Path:
 # --- help and version -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["", *sorted(cli.commands)])
+@pytest.mark.parametrize("command", ["", *cli.list_commands(click.Context(cli))])
 def test_help_everywhere(tmp_path: Path, command: str) -> None:
     """``--help`` works on the group and every command, without any configuration."""
     result = run(*command.split(), "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Usage: fdpush")
     assert result.stderr == ""
+
+
+def test_the_gateway_command_is_loaded_only_when_it_is_used() -> None:
+    """The development gateway's module (its HTTP client, its TLS tooling) stays out of every
+    other command and of the processes they start."""
+    code = (
+        "import sys; from click import Context; from fdpush.cli import cli; "
+        "assert 'fdpush.gateway.cli' not in sys.modules; "
+        "assert cli.get_command(Context(cli), 'gateway').name == 'gateway'; "
+        "assert 'fdpush.gateway.cli' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_group_help_lists_the_commands(tmp_path: Path) -> None:
@@ -333,10 +345,10 @@ def test_the_command_list_shows_each_first_paragraph_whole() -> None:
     """Click ends a short help at the first full stop, "(Art." included: ours never cut."""
     from click.testing import CliRunner
 
+    context = click.Context(cli)
+    commands = [(name, cli.get_command(context, name)) for name in cli.list_commands(context)]
     groups = [([], cli)] + [
-        ([name], command)
-        for name, command in cli.commands.items()
-        if isinstance(command, click.Group)
+        ([name], command) for name, command in commands if isinstance(command, click.Group)
     ]
     for args, group in groups:
         listing = " ".join(CliRunner().invoke(cli, [*args, "--help"]).output.split())
