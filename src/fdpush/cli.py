@@ -299,13 +299,37 @@ def worker(obj: _Context, processes: int | None) -> None:
     except ConfigError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
     _warn_worker_on_sqlite(settings)
-    _check_database(settings.database_url)
-    _prepare(settings, migrate=settings.migrate_on_start)  # once here, not in each process
+    _prepare_apart(settings)  # once here, not in each process
     sys.exit(
         run_worker_processes(
             settings, processes or settings.worker_processes, master_key=master_key
         )
     )
+
+
+def _prepare_apart(settings: Settings) -> None:
+    """Check the database and prepare it (:func:`_prepare`) in a process of its own, which
+    exits when done: the supervisor that stays never loads the database layer or the
+    migrations."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        failure = pool.submit(_prepare_for_workers, settings).result()
+    if failure is not None:
+        raise click.ClickException(failure)
+
+
+def _prepare_for_workers(settings: Settings) -> str | None:
+    """In the preparing process: what went wrong, in one line, or None."""
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        _check_database(settings.database_url)
+        _prepare(settings, migrate=settings.migrate_on_start)
+    except click.ClickException as exc:
+        return exc.message
+    return None
 
 
 def _warn_worker_on_sqlite(settings: Settings) -> None:

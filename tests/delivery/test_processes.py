@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Service
+from conftest import Service, drop_postgres_database
 from delivery.e2e_helpers import (
     ACTIVATE,
     AppDevice,
@@ -112,6 +112,37 @@ def test_the_worker_supervisor_serves_health_and_one_scrape_for_all_its_processe
         rig.close()
     # SIGTERM: the supervisor stops its processes and exits cleanly.
     assert worker.process.returncode == 0, worker.logs()
+
+
+def test_the_supervisor_is_not_ready_while_the_database_does_not_answer(
+    postgres_only: None,
+    start_service: Callable[..., Service],
+    pki: TestPki,
+    gateway: GatewayThread,
+    tmp_path: Path,
+) -> None:
+    """The supervisor opens no connection of its own: its processes report when the database
+    last answered them, and readiness says which one it has left waiting."""
+    service = start_service(**delivery_env(pki, [gateway], FDPUSH_SERVE_WORKER="0"))
+    worker = WorkerProcess(service, tmp_path / "worker", processes=1)
+    try:
+        wait_for(
+            lambda: httpx.get(worker.url("/health/ready")).status_code == 200,
+            timeout=15,
+            what="the supervisor ready",
+        )
+        (pid,) = worker.children()
+        drop_postgres_database(service.database_url)
+        answer = wait_for(
+            lambda: (r := httpx.get(worker.url("/health/ready"))).status_code == 503 and r,
+            timeout=40,
+            what="readiness to notice the database gone",
+        )
+        [problem] = answer.json()["problems"]
+        assert problem.startswith(f"the database has not answered worker pid {pid} for ")
+        assert httpx.get(worker.url("/health/live")).status_code == 200
+    finally:
+        worker.stop()
 
 
 def test_three_workers_two_api_processes_and_a_sigkill_lose_nothing(

@@ -9,3 +9,6 @@
 # The gauge each worker process sets when it looks for work; the supervisor of ``fdpush worker``
 # reads it for readiness. Here, so that the supervisor need not import the worker's modules.
 PROGRESS_METRIC = "fdpush_worker_last_progress_timestamp_seconds"
+# And the gauge each sets whenever the database answered it (at least every few seconds): the
+# supervisor's readiness asks its processes about the database instead of connecting itself.
+DATABASE_METRIC = "fdpush_worker_last_database_answer_timestamp_seconds"

@@ -7,8 +7,11 @@ own connections; on PostgreSQL they never claim the same notification), restarts
 - ``/metrics``: the delivery metrics of all its processes in one scrape (prometheus-client's
   multiprocess mode, in a private directory made and removed by the supervisor);
 - ``/health/live``: the supervisor runs;
-- ``/health/ready``: the database answers, every worker process is alive, and each has looked
-  for work within the last ``_STALL_SECONDS`` (a worker that hangs is not ready).
+- ``/health/ready``: every worker process is alive, each has looked for work within the last
+  ``_STALL_SECONDS`` (a worker that hangs is not ready), and the database has answered each
+  within the last ``_DATABASE_SILENCE_SECONDS``. The processes report both through their
+  metrics: the supervisor opens no connection of its own, and imports neither the database
+  layer nor the worker's modules (it stays small: one per host).
 
 SIGTERM / SIGINT: the workers finish their in-flight batches (their unsent claims expire and
 go to another worker), then the supervisor exits.
@@ -31,13 +34,14 @@ from typing import Any
 
 from fdpush import heap
 from fdpush.config import Settings
-from fdpush.delivery import PROGRESS_METRIC
+from fdpush.delivery import DATABASE_METRIC, PROGRESS_METRIC
 
 __all__ = ["run_worker_processes"]
 
 log = logging.getLogger(__name__)
 
 _STALL_SECONDS = 30.0  # a worker looks for work at least every few seconds when idle
+_DATABASE_SILENCE_SECONDS = 15.0  # three of a worker's heartbeats (every 5 s) missed
 _RESTART_PAUSE_MAX = 30.0
 
 
@@ -161,7 +165,7 @@ class _Supervisor:
             return JSONResponse({"status": "ok"})
 
         async def ready(_request: Request) -> Response:
-            problems = await self._readiness()
+            problems = self._readiness()
             if problems:
                 return JSONResponse({"status": "unavailable", "problems": problems}, 503)
             return JSONResponse({"status": "ok", "processes": self._count})
@@ -198,7 +202,7 @@ class _Supervisor:
         MultiProcessCollector(registry, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
-    async def _readiness(self) -> list[str]:
+    def _readiness(self) -> list[str]:
         from prometheus_client import CollectorRegistry
         from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -209,33 +213,24 @@ class _Supervisor:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
         now = time.time()
-        seen: dict[str, float] = {}
+        seen: dict[str, dict[str, float]] = {PROGRESS_METRIC: {}, DATABASE_METRIC: {}}
         for family in registry.collect():
-            if family.name == PROGRESS_METRIC:
+            if family.name in seen:
                 for sample in family.samples:
-                    seen[sample.labels.get("pid", "?")] = sample.value
-        alive_pids = {str(c.pid) for c in self._children if c is not None and c.is_alive()}
+                    seen[family.name][sample.labels.get("pid", "?")] = sample.value
+        alive_pids = sorted(str(c.pid) for c in self._children if c is not None and c.is_alive())
         for pid in alive_pids:
-            last = seen.get(pid)
+            last = seen[PROGRESS_METRIC].get(pid)
             if last is not None and now - last > _STALL_SECONDS:
                 problems.append(f"worker pid {pid} made no progress for {now - last:.0f}s")
-        if not await _database_answers(self._settings.database_url):
-            problems.append("database does not answer")
+            answered = seen[DATABASE_METRIC].get(pid)
+            if answered is None:
+                problems.append(f"the database has not answered worker pid {pid} yet")
+            elif now - answered > _DATABASE_SILENCE_SECONDS:
+                problems.append(
+                    f"the database has not answered worker pid {pid} for {now - answered:.0f}s"
+                )
         return problems
-
-
-async def _database_answers(url: str) -> bool:
-    from fdpush.storage.database import Database
-
-    db = Database(url, pool_size=1)
-    try:
-        async with asyncio.timeout(3):
-            await db.ping()
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "not ready"
-        return False
-    finally:
-        await db.close()
 
 
 def _child_main(settings: Settings, master_key: bytes) -> None:

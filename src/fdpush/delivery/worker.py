@@ -27,7 +27,7 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from fdpush.delivery import PROGRESS_METRIC
+from fdpush.delivery import DATABASE_METRIC, PROGRESS_METRIC
 from fdpush.delivery.circuit import Circuits
 from fdpush.delivery.compose import Ready, compose
 from fdpush.delivery.gateway import BatchOutcome, GatewayClient
@@ -44,6 +44,7 @@ __all__ = ["DeliveryMetrics", "DeliveryWorker", "WorkerOptions"]
 log = logging.getLogger(__name__)
 
 _IDLE_POLL_SECONDS = 5.0
+_QUEUE_WATCH_SECONDS = 5.0  # also the heartbeat of DATABASE_METRIC
 _MIN_WAIT_SECONDS = 0.05
 _ITEM_BACKOFF_BASE = 2.0
 _ITEM_BACKOFF_MAX = 3600.0
@@ -118,6 +119,12 @@ class DeliveryMetrics:
         self.progress = Gauge(
             PROGRESS_METRIC,
             "When this worker process last looked for work (Unix time)",
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+        self.database_answer = Gauge(
+            DATABASE_METRIC,
+            "When the database last answered this worker process (Unix time)",
             registry=registry,
             multiprocess_mode="liveall",
         )
@@ -605,12 +612,13 @@ class DeliveryWorker:
             try:
                 async with self._db.read() as conn:
                     pending, oldest = await outbox.queue_stats(conn)
+                self._metrics.database_answer.set(self._clock())
                 self._metrics.pending.set(pending)
                 age = 0.0 if oldest is None else max(0.0, self._clock() - oldest / 1000)
                 self._metrics.oldest_age.set(age)
             except Exception:
                 log.debug("queue statistics unavailable", exc_info=True)
-            await asyncio.sleep(5.0)  # a count of the pending rows: not on every breath
+            await asyncio.sleep(_QUEUE_WATCH_SECONDS)  # a count of the pending rows: not often
 
     async def _listen(self) -> None:
         """PostgreSQL: wake on NOTIFY from processes that take events."""
