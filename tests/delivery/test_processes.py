@@ -45,6 +45,15 @@ def gateway(pki: TestPki) -> Iterator[GatewayThread]:
     running.stop()
 
 
+def wait_ready(worker: WorkerProcess) -> httpx.Response:
+    """The supervisor's 200 to ``/health/ready``, once it comes."""
+    return wait_for(
+        lambda: (r := httpx.get(worker.url("/health/ready"))).status_code == 200 and r,
+        timeout=15,
+        what="the supervisor ready",
+    )
+
+
 def test_the_worker_supervisor_serves_health_and_one_scrape_for_all_its_processes(
     postgres_only: None,
     start_service: Callable[..., Service],
@@ -62,12 +71,7 @@ def test_the_worker_supervisor_serves_health_and_one_scrape_for_all_its_processe
     worker = WorkerProcess(service, tmp_path / "worker", processes=2)
     try:
         assert httpx.get(worker.url("/health/live")).json() == {"status": "ok"}
-        ready = wait_for(
-            lambda: (r := httpx.get(worker.url("/health/ready"))).status_code == 200 and r,
-            timeout=15,
-            what="the supervisor ready",
-        )
-        assert ready.json() == {"status": "ok", "processes": 2}
+        assert wait_ready(worker).json() == {"status": "ok", "processes": 2}
         devices = [AppDevice(f"u-{os.urandom(6).hex()}", gateway) for _ in range(40)]
         for device in devices:
             rig.register(device)
@@ -101,11 +105,7 @@ def test_the_worker_supervisor_serves_health_and_one_scrape_for_all_its_processe
             what="the killed process replaced",
         )
         assert second in worker.children()
-        wait_for(
-            lambda: httpx.get(worker.url("/health/ready")).status_code == 200,
-            timeout=15,
-            what="ready again",
-        )
+        wait_ready(worker)
         assert "exited with -9; restarting" in worker.logs()
     finally:
         worker.stop()
@@ -126,11 +126,7 @@ def test_the_supervisor_is_not_ready_while_the_database_does_not_answer(
     service = start_service(**delivery_env(pki, [gateway], FDPUSH_SERVE_WORKER="0"))
     worker = WorkerProcess(service, tmp_path / "worker", processes=1)
     try:
-        wait_for(
-            lambda: httpx.get(worker.url("/health/ready")).status_code == 200,
-            timeout=15,
-            what="the supervisor ready",
-        )
+        wait_ready(worker)
         (pid,) = worker.children()
         drop_postgres_database(service.database_url)
         answer = wait_for(
