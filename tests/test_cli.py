@@ -190,6 +190,20 @@ def test_unreachable_database_stops_serve(tmp_path: Path, url: str) -> None:
     assert_one_clear_error(result, "FDPUSH_DATABASE_URL")
 
 
+def test_unreachable_database_stops_worker(tmp_path: Path) -> None:
+    """``fdpush worker`` checks and prepares the database in a process of its own: what went
+    wrong there comes back as the same one line, and the supervisor never starts."""
+    result = run(
+        "worker",
+        cwd=tmp_path,
+        **DEV_ENV,
+        FDPUSH_MASTER_KEY=MASTER_KEY,
+        FDPUSH_DATABASE_URL="postgresql://fdpush@127.0.0.1:1/fdpush",
+    )
+    assert_one_clear_error(result, "FDPUSH_DATABASE_URL")
+    assert "supervising" not in result.stderr
+
+
 @pytest.mark.parametrize("after", [False, True], ids=["before-serve", "after-serve"])
 def test_bad_setting_in_config_file_stops_serve(tmp_path: Path, after: bool) -> None:
     """``--config FILE`` (before or after the command) is read like the environment, and named

@@ -28,6 +28,8 @@ from fdpush.config import (
 from fdpush.logs import configure_logging
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
     from fdpush.domain.keys import KeyVault
     from fdpush.services import Services
 
@@ -312,24 +314,37 @@ def _prepare_apart(settings: Settings) -> None:
     exits when done: the supervisor that stays never loads the database layer or the
     migrations."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
+    # A process and a pipe, as for the workers themselves: nothing that needs POSIX semaphores.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=context) as pool:
-        failure = pool.submit(_prepare_for_workers, settings).result()
+    answers, answer = context.Pipe(duplex=False)
+    process = context.Process(
+        target=_prepare_for_workers, args=(settings, answer), name="fdpush-prepare"
+    )
+    process.start()
+    answer.close()
+    try:
+        failure: str | None = answers.recv()
+    except EOFError:  # it died before it could say
+        process.join()
+        failure = f"preparing the database failed: the process exited with {process.exitcode}"
+    process.join()
     if failure is not None:
         raise click.ClickException(failure)
 
 
-def _prepare_for_workers(settings: Settings) -> str | None:
-    """In the preparing process: what went wrong, in one line, or None."""
+def _prepare_for_workers(settings: Settings, answer: Connection) -> None:
+    """In the preparing process: send what went wrong, in one line, or None."""
     configure_logging(settings.log_level, settings.log_format)
     try:
         _check_database(settings.database_url)
         _prepare(settings, migrate=settings.migrate_on_start)
     except click.ClickException as exc:
-        return exc.message
-    return None
+        answer.send(exc.message)
+    else:
+        answer.send(None)
+    finally:
+        answer.close()
 
 
 def _warn_worker_on_sqlite(settings: Settings) -> None:
