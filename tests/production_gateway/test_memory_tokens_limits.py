@@ -161,7 +161,10 @@ def test_an_apns_token_is_never_refreshed_faster_than_20_minutes(tmp_path: Path)
 def test_an_expired_provider_token_answer_fails_instead_of_churning_tokens(
     client: httpx.Client, apns: MockApns
 ) -> None:
+    # A push first, so that the gateway has made its token whichever tests ran before.
+    assert send_one(client, APNS_APP, new_pushkey())["status"] == "success"
     before = len(apns.tokens_seen)
+    assert before >= 1
     apns.fail_next(1, 403, "ExpiredProviderToken")
     result = send_one(client, APNS_APP, new_pushkey())
     assert result["status"] == "failed"
