@@ -36,10 +36,19 @@ Figures
     gateway records milliseconds). Peak memory (``VmHWM``) of the service and of the gateway
     process, and the CPU they used during the measured phase.
 
+Rounds
+    ``--rounds N`` measures fdpush and the naive sender N times each, alternately, on the same
+    registered devices (each round's events reach every device again; each round is checked as
+    above): a row per round, and per backend each rate, each ratio and their medians. On a
+    shared machine runs of the same code differ by a fifth and more; alternated rounds put the
+    two senders under the same conditions and the median says more than one run. The profile
+    (``--profile``) and the idle phase belong to the first round.
+
 Usage
     .venv/bin/python bench/bench_delivery.py                # both backends, 10,000 devices
     .venv/bin/python bench/bench_delivery.py --quick        # a 1,000-device smoke run
     .venv/bin/python bench/bench_delivery.py --backend sqlite --profile prof/
+    .venv/bin/python bench/bench_delivery.py --backend postgresql --devices 20000 --rounds 5
 
 Exit status: 0 every notification acknowledged exactly once and correct (or every backend was
 skipped), 1 anything lost, duplicated, wrong or errored, 2 bad arguments, 3 the gateway or the
@@ -58,6 +67,7 @@ import shlex
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,7 +77,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -145,6 +155,7 @@ class Options:
     service_env: tuple[tuple[str, str], ...]
     worker_processes: int = 0
     mixed_channels: bool = False
+    rounds: int = 1
 
     @property
     def users(self) -> int:
@@ -264,6 +275,14 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="copy the service's (and worker's) log of each backend to this directory",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure fdpush and the naive sender this many times each, alternately, on the "
+        "same devices, and report every round and the medians (default 1); runs on a shared "
+        "machine differ by a fifth and more",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a small smoke run: 1000 devices, 20000 seals"
     )
     args = parser.parse_args(argv)
@@ -288,6 +307,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         ),
         (1_000 <= seals <= 10_000_000, "--seal-iterations must be 1000..10000000"),
         (args.time_limit > 0, "--time-limit must be positive"),
+        (1 <= args.rounds <= 20, "--rounds must be 1..20"),
     )
     for ok, message in checks:
         if not ok:
@@ -313,6 +333,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         service_env=service_env,
         worker_processes=args.worker_processes,
         mixed_channels=args.mixed_channels,
+        rounds=args.rounds,
     )
 
 
@@ -1020,32 +1041,34 @@ class Database:
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute("ANALYZE")
 
-    def statuses(self) -> dict[str, tuple[str, str]]:
-        """notification id → (pushkey index, status): pushkeys are stored as their keyed index."""
+    def statuses(self, since_ms: int = 0) -> dict[str, tuple[str, str]]:
+        """notification id → (pushkey index, status) of the notifications created from
+        ``since_ms`` on (epoch ms): pushkeys are stored as their keyed index."""
+        return {
+            row[0]: (row[1], row[2])
+            for row in self._rows(
+                "SELECT n.id, p.pushkey, n.status FROM notifications n"
+                " LEFT JOIN pushers p ON p.id = n.pusher_id WHERE n.created_at >= {since}",
+                since_ms,
+            )
+        }
+
+    def delivered(self, since_ms: int = 0) -> int:
+        """How many notifications created from ``since_ms`` on are delivered."""
         query = (
-            "SELECT n.id, p.pushkey, n.status FROM notifications n"
-            " LEFT JOIN pushers p ON p.id = n.pusher_id"
+            "SELECT count(*) FROM notifications WHERE status = 'delivered'"
+            " AND created_at >= {since}"
         )
+        return int(self._rows(query, since_ms)[0][0])
+
+    def _rows(self, query: str, since_ms: int) -> list[Any]:
         if self.url.startswith("sqlite"):
             with sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30) as conn:
-                rows = conn.execute(query).fetchall()
-        else:
-            import psycopg
-
-            with psycopg.connect(self.url) as conn:
-                rows = conn.execute(query).fetchall()
-        return {row[0]: (row[1], row[2]) for row in rows}
-
-    def delivered(self) -> int:
-        query = "SELECT count(*) FROM notifications WHERE status = 'delivered'"
-        if self.url.startswith("sqlite"):
-            with sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30) as conn:
-                return int(conn.execute(query).fetchone()[0])
+                return conn.execute(query.format(since="?"), (since_ms,)).fetchall()
         import psycopg
 
         with psycopg.connect(self.url) as conn:
-            row = conn.execute(query).fetchone()
-        return int(row[0]) if row else 0
+            return conn.execute(query.format(since="%s"), (since_ms,)).fetchall()
 
 
 def _received_at(record: dict[str, Any]) -> float:
@@ -1153,6 +1176,7 @@ class Figures:
     problems: int
     problem_samples: list[str]
     extra: dict[str, Any]
+    round: int = 1  # --rounds: which
 
 
 @dataclass(slots=True)
@@ -1199,10 +1223,10 @@ async def measure_backend(
     db: Database,
     sealing: SealingFigures,
     workload: Workload,
-) -> tuple[Figures, Figures, dict[str, Any]]:
-    """Register (setup), then the end-to-end phase, the checks, and the naive sender."""
+) -> tuple[list[Figures], dict[str, Any]]:
+    """Register (setup), then each round: the end-to-end phase with its checks, and the naive
+    sender with the same notifications."""
     setup: dict[str, Any] = {}
-    problems = Problems()
     # One client with one keep-alive connection per worker (see bench_api: a shared pool's
     # bookkeeping costs the load generator more than the service when there are many).
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
@@ -1232,64 +1256,94 @@ async def measure_backend(
             setup[f"{name}_per_second"] = round(len(calls) / phase.seconds)
         setup["service_rss_after_setup_mb"] = peak_rss_mb(service.pid)
         db.analyze()
+    figures: list[Figures] = []
+    for number in range(1, options.rounds + 1):
+        if number > 1:
+            gateway.forget()  # the naive sender's records of the round before
+        end_to_end, records = await measure_end_to_end(
+            backend, options, service, gateway, db, sealing, workload, number
+        )
+        baseline = await measure_naive(backend, options, gateway, sealing, workload, records)
+        if options.rounds > 1:
+            end_to_end = replace(end_to_end, sender=f"{end_to_end.sender}, round {number}")
+            baseline = replace(baseline, sender=f"{baseline.sender}, round {number}")
+        ratio = _ratio(end_to_end.notifications_per_second, baseline.notifications_per_second)
+        figures += [
+            replace(end_to_end, vs_baseline=_round(ratio, 2), round=number),
+            replace(baseline, round=number),
+        ]
+    return figures, setup
 
-        # --- end to end: the clock runs from the first event request to the last ack
-        batches = workload.event_batches()
-        expected = len(workload.subscribed)
-        profiler = worker_profiler = gateway_profiler = None
-        if options.profile_dir is not None:
-            # With FDPUSH_WORKERS the service's API processes are its children.
-            profiler = Profiler(
-                service.pid, options.profile_dir / f"service-{backend}.txt", subprocesses=True
-            )
-            gateway_profiler = Profiler(gateway.pid, options.profile_dir / f"gateway-{backend}.txt")
-            if service.worker is not None:  # separate delivery processes: sampled apart
-                worker_profiler = Profiler(
-                    service.worker.pid,
-                    options.profile_dir / f"worker-{backend}.txt",
-                    subprocesses=True,
-                )
-            await asyncio.sleep(1.0)  # let py-spy attach before the clock starts
-        log_start = service.log_size()  # start-up warnings (dev auth) are not the phase's
-        usage = Usage(
-            service.pids, gateway.pid, None if service.worker is None else service.worker.pid
+
+async def measure_end_to_end(
+    backend: str,
+    options: Options,
+    service: Service,
+    gateway: Gateway,
+    db: Database,
+    sealing: SealingFigures,
+    workload: Workload,
+    number: int,
+) -> tuple[Figures, list[dict[str, Any]]]:
+    """One event per user until the gateway acknowledged every notification (the clock runs
+    from the first event request to the last acknowledgement), then the checks; in the first
+    round also the profile (``--profile``) and the idle service's latency. Returns the figures
+    (not yet compared with the naive sender) and the gateway's records."""
+    problems = Problems()
+    first = number == 1
+    since_ms = int(time.time() * 1000)  # this round's notifications are created from now on
+    batches = workload.event_batches()
+    expected = len(workload.subscribed)
+    profiler = worker_profiler = gateway_profiler = None
+    if options.profile_dir is not None and first:
+        # With FDPUSH_WORKERS the service's API processes are its children.
+        profiler = Profiler(
+            service.pid, options.profile_dir / f"service-{backend}.txt", subprocesses=True
         )
-        activity_before = db.activity()
-        counting_statements = db.reset_statements()
-        usage.begin()
-        deadline = time.monotonic() + options.time_limit
-        sent, (seen_all_at, recorded) = await asyncio.gather(
-            send_events(
-                service.base_url, options.event_concurrency, batches, workload.reach, problems
-            ),
-            wait_for_gateway(gateway, expected, deadline),
-        )
-        usage.end()
-        activity_after = db.activity()
-        settled_at = None
-        while time.monotonic() < deadline + 10:
-            if db.delivered() >= expected:
-                settled_at = time.time()
-                break
-            await asyncio.sleep(POLL_INTERVAL_S)  # poll interval, not a wait for the result
-        statements = db.statements() if counting_statements else []
-        profile = None
-        for other, whose in (
-            (worker_profiler, "worker processes'"),
-            (gateway_profiler, "gateway's"),
-        ):
-            if other is not None:
-                other.stop()
-                print(f"  {whose} profile: {other.output}")
-        if profiler is not None:
-            complaint = profiler.stop()
-            profile = (
-                {"error": complaint.strip()[-500:]}
-                if complaint or not profiler.output.exists()
-                else {"file": str(profiler.output), **profile_summary(profiler.output)}
+        gateway_profiler = Profiler(gateway.pid, options.profile_dir / f"gateway-{backend}.txt")
+        if service.worker is not None:  # separate delivery processes: sampled apart
+            worker_profiler = Profiler(
+                service.worker.pid,
+                options.profile_dir / f"worker-{backend}.txt",
+                subprocesses=True,
             )
-        service_peak = tree_peak_rss_mb(service.pids)
-        gateway_peak = peak_rss_mb(gateway.pid)
+        await asyncio.sleep(1.0)  # let py-spy attach before the clock starts
+    log_start = service.log_size()  # start-up warnings (dev auth) are not the phase's
+    usage = Usage(service.pids, gateway.pid, None if service.worker is None else service.worker.pid)
+    activity_before = db.activity()
+    counting_statements = db.reset_statements()
+    usage.begin()
+    deadline = time.monotonic() + options.time_limit
+    sent, (seen_all_at, recorded) = await asyncio.gather(
+        send_events(service.base_url, options.event_concurrency, batches, workload.reach, problems),
+        wait_for_gateway(gateway, expected, deadline),
+    )
+    usage.end()
+    activity_after = db.activity()
+    settled_at = None
+    while time.monotonic() < deadline + 10:
+        if db.delivered(since_ms) >= expected:
+            settled_at = time.time()
+            break
+        await asyncio.sleep(POLL_INTERVAL_S)  # poll interval, not a wait for the result
+    statements = db.statements() if counting_statements else []
+    profile = None
+    for other, whose in (
+        (worker_profiler, "worker processes'"),
+        (gateway_profiler, "gateway's"),
+    ):
+        if other is not None:
+            other.stop()
+            print(f"  {whose} profile: {other.output}")
+    if profiler is not None:
+        complaint = profiler.stop()
+        profile = (
+            {"error": complaint.strip()[-500:]}
+            if complaint or not profiler.output.exists()
+            else {"file": str(profiler.output), **profile_summary(profiler.output)}
+        )
+    service_peak = tree_peak_rss_mb(service.pids)
+    gateway_peak = peak_rss_mb(gateway.pid)
 
     if seen_all_at is None:
         problems.note(
@@ -1300,7 +1354,7 @@ async def measure_backend(
         )
     records = gateway.records()
     stats = gateway.stats()
-    outbox = db.statuses()
+    outbox = db.statuses(since_ms)
     check_records(records, stats, outbox, workload, problems, service.master_key)
     for line in service.log_problems(log_start)[:ERROR_SAMPLES]:
         problems.note("errors", 1, f"service log: {line[:200]}")
@@ -1358,7 +1412,7 @@ async def measure_backend(
     }
 
     # --- an idle service, one event at a time: the latency of a lone event
-    if options.idle_events and not options.mixed_channels:  # its users must all be reached
+    if first and options.idle_events and not options.mixed_channels:  # all users reached
         idle, idle_sent = await measure_idle_latency(
             service,
             gateway,
@@ -1378,7 +1432,42 @@ async def measure_backend(
             "max": round(idle[-1], 1) if idle else None,
         }
 
-    # --- the baseline: the same notifications, one request each
+    end_to_end = Figures(
+        backend=backend,
+        sender="fdpush, end to end",
+        users=len(workload.users),
+        devices_per_user=options.devices_per_user,
+        events=len(workload.users),
+        notifications=len(records),
+        concurrency=options.event_concurrency,
+        seconds=round(seconds, 3),
+        notifications_per_second=round(rate, 1),
+        vs_baseline=None,
+        of_sealing=_round(_ratio(rate, sealing.seals_per_second), 4),
+        p50_ms=round(percentile(latencies, 0.50), 1),
+        p99_ms=round(percentile(latencies, 0.99), 1),
+        service_cpu_percent=usage.percent("service", seconds),
+        gateway_cpu_percent=usage.percent("gateway", seconds),
+        database_cpu_percent=usage.percent("database", seconds),
+        machine_cpu_percent=usage.percent("machine", seconds),
+        service_peak_mb=_round(service_peak, 1),
+        gateway_peak_mb=_round(gateway_peak, 1),
+        problems=problems.total,
+        problem_samples=problems.samples,
+        extra={"lost": problems.lost, "duplicated": problems.duplicated, **end_to_end_extra},
+    )
+    return end_to_end, records
+
+
+async def measure_naive(
+    backend: str,
+    options: Options,
+    gateway: Gateway,
+    sealing: SealingFigures,
+    workload: Workload,
+    records: list[dict[str, Any]],
+) -> Figures:
+    """The naive sender: the notifications of ``records`` again, one request each."""
     gateway.forget()
     calls = [
         Call(
@@ -1416,35 +1505,7 @@ async def measure_backend(
         )
     base_rate = len(calls) / phase.seconds if phase.seconds > 0 else math.nan
     base_latencies = sorted(x * 1000 for x in phase.latencies)
-
-    def ratio(value: float, to: float) -> float | None:
-        return None if not to or math.isnan(value) or math.isnan(to) else value / to
-
-    end_to_end = Figures(
-        backend=backend,
-        sender="fdpush, end to end",
-        users=len(workload.users),
-        devices_per_user=options.devices_per_user,
-        events=len(workload.users),
-        notifications=len(records),
-        concurrency=options.event_concurrency,
-        seconds=round(seconds, 3),
-        notifications_per_second=round(rate, 1),
-        vs_baseline=_round(ratio(rate, base_rate), 2),
-        of_sealing=_round(ratio(rate, sealing.seals_per_second), 4),
-        p50_ms=round(percentile(latencies, 0.50), 1),
-        p99_ms=round(percentile(latencies, 0.99), 1),
-        service_cpu_percent=usage.percent("service", seconds),
-        gateway_cpu_percent=usage.percent("gateway", seconds),
-        database_cpu_percent=usage.percent("database", seconds),
-        machine_cpu_percent=usage.percent("machine", seconds),
-        service_peak_mb=_round(service_peak, 1),
-        gateway_peak_mb=_round(gateway_peak, 1),
-        problems=problems.total,
-        problem_samples=problems.samples,
-        extra={"lost": problems.lost, "duplicated": problems.duplicated, **end_to_end_extra},
-    )
-    baseline = Figures(
+    return Figures(
         backend=backend,
         sender="naive, 1 per request",
         users=len(workload.users),
@@ -1455,7 +1516,7 @@ async def measure_backend(
         seconds=round(phase.seconds, 3),
         notifications_per_second=round(base_rate, 1),
         vs_baseline=1.0,
-        of_sealing=_round(ratio(base_rate, sealing.seals_per_second), 4),
+        of_sealing=_round(_ratio(base_rate, sealing.seals_per_second), 4),
         p50_ms=round(percentile(base_latencies, 0.50), 1),
         p99_ms=round(percentile(base_latencies, 0.99), 1),
         service_cpu_percent=None,
@@ -1468,7 +1529,10 @@ async def measure_backend(
         problem_samples=baseline_problems.samples,
         extra={"bench_cpu_percent": round(phase.bench_cpu_s / phase.seconds * 100)},
     )
-    return end_to_end, baseline, setup
+
+
+def _ratio(value: float, to: float) -> float | None:
+    return None if not to or math.isnan(value) or math.isnan(to) else value / to
 
 
 def _round(value: float | None, digits: int) -> float | None:
@@ -1513,7 +1577,7 @@ def run_backend(
             service = Service(options, database_url, workdir, gateway.running.url, pki)
             try:
                 with asyncio.Runner(loop_factory=loop_factory) as runner:
-                    e2e, baseline, setup = runner.run(
+                    figures, setup = runner.run(
                         measure_backend(
                             backend,
                             options,
@@ -1539,7 +1603,7 @@ def run_backend(
     if "enable channel_seconds" in setup:
         steps += f", enabled the channel on each in {setup['enable channel_seconds']:.1f} s"
     print(f"[{backend}] setup (not timed): {steps}", flush=True)
-    return [e2e, baseline], setup
+    return figures, setup
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -1597,6 +1661,29 @@ def format_table(figures: list[Figures]) -> str:
         for f in figures
     ]
     return text_table(header, rows, left_columns=3)
+
+
+def round_medians(figures: list[Figures]) -> dict[str, dict[str, Any]]:
+    """Per backend measured in more than one round: each round's rate of fdpush and of the
+    naive sender, and fdpush's ratio to the naive sender of its round, with their medians."""
+    found: dict[str, dict[str, Any]] = {}
+    for backend in dict.fromkeys(f.backend for f in figures):
+        mine = [f for f in figures if f.backend == backend]
+        ours = [f for f in mine if f.events is not None]
+        if len(ours) < 2:
+            continue
+        naive = [f.notifications_per_second for f in mine if f.events is None]
+        ratios = [f.vs_baseline for f in ours if f.vs_baseline is not None]
+        found[backend] = {
+            "rounds": len(ours),
+            "fdpush": [f.notifications_per_second for f in ours],
+            "fdpush_median": statistics.median(f.notifications_per_second for f in ours),
+            "naive": naive,
+            "naive_median": statistics.median(naive),
+            "vs_baseline": ratios,
+            "vs_baseline_median": statistics.median(ratios) if ratios else math.nan,
+        }
+    return found
 
 
 def header_lines(
@@ -1700,8 +1787,9 @@ def main(argv: list[str] | None = None) -> int:
     for f in figures:
         if f.events is not None:
             x = f.extra
+            who = f.backend if options.rounds == 1 else f"{f.backend}, round {f.round}"
             print(
-                f"  {f.backend}: all {f.events} events accepted (202) after "
+                f"  {who}: all {f.events} events accepted (202) after "
                 f"{x['last_event_accepted_after_s']:.2f} s ({x['events_accepted_per_second']:,} "
                 f"events/s); all 'delivered' in the database after "
                 f"{_num(x['all_delivered_in_database_after_s'], 2)} s; "
@@ -1710,14 +1798,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             if x.get("worker_cpu_percent") is not None and f.service_cpu_percent is not None:
                 print(
-                    f"  {f.backend}: of the service's {_pct(f.service_cpu_percent)} CPU, the "
+                    f"  {who}: of the service's {_pct(f.service_cpu_percent)} CPU, the "
                     f"worker processes used {_pct(x['worker_cpu_percent'])}, the API "
                     f"{_pct(f.service_cpu_percent - x['worker_cpu_percent'])}"
                 )
             per = x.get("database_per_notification")
             if per:
                 print(
-                    f"  {f.backend}: per notification the database committed "
+                    f"  {who}: per notification the database committed "
                     f"{per['commits']:.2f} transactions, inserted {per['inserted']:.2f}, updated "
                     f"{per['updated']:.2f} and read {per['fetched']:.2f} rows, touched "
                     f"{per['blocks']:.1f} blocks and wrote {per['wal_bytes']:,.0f} bytes of WAL"
@@ -1732,10 +1820,20 @@ def main(argv: list[str] | None = None) -> int:
             idle = x.get("idle_latency_ms")
             if idle:
                 print(
-                    f"  {f.backend}: idle service, {idle['events']} events one at a time: "
+                    f"  {who}: idle service, {idle['events']} events one at a time: "
                     f"event -> gateway p50 {_num(idle['p50'], 1)} ms, p99 {_num(idle['p99'], 1)} "
                     f"ms, max {_num(idle['max'], 1)} ms"
                 )
+    medians = round_medians(figures)
+    for backend, m in medians.items():
+        print(
+            f"  {backend}, {m['rounds']} rounds alternated: fdpush "
+            f"{' · '.join(_num(x) for x in m['fdpush'])} notif/s, median "
+            f"{_num(m['fdpush_median'])}; naive {' · '.join(_num(x) for x in m['naive'])}, median "
+            f"{_num(m['naive_median'])}; x naive "
+            f"{' · '.join(f'{x:.2f}' for x in m['vs_baseline'])}, median "
+            f"{m['vs_baseline_median']:.2f}"
+        )
     for f in figures:
         if f.extra.get("profile"):
             print_profile(f.backend, f.extra["profile"])
@@ -1754,6 +1852,7 @@ def main(argv: list[str] | None = None) -> int:
             "sealing": asdict(sealing),
             "setup": setups,
             "results": [asdict(f) for f in figures],
+            "round_medians": medians,
         }
         options.json_path.write_text(json.dumps(document, indent=2) + "\n")
         print(f"\nfigures written to {options.json_path}")
