@@ -19,7 +19,7 @@ from fdpush.delivery.compose import (
     refusal_by,
 )
 from fdpush.delivery.gateway import EncodedItem, batch_body
-from fdpush.delivery.worker import _batches
+from fdpush.delivery.worker import _batches, _per_request
 from fdpush.domain.errors import InvalidParam
 from fdpush.domain.keys import RETENTION_MONTHS, KeyVault, advance
 from fdpush.storage.outbox import Claimed, EventBody, Target
@@ -300,3 +300,19 @@ def test_batches_are_bounded_by_count_and_by_bytes() -> None:
         assert len(body) <= 250_000
     huge = [ready_item(0, 300_000)]
     assert [len(b) for b in _batches(huge, 100, 250_000)] == [1]
+
+
+def test_a_claim_is_sealed_a_gateway_request_at_a_time() -> None:
+    """Each gateway's rows in their order, at most a request's worth to a group: the worker
+    seals and sends one group before it seals the next."""
+    other = "https://other.example/push/v1/"
+    rows = [row(n, gateway=GATEWAY if n % 3 else other) for n in range(250)]
+    groups = _per_request(rows, 100)
+    assert [(g[0].gateway, len(g)) for g in groups] == [
+        (other, 84),
+        (GATEWAY, 100),
+        (GATEWAY, 66),
+    ]
+    assert [r.id for g in groups for r in g] == [
+        r.id for gateway in (other, GATEWAY) for r in rows if r.gateway == gateway
+    ]

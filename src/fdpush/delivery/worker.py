@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -215,12 +215,13 @@ class DeliveryWorker:
                 self._wake.clear()
                 try:
                     claimed = await self._claim()
+                    if claimed is not None:
+                        await self._send_claimed(claimed)
                 except Exception:
                     log.exception("claiming notifications failed; retrying shortly")
-                    claimed = []
+                    claimed = None
                     await asyncio.sleep(1.0)
-                if claimed:
-                    self._dispatch(claimed)
+                if claimed is not None:
                     continue
                 await self._idle()
             if self._tasks:
@@ -239,15 +240,15 @@ class DeliveryWorker:
         full = [gw for gw, ids in self._in_flight.items() if len(ids) >= self._per_gateway_cap]
         return sorted(set(full) | set(self._circuits.blocked()))
 
-    async def _claim(self) -> list[Ready]:
-        """Lease due rows and make them ready to send; rows that cannot be sent end here."""
+    async def _claim(self) -> _Claim | None:
+        """Lease due rows, with what sending them needs (None: nothing is due)."""
         self.last_progress = time.monotonic()
         if self._metrics is not None:
             self._metrics.progress.set(self._clock())
         in_flight = sum(len(ids) for ids in self._in_flight.values())
         limit = min(self._options.claim_limit, self._per_gateway_cap * 8 - in_flight)
         if limit <= 0:
-            return []
+            return None
         now = self._clock()
         rows, targets, bodies = await outbox.claim_with_context(
             self._db,
@@ -258,10 +259,29 @@ class DeliveryWorker:
             skip_gateways=self._busy_gateways(),
         )
         if not rows:
-            return []
+            return None
         for row in rows:
             self._claimed.setdefault(row.dispatch, set()).add(row.id)
-        period = current_period(datetime.fromtimestamp(now, BERLIN))
+        return _Claim(rows, targets, bodies, current_period(datetime.fromtimestamp(now, BERLIN)))
+
+    async def _send_claimed(self, claimed: _Claim) -> None:
+        """Seal and send what was claimed a gateway request's worth at a time, letting the
+        gateways' answers and their settling in between: sealing a whole claim at once kept
+        the event loop from them, and left the gateway and the database idle meanwhile."""
+        for rows in _per_request(claimed.rows, self._options.batch_size):
+            ready = await self._prepare(rows, claimed.targets, claimed.bodies, claimed.period)
+            if ready:
+                self._dispatch(ready)
+            await asyncio.sleep(0)
+
+    async def _prepare(
+        self,
+        rows: Sequence[outbox.Claimed],
+        targets: Mapping[int, outbox.Target],
+        bodies: Mapping[str, outbox.EventBody],
+        period: str,
+    ) -> list[Ready]:
+        """Make claimed rows ready to send; rows that cannot be sent end here."""
         composed = compose(
             rows,
             targets,
@@ -645,6 +665,28 @@ class DeliveryWorker:
 
 def _emptied(keeps: dict[int, set[str]]) -> list[int]:
     return sorted(d for d, kept in keeps.items() if not kept)
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """Leased rows, with their pushers and events, and the month to seal for."""
+
+    rows: list[outbox.Claimed]
+    targets: dict[int, outbox.Target]
+    bodies: dict[str, outbox.EventBody]
+    period: str
+
+
+def _per_request(rows: Sequence[outbox.Claimed], size: int) -> list[list[outbox.Claimed]]:
+    """``rows`` by gateway, in their order, ``size`` at most to a group."""
+    by_gateway: dict[str, list[outbox.Claimed]] = defaultdict(list)
+    for row in rows:
+        by_gateway[row.gateway].append(row)
+    return [
+        group[start : start + size]
+        for group in by_gateway.values()
+        for start in range(0, len(group), size)
+    ]
 
 
 def _batches(items: Sequence[Ready], size: int, max_bytes: int) -> list[list[Ready]]:
