@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import os
@@ -71,6 +72,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.parse
 import uuid
@@ -156,6 +158,7 @@ class Options:
     worker_processes: int = 0
     mixed_channels: bool = False
     rounds: int = 1
+    timeline: bool = False
 
     @property
     def users(self) -> int:
@@ -283,6 +286,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "machine differ by a fifth and more",
     )
     parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="sample every process's CPU each 100 ms of the first round's measured phase and "
+        "print it over time: when the machine is full, and who is busy then",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a small smoke run: 1000 devices, 20000 seals"
     )
     args = parser.parse_args(argv)
@@ -334,6 +343,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         worker_processes=args.worker_processes,
         mixed_channels=args.mixed_channels,
         rounds=args.rounds,
+        timeline=args.timeline,
     )
 
 
@@ -1190,7 +1200,8 @@ class Usage:
     start: dict[str, float | None] = field(default_factory=dict)
     used: dict[str, float | None] = field(default_factory=dict)
 
-    def _now(self) -> dict[str, float | None]:
+    def now(self) -> dict[str, float | None]:
+        """CPU seconds used so far by each of them."""
         return {
             "service": None if self.service_pids is None else tree_cpu_seconds(self.service_pids),
             "worker": None if self.worker_pid is None else tree_cpu_seconds([self.worker_pid]),
@@ -1201,10 +1212,10 @@ class Usage:
         }
 
     def begin(self) -> None:
-        self.start = self._now()
+        self.start = self.now()
 
     def end(self) -> None:
-        now = self._now()
+        now = self.now()
         self.used = {
             k: None if (b := self.start.get(k)) is None or (a := now[k]) is None else a - b
             for k in now
@@ -1213,6 +1224,45 @@ class Usage:
     def percent(self, who: str, seconds: float) -> float | None:
         used = self.used.get(who)
         return None if used is None or seconds <= 0 else round(used / seconds * 100)
+
+
+TIMELINE_INTERVAL_S = 0.1
+
+
+async def sample_timeline(usage: Usage, stop: asyncio.Event) -> list[dict[str, float | None]]:
+    """Until ``stop``: each TIMELINE_INTERVAL_S, the percent of one core each of ``usage``'s
+    processes used in it (``api`` is the service without a separate worker). The sampling's
+    own CPU counts as the load's; the kernel counts in 10 ms ticks, so a row is good to about
+    ten points, and the machine's can read above 200 %."""
+    rows: list[dict[str, float | None]] = []
+    started = before_at = time.monotonic()
+    before = usage.now()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), TIMELINE_INTERVAL_S)
+        at, now = time.monotonic(), usage.now()
+        span = at - before_at
+        row: dict[str, float | None] = {"t": round(at - started, 2)}
+        for name, value in now.items():
+            old = before.get(name)
+            row[name] = None if value is None or old is None else 100 * (value - old) / span
+        if row["service"] is not None and row["worker"] is not None:
+            # Read a moment apart, in 10 ms ticks: never below nothing.
+            row["service"] = max(0.0, row["service"] - row["worker"])
+        row["api"] = row.pop("service")
+        rows.append(row)
+        before, before_at = now, at
+    return rows
+
+
+def format_timeline(rows: list[dict[str, float | None]]) -> str:
+    names = ("api", "worker", "database", "gateway", "load", "machine")
+    header = ("s", "API", "worker", "PostgreSQL", "gateway", "load", "machine")
+    return text_table(
+        header,
+        [(f"{row['t']:.2f}", *(_pct(row.get(name)) for name in names)) for row in rows],
+        left_columns=0,
+    )
 
 
 async def measure_backend(
@@ -1313,12 +1363,20 @@ async def measure_end_to_end(
     activity_before = db.activity()
     counting_statements = db.reset_statements()
     usage.begin()
+    stop_sampling = asyncio.Event()
+    sampling = (
+        asyncio.create_task(sample_timeline(usage, stop_sampling))
+        if options.timeline and first
+        else None
+    )
     deadline = time.monotonic() + options.time_limit
     sent, (seen_all_at, recorded) = await asyncio.gather(
         send_events(service.base_url, options.event_concurrency, batches, workload.reach, problems),
         wait_for_gateway(gateway, expected, deadline),
     )
     usage.end()
+    stop_sampling.set()
+    timeline = None if sampling is None else await sampling
     activity_after = db.activity()
     settled_at = None
     while time.monotonic() < deadline + 10:
@@ -1387,6 +1445,7 @@ async def measure_end_to_end(
         "load_cpu_percent": usage.percent("load", seconds),
         "worker_cpu_percent": usage.percent("worker", seconds),
         "profile": profile,
+        "timeline": timeline,
         "database_statements": [
             {
                 "statement": st["statement"][:160],
@@ -1817,6 +1876,12 @@ def main(argv: list[str] | None = None) -> int:
                     f" blocks {st['wal_bytes_per_notification']:6,} B WAL {st['calls']:6,} calls"
                     f"  {st['statement'][:70]}"
                 )
+            if x.get("timeline"):
+                print(
+                    f"  {who}: CPU in percent of one core, each "
+                    f"{TIMELINE_INTERVAL_S * 1000:.0f} ms of the measured phase (--timeline):"
+                )
+                print(textwrap.indent(format_timeline(x["timeline"]), "    "))
             idle = x.get("idle_latency_ms")
             if idle:
                 print(

@@ -4,6 +4,7 @@ figure is asserted: speed is read from their tables, never from a test."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -49,8 +50,15 @@ def test_the_delivery_benchmark_checks_every_notification(backend: str) -> None:
 def test_the_delivery_benchmark_runs_separate_worker_processes(backend: str) -> None:
     if backend == "sqlite":
         pytest.skip("separate worker processes share PostgreSQL; SQLite is one process's")
-    output = _delivery(backend, "--devices", "40", "--worker-processes", "1", "--idle-events", "0")
+    output = _delivery(
+        backend, "--devices", "40", "--worker-processes", "1", "--idle-events", "0", "--timeline"
+    )
     assert re.search(r"CPU, the worker processes used \d+%, the API \d+%", output)
+    # The timeline: a row per 100 ms of the measured phase, each process's share of a core.
+    after = output.split("(--timeline):\n", 1)[1].splitlines()
+    header, _rule, *rows = itertools.takewhile(lambda line: line.startswith("    "), after)
+    assert header.split() == ["s", "API", "worker", "PostgreSQL", "gateway", "load", "machine"]
+    assert rows and all(re.fullmatch(r"\s*[\d.]+(\s+(\d+%|-)){6}", row) for row in rows)
 
 
 def test_the_api_benchmark_checks_every_answer(backend: str) -> None:
