@@ -218,7 +218,7 @@ class DeliveryWorker:
                     if claimed is not None:
                         await self._send_claimed(claimed)
                 except Exception:
-                    log.exception("claiming notifications failed; retrying shortly")
+                    log.exception("claiming or preparing notifications failed; retrying shortly")
                     claimed = None
                     await asyncio.sleep(1.0)
                 if claimed is not None:
