@@ -1186,7 +1186,12 @@ class Figures:
     problems: int
     problem_samples: list[str]
     extra: dict[str, Any]
-    round: int = 1  # --rounds: which
+    round: int | None = None  # which, when --rounds measured more than one
+
+    @property
+    def label(self) -> str:
+        """The sender, and the round when there were several."""
+        return self.sender if self.round is None else f"{self.sender}, round {self.round}"
 
 
 @dataclass(slots=True)
@@ -1265,17 +1270,28 @@ def format_timeline(rows: list[dict[str, float | None]]) -> str:
     )
 
 
-async def measure_backend(
-    backend: str,
-    options: Options,
-    service: Service,
-    gateway: Gateway,
-    db: Database,
-    sealing: SealingFigures,
-    workload: Workload,
-) -> tuple[list[Figures], dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """What a backend's measurements run against."""
+
+    backend: str
+    options: Options
+    service: Service
+    gateway: Gateway
+    db: Database
+    sealing: SealingFigures
+    workload: Workload
+
+
+async def measure_backend(stage: Stage) -> tuple[list[Figures], dict[str, Any]]:
     """Register (setup), then each round: the end-to-end phase with its checks, and the naive
     sender with the same notifications."""
+    options, service, gateway, workload = (
+        stage.options,
+        stage.service,
+        stage.gateway,
+        stage.workload,
+    )
     setup: dict[str, Any] = {}
     # One client with one keep-alive connection per worker (see bench_api: a shared pool's
     # bookkeeping costs the load generator more than the service when there are many).
@@ -1287,14 +1303,14 @@ async def measure_backend(
                     base_url=service.base_url, limits=limits, timeout=REQUEST_TIMEOUT_S
                 )
             )
-            for _ in range(max(options.register_concurrency, options.event_concurrency))
+            for _ in range(options.register_concurrency)
         ]
         steps = [("register", workload.register(gateway.push_url))]
         if options.explicit_channels or options.mixed_channels:
             steps.append(("choose channel", workload.enable_channel()))
         for name, calls in steps:
             phase = await run_phase(
-                clients[: options.register_concurrency],
+                clients,
                 service,  # run_phase uses only its cpu_seconds()
                 calls,
                 expect_empty_object,
@@ -1305,42 +1321,36 @@ async def measure_backend(
             setup[f"{name}_seconds"] = round(phase.seconds, 2)
             setup[f"{name}_per_second"] = round(len(calls) / phase.seconds)
         setup["service_rss_after_setup_mb"] = peak_rss_mb(service.pid)
-        db.analyze()
+        stage.db.analyze()
     figures: list[Figures] = []
     for number in range(1, options.rounds + 1):
         if number > 1:
             gateway.forget()  # the naive sender's records of the round before
-        end_to_end, records = await measure_end_to_end(
-            backend, options, service, gateway, db, sealing, workload, number
-        )
-        baseline = await measure_naive(backend, options, gateway, sealing, workload, records)
-        if options.rounds > 1:
-            end_to_end = replace(end_to_end, sender=f"{end_to_end.sender}, round {number}")
-            baseline = replace(baseline, sender=f"{baseline.sender}, round {number}")
+        end_to_end, records = await measure_end_to_end(stage, first=number == 1)
+        baseline = await measure_naive(stage, records)
         ratio = _ratio(end_to_end.notifications_per_second, baseline.notifications_per_second)
+        which = None if options.rounds == 1 else number
         figures += [
-            replace(end_to_end, vs_baseline=_round(ratio, 2), round=number),
-            replace(baseline, round=number),
+            replace(end_to_end, vs_baseline=_round(ratio, 2), round=which),
+            replace(baseline, round=which),
         ]
     return figures, setup
 
 
-async def measure_end_to_end(
-    backend: str,
-    options: Options,
-    service: Service,
-    gateway: Gateway,
-    db: Database,
-    sealing: SealingFigures,
-    workload: Workload,
-    number: int,
-) -> tuple[Figures, list[dict[str, Any]]]:
+async def measure_end_to_end(stage: Stage, *, first: bool) -> tuple[Figures, list[dict[str, Any]]]:
     """One event per user until the gateway acknowledged every notification (the clock runs
     from the first event request to the last acknowledgement), then the checks; in the first
     round also the profile (``--profile``) and the idle service's latency. Returns the figures
     (not yet compared with the naive sender) and the gateway's records."""
+    backend, options, service, gateway, db, workload = (
+        stage.backend,
+        stage.options,
+        stage.service,
+        stage.gateway,
+        stage.db,
+        stage.workload,
+    )
     problems = Problems()
-    first = number == 1
     since_ms = int(time.time() * 1000)  # this round's notifications are created from now on
     batches = workload.event_batches()
     expected = len(workload.subscribed)
@@ -1502,7 +1512,7 @@ async def measure_end_to_end(
         seconds=round(seconds, 3),
         notifications_per_second=round(rate, 1),
         vs_baseline=None,
-        of_sealing=_round(_ratio(rate, sealing.seals_per_second), 4),
+        of_sealing=_round(_ratio(rate, stage.sealing.seals_per_second), 4),
         p50_ms=round(percentile(latencies, 0.50), 1),
         p99_ms=round(percentile(latencies, 0.99), 1),
         service_cpu_percent=usage.percent("service", seconds),
@@ -1518,15 +1528,9 @@ async def measure_end_to_end(
     return end_to_end, records
 
 
-async def measure_naive(
-    backend: str,
-    options: Options,
-    gateway: Gateway,
-    sealing: SealingFigures,
-    workload: Workload,
-    records: list[dict[str, Any]],
-) -> Figures:
+async def measure_naive(stage: Stage, records: list[dict[str, Any]]) -> Figures:
     """The naive sender: the notifications of ``records`` again, one request each."""
+    options, gateway = stage.options, stage.gateway
     gateway.forget()
     calls = [
         Call(
@@ -1565,9 +1569,9 @@ async def measure_naive(
     base_rate = len(calls) / phase.seconds if phase.seconds > 0 else math.nan
     base_latencies = sorted(x * 1000 for x in phase.latencies)
     return Figures(
-        backend=backend,
+        backend=stage.backend,
         sender="naive, 1 per request",
-        users=len(workload.users),
+        users=len(stage.workload.users),
         devices_per_user=options.devices_per_user,
         events=None,
         notifications=len(calls),
@@ -1575,7 +1579,7 @@ async def measure_naive(
         seconds=round(phase.seconds, 3),
         notifications_per_second=round(base_rate, 1),
         vs_baseline=1.0,
-        of_sealing=_round(_ratio(base_rate, sealing.seals_per_second), 4),
+        of_sealing=_round(_ratio(base_rate, stage.sealing.seals_per_second), 4),
         p50_ms=round(percentile(base_latencies, 0.50), 1),
         p99_ms=round(percentile(base_latencies, 0.99), 1),
         service_cpu_percent=None,
@@ -1638,13 +1642,15 @@ def run_backend(
                 with asyncio.Runner(loop_factory=loop_factory) as runner:
                     figures, setup = runner.run(
                         measure_backend(
-                            backend,
-                            options,
-                            service,
-                            gateway,
-                            Database(database_url),
-                            sealing,
-                            workload,
+                            Stage(
+                                backend,
+                                options,
+                                service,
+                                gateway,
+                                Database(database_url),
+                                sealing,
+                                workload,
+                            )
                         )
                     )
             except ServiceError as exc:
@@ -1698,7 +1704,7 @@ def format_table(figures: list[Figures]) -> str:
     rows = [
         (
             f.backend,
-            f.sender,
+            f.label,
             f"{f.users * f.devices_per_user} ({f.users}x{f.devices_per_user})",
             "-" if f.events is None else str(f.events),
             str(f.notifications),
@@ -1793,7 +1799,7 @@ def report_problems(figures: list[Figures]) -> None:
     print(f"FAILED: {total} problem(s): lost, duplicated or wrong notifications", file=sys.stderr)
     for f in figures:
         for sample in f.problem_samples:
-            print(f"  {f.backend} / {f.sender}: {sample}", file=sys.stderr)
+            print(f"  {f.backend} / {f.label}: {sample}", file=sys.stderr)
     print("!" * 72, file=sys.stderr)
 
 
@@ -1846,7 +1852,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in figures:
         if f.events is not None:
             x = f.extra
-            who = f.backend if options.rounds == 1 else f"{f.backend}, round {f.round}"
+            who = f.backend if f.round is None else f"{f.backend}, round {f.round}"
             print(
                 f"  {who}: all {f.events} events accepted (202) after "
                 f"{x['last_event_accepted_after_s']:.2f} s ({x['events_accepted_per_second']:,} "
