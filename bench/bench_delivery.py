@@ -1250,7 +1250,11 @@ async def sample_timeline(usage: Usage, stop: asyncio.Event) -> list[dict[str, f
         row: dict[str, float | None] = {"t": round(at - started, 2)}
         for name, value in now.items():
             old = before.get(name)
-            row[name] = None if value is None or old is None else 100 * (value - old) / span
+            # A sum over processes: one that exited in between (a PostgreSQL backend whose
+            # connection closed) takes its CPU with it, and the row reads low, never below 0.
+            row[name] = (
+                None if value is None or old is None else max(0.0, 100 * (value - old) / span)
+            )
         if row["service"] is not None and row["worker"] is not None:
             # Read a moment apart, in 10 ms ticks: never below nothing.
             row["service"] = max(0.0, row["service"] - row["worker"])
