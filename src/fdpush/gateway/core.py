@@ -22,8 +22,6 @@ from fdpush.gateway.render import (
     ENCRYPTED_FIELDS,
     PLAIN_FIELDS,
     present_fields,
-    provider_for,
-    render,
 )
 from fdpush.gateway.trouble import DelayPoint, Limits, ResultOrder, Trouble, TroubleUpdate
 from fdpush.gateway_api import (
@@ -362,10 +360,10 @@ class DevGateway:
             item_id=item_id,
             app_id=device["app_id"],
             pushkey=device["pushkey"],
-            provider=provider_for(device["app_id"]),
             prio=prio,
             notification=notification,
-            push=render(device["app_id"], device["pushkey"], prio, fields_, counts),
+            fields=fields_,
+            counts=counts,
         )
         self._stats["notifications_recorded"] += 1
 
