@@ -549,8 +549,7 @@ _CLAIM_WITH_CONTEXT = text(
                x.pushkey_sealed, g.periods, g.materials
         FROM pushers x
         CROSS JOIN LATERAL (
-            SELECT array_agg(k.period ORDER BY k.period) AS periods,
-                   array_agg(k.material ORDER BY k.period) AS materials
+            SELECT array_agg(k.period) AS periods, array_agg(k.material) AS materials
             FROM pusher_keys k WHERE k.pusher_id = x.id
         ) g
         WHERE x.id = c.pusher_id
@@ -622,7 +621,9 @@ async def claim_with_context(
         seen.add(r[0])
         claimed.append(Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]))
         if r[2] is not None and r[9] is not None and r[2] not in found:
-            generations = tuple(zip(r[15] or (), r[16] or (), strict=True))
+            # Both arrays list the pusher's rows in the same order, whichever: sorted here,
+            # not by two ORDER BYs, whose sorts cost PostgreSQL a third of this lookup.
+            generations = tuple(sorted(zip(r[15] or (), r[16] or (), strict=True)))
             found[r[2]] = Target(r[2], r[9], r[10], r[11], r[12], r[13], r[14], generations, r[20])
         if r[17] is not None and r[1] not in events_found:
             events_found[r[1]] = EventBody(r[1], r[17], r[18], r[19], r[21])
