@@ -6,8 +6,8 @@ an empty, analysed outbox that plan scans the tables, and a connection keeps it 
 grows to tens of thousands of rows: each claim then scans every notification once per dispatch.
 ``Database(by_key=True)`` (the service's connections) prices sequential scans out. Each test
 asks PostgreSQL for the generic plan of the delivery's statements on an empty outbox, with the
-service's settings and, to show the difference, without them; the last one asks for the
-fan-out read's plan while the pushers' statistics lag behind the table.
+service's settings and, to show the difference, without them. The last two ask for the plans
+of the fan-out read and of settling while the statistics lag behind the tables.
 """
 
 from __future__ import annotations
@@ -213,3 +213,65 @@ def test_the_fan_out_read_looks_users_up_by_index_while_statistics_lag(database_
     found = asyncio.run(plan())
     assert "ix_pushers_user_id_pushkey" in found, found
     assert "pk_pushers" not in found, found
+
+
+def _walks_the_whole_index(plan: str, index: str) -> bool:
+    """Whether a scan of ``index`` reads it whole (no ``Index Cond`` under it)."""
+    lines = plan.splitlines()
+    for n, line in enumerate(lines):
+        if f"using {index} " in line:
+            depth = len(line) - len(line.lstrip())
+            below = []
+            for detail in lines[n + 1 :]:
+                if len(detail) - len(detail.lstrip()) <= depth or "->" in detail:
+                    break
+                below.append(detail)
+            if not any("Index Cond" in d for d in below):
+                return True
+    return False
+
+
+def test_settling_looks_notifications_up_by_id_while_statistics_see_none_pending(
+    database_url: str,
+) -> None:
+    """Statistics taken when every notification had ended (the usual state), then a burst:
+    1,000 of 3,000 pending. Settling a hundred of them looks each up by id; joined to the ids
+    only through ``unnest``, the planner walked the whole primary key once per id."""
+
+    async def plans() -> dict[str, str]:
+        db = Database(database_url, pool_size=1, by_key=True)
+        try:
+            await db.migrate()
+            async with db.engine.connect() as conn:
+                raw = (await conn.get_raw_connection()).driver_connection
+                assert raw is not None
+                await raw.execute(
+                    "ALTER TABLE notifications SET (autovacuum_enabled = false);"
+                    "INSERT INTO notifications (id, event_id, gateway, encrypted, status, "
+                    "attempts, next_attempt_at, created_at) SELECT lpad(n::text, 32, '0'), 'e', "
+                    "'g', true, 'delivered', 0, 0, 0 FROM generate_series(1, 3000) n;"
+                    "ANALYZE notifications;"
+                    "UPDATE notifications SET status = 'pending' WHERE id > lpad('2000', 32, '0')"
+                )
+                ids = [str(n).zfill(32) for n in range(2401, 2501)]
+                values = {
+                    "status": "delivered",
+                    "now": 1,
+                    "error": None,
+                    "ids": ids,
+                    "done": [1],
+                    "statuses": ["delivered"] * 100,
+                    "errors": [None] * 100,
+                }
+                found = {}
+                for name, statement in (("alike", outbox._SETTLE_ALIKE), ("each", outbox._SETTLE)):
+                    compiled = statement.compile(dialect=db.engine.dialect)
+                    order = compiled.positiontup or ()
+                    rows = await raw.fetch(f"EXPLAIN {compiled}", *(values[p] for p in order))
+                    found[name] = "\n".join(r[0] for r in rows)
+                return found
+        finally:
+            await db.close()
+
+    for name, plan in asyncio.run(plans()).items():
+        assert not _walks_the_whole_index(plan, "pk_notifications"), (name, plan)

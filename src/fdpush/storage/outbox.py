@@ -771,6 +771,11 @@ async def finish(
 # No index holds ``status`` (revision 0008): on PostgreSQL ending a notification is a HOT
 # update, its new version on its own page without index entries. The claimed dispatches whose
 # notifications all ended go in the same statement.
+# The notifications are looked up by ``id = ANY(ids)``, a condition on the primary key, in
+# whichever order PostgreSQL joins: joined to the ids only through ``unnest``, a planner whose
+# statistics saw next to nothing pending (the usual state, until a burst) walked every row of
+# a small outbox once per id (measured: 49-119 ms for a batch of 100 against 1,000 rows,
+# instead of 0.5-1 ms).
 _SETTLE = text(
     """
     WITH s AS (
@@ -778,7 +783,7 @@ _SETTLE = text(
         SET status = o.status, finished_at = :now, last_error = o.error
         FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:errors AS text[]))
              AS o(id, status, error)
-        WHERE n.id = o.id AND n.status = 'pending'
+        WHERE n.id = ANY(CAST(:ids AS text[])) AND n.id = o.id AND n.status = 'pending'
         RETURNING 1
     ), d AS (
         DELETE FROM dispatches WHERE id = ANY(CAST(:done AS bigint[]))
@@ -793,8 +798,7 @@ _SETTLE_ALIKE = text(
         UPDATE notifications n
         SET status = CAST(:status AS text), finished_at = :now,
             last_error = CAST(:error AS text)
-        FROM unnest(CAST(:ids AS text[])) AS o(id)
-        WHERE n.id = o.id AND n.status = 'pending'
+        WHERE n.id = ANY(CAST(:ids AS text[])) AND n.status = 'pending'
         RETURNING 1
     ), d AS (
         DELETE FROM dispatches WHERE id = ANY(CAST(:done AS bigint[]))
