@@ -13,6 +13,8 @@ of the fan-out read and of settling while the statistics lag behind the tables.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -59,26 +61,41 @@ def database_url(database_url: str, backend: str) -> str:
     return database_url
 
 
-async def _generic_plans(url: str, *, by_key: bool) -> dict[str, str]:
-    """The generic plan of each of STATEMENTS on an empty, analysed outbox, as EXPLAIN says."""
+@contextlib.asynccontextmanager
+async def _connection(url: str, *, by_key: bool = True) -> AsyncIterator[tuple[Database, Any]]:
+    """A migrated database and the asyncpg connection under one of its pooled connections."""
     db = Database(url, pool_size=1, by_key=by_key)
     try:
         await db.migrate()
-        plans = {}
         async with db.engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             assert raw is not None
-            await raw.execute("ANALYZE; SET plan_cache_mode = force_generic_plan")
-            for n, (name, (statement, values)) in enumerate(STATEMENTS.items()):
-                compiled = statement.compile(dialect=db.engine.dialect)
-                order = compiled.positiontup or ()
-                await raw.execute(f"PREPARE s{n} AS {compiled}")
-                arguments = ", ".join(values[p] for p in order)
-                rows = await raw.fetch(f"EXPLAIN EXECUTE s{n}({arguments})")
-                plans[name] = "\n".join(r[0] for r in rows)
-        return plans
+            yield db, raw
     finally:
         await db.close()
+
+
+async def _explain(db: Database, raw: Any, statement: Any, values: dict[str, Any]) -> str:
+    """EXPLAIN of one of the service's statements with these values, as PostgreSQL plans it."""
+    compiled = statement.compile(dialect=db.engine.dialect)
+    order = compiled.positiontup or ()
+    rows = await raw.fetch(f"EXPLAIN {compiled}", *(values[p] for p in order))
+    return "\n".join(r[0] for r in rows)
+
+
+async def _generic_plans(url: str, *, by_key: bool) -> dict[str, str]:
+    """The generic plan of each of STATEMENTS on an empty, analysed outbox, as EXPLAIN says."""
+    plans = {}
+    async with _connection(url, by_key=by_key) as (db, raw):
+        await raw.execute("ANALYZE; SET plan_cache_mode = force_generic_plan")
+        for n, (name, (statement, values)) in enumerate(STATEMENTS.items()):
+            compiled = statement.compile(dialect=db.engine.dialect)
+            order = compiled.positiontup or ()
+            await raw.execute(f"PREPARE s{n} AS {compiled}")
+            arguments = ", ".join(values[p] for p in order)
+            rows = await raw.fetch(f"EXPLAIN EXECUTE s{n}({arguments})")
+            plans[name] = "\n".join(r[0] for r in rows)
+    return plans
 
 
 def _scanned(plan: str) -> set[str]:
@@ -103,23 +120,16 @@ def test_what_must_scan_is_not_compiled(database_url: str) -> None:
     it cost ten billion; JIT would compile it each time (about 200 ms)."""
 
     async def explain() -> str:
-        db = Database(database_url, pool_size=1, by_key=True)
-        try:
-            await db.migrate()
-            async with db.engine.connect() as conn:
-                raw = (await conn.get_raw_connection()).driver_connection
-                assert raw is not None
-                await raw.execute(
-                    "INSERT INTO dispatches (gateway, notification_ids, next_attempt_at, "
-                    "created_at) SELECT 'g', ARRAY['a', 'b'], 0, n FROM generate_series(1, 50) n"
-                )
-                rows = await raw.fetch(
-                    "EXPLAIN (ANALYZE) SELECT coalesce(sum(cardinality(notification_ids)), 0), "
-                    "min(created_at) FROM dispatches"
-                )
-                return "\n".join(r[0] for r in rows)
-        finally:
-            await db.close()
+        async with _connection(database_url) as (_, raw):
+            await raw.execute(
+                "INSERT INTO dispatches (gateway, notification_ids, next_attempt_at, "
+                "created_at) SELECT 'g', ARRAY['a', 'b'], 0, n FROM generate_series(1, 50) n"
+            )
+            rows = await raw.fetch(
+                "EXPLAIN (ANALYZE) SELECT coalesce(sum(cardinality(notification_ids)), 0), "
+                "min(created_at) FROM dispatches"
+            )
+            return "\n".join(r[0] for r in rows)
 
     plan = asyncio.run(explain())
     assert "Seq Scan on dispatches" in plan
@@ -182,33 +192,22 @@ def test_the_fan_out_read_looks_users_up_by_index_while_statistics_lag(database_
     through the user id index, not through every row of the primary key."""
 
     async def plan() -> str:
-        db = Database(database_url, pool_size=1, by_key=True)
-        try:
-            await db.migrate()
-            async with db.engine.connect() as conn:
-                raw = (await conn.get_raw_connection()).driver_connection
-                assert raw is not None
-                await raw.execute("ALTER TABLE pushers SET (autovacuum_enabled = false)")
-                add = (
-                    "INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name, "
-                    "device_display_name, lang, data, pushkey_ts, created_at, updated_at) "
-                    "SELECT md5('u' || n) || md5('v' || n), 'a.apns', md5('k' || n), 'http', "
-                    "'a', 'd', 'de', '{}', 1, now(), now() FROM generate_series($1::int, $2::int) n"
-                )
-                await raw.execute(add, 1, 200)
-                await raw.execute("ANALYZE pushers")
-                await raw.execute(add, 201, 3000)
-                users = await raw.fetchval(
-                    "SELECT array_agg(user_id) FROM pushers WHERE id BETWEEN 1001 AND 1100"
-                )
-                compiled = outbox._RECIPIENTS.compile(dialect=db.engine.dialect)
-                order = compiled.positiontup or ()
-                values = {"users": users, "channels": ["c"]}
-                await raw.execute("SET plan_cache_mode = force_custom_plan")
-                rows = await raw.fetch(f"EXPLAIN {compiled}", *(values[p] for p in order))
-                return "\n".join(r[0] for r in rows)
-        finally:
-            await db.close()
+        async with _connection(database_url) as (db, raw):
+            await raw.execute("ALTER TABLE pushers SET (autovacuum_enabled = false)")
+            add = (
+                "INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name, "
+                "device_display_name, lang, data, pushkey_ts, created_at, updated_at) "
+                "SELECT md5('u' || n) || md5('v' || n), 'a.apns', md5('k' || n), 'http', "
+                "'a', 'd', 'de', '{}', 1, now(), now() FROM generate_series($1::int, $2::int) n"
+            )
+            await raw.execute(add, 1, 200)
+            await raw.execute("ANALYZE pushers")
+            await raw.execute(add, 201, 3000)
+            users = await raw.fetchval(
+                "SELECT array_agg(user_id) FROM pushers WHERE id BETWEEN 1001 AND 1100"
+            )
+            await raw.execute("SET plan_cache_mode = force_custom_plan")
+            return await _explain(db, raw, outbox._RECIPIENTS, {"users": users, "channels": ["c"]})
 
     found = asyncio.run(plan())
     assert "ix_pushers_user_id_pushkey" in found, found
@@ -239,39 +238,28 @@ def test_settling_looks_notifications_up_by_id_while_statistics_see_none_pending
     only through ``unnest``, the planner walked the whole primary key once per id."""
 
     async def plans() -> dict[str, str]:
-        db = Database(database_url, pool_size=1, by_key=True)
-        try:
-            await db.migrate()
-            async with db.engine.connect() as conn:
-                raw = (await conn.get_raw_connection()).driver_connection
-                assert raw is not None
-                await raw.execute(
-                    "ALTER TABLE notifications SET (autovacuum_enabled = false);"
-                    "INSERT INTO notifications (id, event_id, gateway, encrypted, status, "
-                    "attempts, next_attempt_at, created_at) SELECT lpad(n::text, 32, '0'), 'e', "
-                    "'g', true, 'delivered', 0, 0, 0 FROM generate_series(1, 3000) n;"
-                    "ANALYZE notifications;"
-                    "UPDATE notifications SET status = 'pending' WHERE id > lpad('2000', 32, '0')"
-                )
-                ids = [str(n).zfill(32) for n in range(2401, 2501)]
-                values = {
-                    "status": "delivered",
-                    "now": 1,
-                    "error": None,
-                    "ids": ids,
-                    "done": [1],
-                    "statuses": ["delivered"] * 100,
-                    "errors": [None] * 100,
-                }
-                found = {}
-                for name, statement in (("alike", outbox._SETTLE_ALIKE), ("each", outbox._SETTLE)):
-                    compiled = statement.compile(dialect=db.engine.dialect)
-                    order = compiled.positiontup or ()
-                    rows = await raw.fetch(f"EXPLAIN {compiled}", *(values[p] for p in order))
-                    found[name] = "\n".join(r[0] for r in rows)
-                return found
-        finally:
-            await db.close()
+        async with _connection(database_url) as (db, raw):
+            await raw.execute(
+                "ALTER TABLE notifications SET (autovacuum_enabled = false);"
+                "INSERT INTO notifications (id, event_id, gateway, encrypted, status, "
+                "attempts, next_attempt_at, created_at) SELECT lpad(n::text, 32, '0'), 'e', "
+                "'g', true, 'delivered', 0, 0, 0 FROM generate_series(1, 3000) n;"
+                "ANALYZE notifications;"
+                "UPDATE notifications SET status = 'pending' WHERE id > lpad('2000', 32, '0')"
+            )
+            values = {
+                "status": "delivered",
+                "now": 1,
+                "error": None,
+                "ids": [str(n).zfill(32) for n in range(2401, 2501)],
+                "done": [1],
+                "statuses": ["delivered"] * 100,
+                "errors": [None] * 100,
+            }
+            return {
+                "alike": await _explain(db, raw, outbox._SETTLE_ALIKE, values),
+                "each": await _explain(db, raw, outbox._SETTLE, values),
+            }
 
     for name, plan in asyncio.run(plans()).items():
         assert not _walks_the_whole_index(plan, "pk_notifications"), (name, plan)
