@@ -3,16 +3,20 @@
 What it measures
     A fresh database holds ``--events`` finished events older than the retention, each with
     ``--devices`` delivered notifications (made with ``generate_series``, not through the
-    service), beside ``--keep`` recent ones that must stay. Then the worker's pruning runs
-    (:func:`fdpush.storage.outbox.prune`, chunks of 5,000 events, each its own transaction)
-    until nothing is left to prune. Figures: total time, events and notifications per second,
-    the longest chunk (how long any lock is held), the tables' dead tuples right after and
-    the table size before and after a plain ``VACUUM``. The recent rows are checked to be
-    untouched.
+    service), ``--sent`` recent events whose one notification was delivered (their payloads
+    are no longer needed: forgotten, the rows kept), and ``--keep`` recent events with a
+    notification still pending (payload and rows kept). Then the worker's pruning runs
+    (:func:`fdpush.storage.outbox.prune`, each call its own transaction: the first forgets
+    every payload no longer needed in one statement, and each deletes a chunk of up to 5,000
+    events) until nothing is left to prune. Figures: payloads forgotten, chunks, total time,
+    events per second, the first chunk (the forgetting's share) and the longest (how long any
+    lock is held), the tables' dead tuples right after and the table size before and after a
+    plain ``VACUUM``. The recent rows are checked: the sent ones without payload, the pending
+    ones untouched.
 
 Usage
     .venv/bin/python bench/bench_prune.py                      # 200,000 events x 1 device
-    .venv/bin/python bench/bench_prune.py --events 50000 --devices 5
+    .venv/bin/python bench/bench_prune.py --events 50000 --devices 5 --sent 20000
 
 Exit status: 0 done and the recent rows kept, 1 anything wrong.
 """
@@ -33,7 +37,7 @@ from fdpush.storage.database import Database
 DAY_MS = 86_400_000
 
 
-def fill(url: str, events: int, devices: int, keep: int, now_ms: int) -> None:
+def fill(url: str, events: int, devices: int, sent: int, keep: int, now_ms: int) -> None:
     old = now_ms - 30 * DAY_MS
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
@@ -51,12 +55,22 @@ def fill(url: str, events: int, devices: int, keep: int, now_ms: int) -> None:
             " FROM generate_series(1, %s) g, generate_series(1, %s) d",
             (old, old, old, events, devices),
         )
-        conn.execute(
-            "INSERT INTO events (id, user_id, channel, prio, identifier, created_at, payload,"
-            " history) SELECT 'keep' || g, 'u' || g, 'erp.task.activate', 'high', NULL,"
-            " %s, NULL, false FROM generate_series(1, %s) g",
-            (now_ms, keep),
-        )
+        # Recent events with a sealed-size payload: sent (delivered) or still pending.
+        for prefix, count, status in (("sent", sent, "delivered"), ("keep", keep, "pending")):
+            conn.execute(
+                "INSERT INTO events (id, user_id, channel, prio, identifier, created_at,"
+                " payload, history) SELECT %s || g, 'u' || g, 'erp.task.activate', 'high',"
+                " NULL, %s, decode(repeat('ab', 150), 'hex'), false"
+                " FROM generate_series(1, %s) g",
+                (prefix, now_ms - 60_000, count),
+            )
+            conn.execute(
+                "INSERT INTO notifications (id, event_id, gateway, encrypted, status, attempts,"
+                " next_attempt_at, created_at, pusher_id) SELECT %s || g || 'n', %s || g,"
+                " 'https://gw.example/push/v1/', true, %s, 1, %s, %s, NULL"
+                " FROM generate_series(1, %s) g",
+                (prefix, prefix, status, now_ms, now_ms - 60_000, count),
+            )
         conn.execute("ANALYZE")
 
 
@@ -74,10 +88,13 @@ def table_stats(url: str) -> dict[str, int]:
     return stats
 
 
-async def prune_all(url: str, now_ms: int) -> tuple[int, float, float, int]:
+async def prune_all(url: str, now_ms: int) -> tuple[int, float, float, float, int]:
+    """Prune as the worker does until nothing is left: events removed, the first chunk's
+    seconds (it also forgets every payload no longer needed, in one statement), seconds in
+    all, the longest chunk's seconds, chunks."""
     db = Database(url)
     try:
-        total, longest, chunks = 0, 0.0, 0
+        total, first, longest, chunks = 0, 0.0, 0.0, 0
         started = time.perf_counter()
         while True:
             t = time.perf_counter()
@@ -88,12 +105,14 @@ async def prune_all(url: str, now_ms: int) -> tuple[int, float, float, int]:
                     sent_before_ms=now_ms,
                     outbox_before_ms=now_ms - 7 * DAY_MS,
                 )
-            longest = max(longest, time.perf_counter() - t)
+            took = time.perf_counter() - t
+            first = first or took
+            longest = max(longest, took)
             chunks += 1
             total += removed
             if removed < outbox.PRUNE_CHUNK:
                 break
-        return total, time.perf_counter() - started, longest, chunks
+        return total, first, time.perf_counter() - started, longest, chunks
     finally:
         await db.close()
 
@@ -110,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--sent", type=int, default=100_000)
     parser.add_argument("--keep", type=int, default=10_000)
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args(argv)
@@ -117,21 +137,29 @@ def main(argv: list[str] | None = None) -> int:
     with postgres_database(args.postgres_url) as url:
         asyncio.run(migrate(url))
         print(f"filling {args.events:,} old events x {args.devices} notifications ...", flush=True)
-        fill(url, args.events, args.devices, args.keep, now_ms)
+        fill(url, args.events, args.devices, args.sent, args.keep, now_ms)
         before = table_stats(url)
-        removed, seconds, longest, chunks = asyncio.run(prune_all(url, now_ms))
+        removed, first, seconds, longest, chunks = asyncio.run(prune_all(url, now_ms))
         after = table_stats(url)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM events, notifications")
             [(kept,)] = conn.execute("SELECT count(*) FROM events").fetchall()
             [(left,)] = conn.execute("SELECT count(*) FROM notifications").fetchall()
+            [(still_sealed,)] = conn.execute(
+                "SELECT count(*) FROM events WHERE payload IS NOT NULL"
+            ).fetchall()
+            [(kept_sealed,)] = conn.execute(
+                "SELECT count(*) FROM events WHERE payload IS NOT NULL AND id LIKE 'keep%'"
+            ).fetchall()
         vacuumed = table_stats(url)
     header = (
         "events pruned",
         "notifications",
+        "payloads forgotten",
         "chunks",
         "seconds",
         "events/s",
+        "first chunk ms",
         "longest chunk ms",
         "dead tuples after",
         "MB before",
@@ -141,17 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     row = (
         f"{removed:,}",
         f"{removed * args.devices:,}",
+        f"{args.sent + args.keep - still_sealed:,}",
         str(chunks),
         f"{seconds:.2f}",
         f"{removed / seconds:,.0f}",
+        f"{first * 1000:.0f}",
         f"{longest * 1000:.0f}",
         f"{after.get('events_dead', 0) + after.get('notifications_dead', 0):,}",
         f"{(before['events_bytes'] + before['notifications_bytes']) / mb:.1f}",
         f"{(vacuumed['events_bytes'] + vacuumed['notifications_bytes']) / mb:.1f}",
     )
     print(text_table(header, [row], left_columns=0))
-    ok = removed == args.events and kept == args.keep and left == 0
-    print("OK: the old rows are gone, the recent ones kept" if ok else "WRONG: see the counts")
+    ok = (
+        removed == args.events
+        and kept == args.sent + args.keep
+        and left == args.sent + args.keep
+        and still_sealed == kept_sealed == args.keep
+    )
+    print(
+        "OK: the old rows are gone, the sent payloads forgotten, the pending ones kept"
+        if ok
+        else "WRONG: see the counts"
+    )
     return 0 if ok else 1
 
 

@@ -90,9 +90,16 @@ def test_the_wire_benchmark_runs_the_paths_it_compares() -> None:
 
 
 def test_the_prune_benchmark_checks_what_is_left() -> None:
-    result = _run(str(BENCH / "bench_prune.py"), "--events", "300", "--devices", "4")
+    result = _run(
+        str(BENCH / "bench_prune.py"),
+        *("--events", "300", "--devices", "4", "--sent", "7000", "--keep", "50"),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "OK: the old rows are gone, the recent ones kept" in result.stdout
+    assert "OK: the old rows are gone, the sent payloads forgotten, the pending ones kept" in (
+        result.stdout
+    )
+    row = result.stdout.splitlines()[-2].split()
+    assert row[:3] == ["300", "1,200", "7,000"], row
 
 
 def test_the_backlog_benchmark_checks_every_notification(backend: str) -> None:
