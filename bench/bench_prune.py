@@ -5,14 +5,13 @@ What it measures
     ``--devices`` delivered notifications (made with ``generate_series``, not through the
     service), ``--sent`` recent events whose one notification was delivered (their payloads
     are no longer needed: forgotten, the rows kept), and ``--keep`` recent events with a
-    notification still pending (payload and rows kept). Then the worker's pruning runs
-    (:func:`fdpush.storage.outbox.prune`, each call its own transaction: the first forgets
-    every payload no longer needed in one statement, and each deletes a chunk of up to 5,000
-    events) until nothing is left to prune. Figures: payloads forgotten, chunks, total time,
-    events per second, the first chunk (the forgetting's share) and the longest (how long any
-    lock is held), the tables' dead tuples right after and the table size before and after a
-    plain ``VACUUM``. The recent rows are checked: the sent ones without payload, the pending
-    ones untouched.
+    notification still pending (payload and rows kept). Then the worker's pruning runs:
+    :func:`fdpush.storage.outbox.forget_payloads` (chunks of 5,000 payloads), then
+    :func:`fdpush.storage.outbox.prune` (chunks of 5,000 events) until nothing is left, each
+    chunk its own transaction. Figures: payloads forgotten, events pruned, chunks, total time,
+    events per second, the longest chunk of each kind (how long any lock is held), the tables'
+    dead tuples right after and the table size before and after a plain ``VACUUM``. The recent
+    rows are checked: the sent ones without payload, the pending ones untouched.
 
 Usage
     .venv/bin/python bench/bench_prune.py                      # 200,000 events x 1 device
@@ -25,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import sys
 import time
 
@@ -88,31 +88,35 @@ def table_stats(url: str) -> dict[str, int]:
     return stats
 
 
-async def prune_all(url: str, now_ms: int) -> tuple[int, float, float, float, int]:
-    """Prune as the worker does until nothing is left: events removed, the first chunk's
-    seconds (it also forgets every payload no longer needed, in one statement), seconds in
-    all, the longest chunk's seconds, chunks."""
+async def prune_all(url: str, now_ms: int) -> tuple[int, int, float, float, float, float, int]:
+    """Prune as the worker does until nothing is left: events removed, payloads forgotten, the
+    forgetting's seconds and its longest chunk's, seconds in all, the longest delete chunk's
+    seconds, chunks (both kinds)."""
     db = Database(url)
     try:
-        total, first, longest, chunks = 0, 0.0, 0.0, 0
         started = time.perf_counter()
+        ends = [started]
+        forgotten = await outbox.forget_payloads(
+            db,
+            history_before_ms=now_ms,
+            sent_before_ms=now_ms,
+            on_chunk=lambda _: ends.append(time.perf_counter()),
+        )
+        longest_forget = max(b - a for a, b in itertools.pairwise(ends))
+        total, longest, chunks = 0, 0.0, len(ends) - 1
         while True:
             t = time.perf_counter()
             async with db.write() as conn:
                 removed = await outbox.prune(
-                    conn,
-                    history_before_ms=now_ms,
-                    sent_before_ms=now_ms,
-                    outbox_before_ms=now_ms - 7 * DAY_MS,
+                    conn, history_before_ms=now_ms, outbox_before_ms=now_ms - 7 * DAY_MS
                 )
-            took = time.perf_counter() - t
-            first = first or took
-            longest = max(longest, took)
+            longest = max(longest, time.perf_counter() - t)
             chunks += 1
             total += removed
             if removed < outbox.PRUNE_CHUNK:
                 break
-        return total, first, time.perf_counter() - started, longest, chunks
+        seconds = time.perf_counter() - started
+        return total, forgotten, ends[-1] - started, longest_forget, seconds, longest, chunks
     finally:
         await db.close()
 
@@ -139,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"filling {args.events:,} old events x {args.devices} notifications ...", flush=True)
         fill(url, args.events, args.devices, args.sent, args.keep, now_ms)
         before = table_stats(url)
-        removed, first, seconds, longest, chunks = asyncio.run(prune_all(url, now_ms))
+        removed, forgotten, forgetting, longest_forget, seconds, longest, chunks = asyncio.run(
+            prune_all(url, now_ms)
+        )
         after = table_stats(url)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM events, notifications")
@@ -156,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         "events pruned",
         "notifications",
         "payloads forgotten",
+        "forget s",
         "chunks",
         "seconds",
         "events/s",
-        "first chunk ms",
-        "longest chunk ms",
+        "longest forget chunk ms",
+        "longest delete chunk ms",
         "dead tuples after",
         "MB before",
         "MB after VACUUM",
@@ -169,11 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     row = (
         f"{removed:,}",
         f"{removed * args.devices:,}",
-        f"{args.sent + args.keep - still_sealed:,}",
+        f"{forgotten:,}",
+        f"{forgetting:.2f}",
         str(chunks),
         f"{seconds:.2f}",
         f"{removed / seconds:,.0f}",
-        f"{first * 1000:.0f}",
+        f"{longest_forget * 1000:.0f}",
         f"{longest * 1000:.0f}",
         f"{after.get('events_dead', 0) + after.get('notifications_dead', 0):,}",
         f"{(before['events_bytes'] + before['notifications_bytes']) / mb:.1f}",
@@ -182,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text_table(header, [row], left_columns=0))
     ok = (
         removed == args.events
+        and forgotten == args.sent
         and kept == args.sent + args.keep
         and left == args.sent + args.keep
         and still_sealed == kept_sealed == args.keep

@@ -174,6 +174,7 @@ def make_it_old(service: Service, user: str, devices: list[AppDevice]) -> None:
     service.query("DELETE FROM data_steps")
     service.query("ALTER TABLE pushers DROP COLUMN pushkey_sealed")
     service.query("DROP TABLE keyring")
+    service.query("DROP INDEX ix_events_sealed")  # the events as they were (0009)
     service.query("DROP TABLE dispatches")  # and the outbox as it was (0008)
     service.query(
         "CREATE INDEX ix_notifications_pending_due ON notifications (next_attempt_at)"
@@ -265,7 +266,7 @@ def test_migrate_and_a_worker_convert_a_database_before_any_service_starts(
     else:
         WorkerProcess(service, tmp_path_factory.mktemp("worker")).stop()
     assert_converted(service, user, devices)
-    assert service.query("SELECT version_num FROM alembic_version") == [("0008",)]
+    assert service.query("SELECT version_num FROM alembic_version") == [("0009",)]
 
 
 def test_a_database_is_not_converted_with_another_master_key(

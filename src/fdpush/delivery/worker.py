@@ -603,18 +603,21 @@ class DeliveryWorker:
 
     async def _prune(self) -> None:
         """Forget payloads no longer needed, and finished events past the outbox's retention,
-        in short chunks (no long DELETE that holds locks or bloats PostgreSQL at once)."""
+        in short chunks (no long DELETE or UPDATE that holds locks or bloats PostgreSQL at once)."""
         day_ms = 86_400_000
         while True:
             now_ms = int(self._clock() * 1000)
+            history_before_ms = now_ms - self._options.history_days * day_ms
             removed = 0
             try:
+                await outbox.forget_payloads(
+                    self._db, history_before_ms=history_before_ms, sent_before_ms=now_ms
+                )
                 while True:
                     async with self._db.write() as conn:
                         chunk = await outbox.prune(
                             conn,
-                            history_before_ms=now_ms - self._options.history_days * day_ms,
-                            sent_before_ms=now_ms,
+                            history_before_ms=history_before_ms,
                             outbox_before_ms=now_ms - self._options.outbox_retention_days * day_ms,
                         )
                     removed += chunk

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from functools import partial
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -1105,34 +1105,66 @@ async def history_entry(conn: AsyncConnection, user_id: str, identifier: str) ->
 PRUNE_CHUNK = 5000  # rows per statement: short transactions, no long locks, no bloat burst
 
 
-async def prune(
-    conn: AsyncConnection,
+async def forget_payloads(
+    db: Database,
     *,
     history_before_ms: int,
     sent_before_ms: int,
-    outbox_before_ms: int,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> int:
-    """Forget payloads no longer needed; delete one chunk of finished events past the retention.
+    """Forget the payloads no longer needed, a chunk of ``PRUNE_CHUNK`` per transaction; how
+    many. ``on_chunk`` hears how many each chunk forgot, once it committed.
 
     A payload is kept while a notification of its event is pending; then until
-    ``history_before_ms`` for history events, until ``sent_before_ms`` for the others. Events
-    (with their notifications) older than both retentions go, at most ``PRUNE_CHUNK`` a call:
-    the caller repeats while a chunk comes back full.
+    ``history_before_ms`` for history events, until ``sent_before_ms`` for the others. The
+    chunks walk the events that still hold a payload (revision 0009's index) in id order, each
+    from where the last stopped. One statement for all of them rewrote 129,500 event rows in a
+    2.8 s transaction after a backlog of 200,000 notifications, and walked every event kept.
     """
     pending = exists().where(
         notifications.c.event_id == events.c.id, notifications.c.status == "pending"
     )
-    await conn.execute(
-        update(events)
-        .where(
-            events.c.payload.is_not(None),
-            or_(
-                and_(events.c.history.is_(True), events.c.created_at < history_before_ms),
-                and_(events.c.history.is_(False), events.c.created_at < sent_before_ms),
-            ),
-            ~pending,
+    forgotten, after = 0, ""
+    while True:
+        unneeded = (
+            select(events.c.id)
+            .where(
+                events.c.payload.is_not(None),
+                events.c.id > after,
+                or_(
+                    and_(events.c.history.is_(True), events.c.created_at < history_before_ms),
+                    and_(events.c.history.is_(False), events.c.created_at < sent_before_ms),
+                ),
+                ~pending,
+            )
+            .order_by(events.c.id)
+            .limit(PRUNE_CHUNK)
         )
-        .values(payload=None)
+        async with db.write() as conn:
+            ids = [r[0] for r in await conn.execute(unneeded)]
+            if ids:
+                await conn.execute(update(events).where(events.c.id.in_(ids)).values(payload=None))
+        forgotten += len(ids)
+        if on_chunk is not None:
+            on_chunk(len(ids))
+        if len(ids) < PRUNE_CHUNK:
+            return forgotten
+        after = ids[-1]
+
+
+async def prune(
+    conn: AsyncConnection,
+    *,
+    history_before_ms: int,
+    outbox_before_ms: int,
+) -> int:
+    """Delete one chunk of finished events past the retention, with their notifications.
+
+    Events older than both retentions go, at most ``PRUNE_CHUNK`` a call: the caller repeats
+    while a chunk comes back full. (Their payloads went long before: :func:`forget_payloads`.)
+    """
+    pending = exists().where(
+        notifications.c.event_id == events.c.id, notifications.c.status == "pending"
     )
     old = (
         select(events.c.id)

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.dialects import postgresql
 
@@ -126,6 +127,13 @@ events = Table(
     Column("payload", LargeBinary, nullable=True),
     Column("history", Boolean, nullable=False, server_default=false()),
     Index(None, "created_at"),
+    # The events that still hold a payload (0009): what the pruning walks to forget payloads.
+    Index(
+        "ix_events_sealed",
+        "id",
+        postgresql_where=text("payload IS NOT NULL"),
+        sqlite_where=text("payload IS NOT NULL"),
+    ),
 )
 
 # The outbox: one small row per (event, pusher); the worker claims rows with a lease and seals
