@@ -1105,6 +1105,12 @@ async def history_entry(conn: AsyncConnection, user_id: str, identifier: str) ->
 PRUNE_CHUNK = 5000  # rows per statement: short transactions, no long locks, no bloat burst
 
 
+# Whether an event still has a notification to send (its payload is needed until then).
+_PENDING = exists().where(
+    notifications.c.event_id == events.c.id, notifications.c.status == "pending"
+)
+
+
 async def forget_payloads(
     db: Database,
     *,
@@ -1121,9 +1127,6 @@ async def forget_payloads(
     from where the last stopped. One statement for all of them rewrote 129,500 event rows in a
     2.8 s transaction after a backlog of 200,000 notifications, and walked every event kept.
     """
-    pending = exists().where(
-        notifications.c.event_id == events.c.id, notifications.c.status == "pending"
-    )
     forgotten, after = 0, ""
     while True:
         unneeded = (
@@ -1135,7 +1138,7 @@ async def forget_payloads(
                     and_(events.c.history.is_(True), events.c.created_at < history_before_ms),
                     and_(events.c.history.is_(False), events.c.created_at < sent_before_ms),
                 ),
-                ~pending,
+                ~_PENDING,
             )
             .order_by(events.c.id)
             .limit(PRUNE_CHUNK)
@@ -1163,12 +1166,9 @@ async def prune(
     Events older than both retentions go, at most ``PRUNE_CHUNK`` a call: the caller repeats
     while a chunk comes back full. (Their payloads went long before: :func:`forget_payloads`.)
     """
-    pending = exists().where(
-        notifications.c.event_id == events.c.id, notifications.c.status == "pending"
-    )
     old = (
         select(events.c.id)
-        .where(events.c.created_at < min(history_before_ms, outbox_before_ms), ~pending)
+        .where(events.c.created_at < min(history_before_ms, outbox_before_ms), ~_PENDING)
         .limit(PRUNE_CHUNK)
     )
     ids = [r[0] for r in await conn.execute(old)]
