@@ -101,7 +101,13 @@ def _asyncpg_url(parsed: URL) -> URL:
 # over the dispatches) is then costed above ``jit_above_cost`` and was compiled with LLVM on
 # every run: 200 ms for a scan of a few pages. No statement of the service is long enough for
 # JIT to pay off: it is off as well.
-_BY_KEY_SETTINGS = {"enable_seqscan": "off", "jit": "off"}
+#
+# And they are planned once per connection, not at each execution: PostgreSQL kept custom plans
+# for most executions of the hottest statements (the fan-out read and the queueing statement 166
+# of 200 times a run, the claim 27 of 33), whose generic plans are the same walks of the same
+# indexes (tests/storage/test_plans.py). Planning them cost PostgreSQL about 4 µs per
+# notification, a tenth of what it spends on one.
+_BY_KEY_SETTINGS = {"enable_seqscan": "off", "jit": "off", "plan_cache_mode": "force_generic_plan"}
 
 
 def _asyncpg_connect_args(url: str, *, by_key: bool = False) -> dict[str, Any]:
