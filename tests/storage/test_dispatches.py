@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from fdpush.storage import outbox
 from fdpush.storage.database import Database
-from storage.rows import event, notification
+from storage.rows import GATEWAY, event, notification
 
 OWNER = "worker-1"
 
@@ -165,3 +165,72 @@ def test_rows_of_different_moments_are_not_queued_together(database_url: str) ->
     message, stored = asyncio.run(_queue_rows_of_two_moments(database_url))
     assert "differ in next_attempt_at" in message
     assert stored == 0
+
+
+OTHER_GATEWAY = "https://other.example/push/v1/"
+
+
+async def _queue_alike_and_mixed(url: str) -> dict[str, Any]:
+    """One call whose rows share channel, prio, gateway and kind (PostgreSQL gets each once),
+    and one whose rows differ in each."""
+    db = Database(url)
+    try:
+        await db.migrate()
+        await outbox.queue(
+            db,
+            [event("a1"), event("a2")],
+            [notification("an1", "a1"), notification("an2", "a2")],
+            notify_channel=None,
+        )
+        await outbox.queue(
+            db,
+            [event("m1"), event("m2", channel="d", prio="low")],
+            [
+                notification("mn1", "m1"),
+                notification("mn2", "m1", encrypted=False),
+                notification("mn3", "m2", gateway=OTHER_GATEWAY),
+            ],
+            notify_channel=None,
+        )
+        async with db.read() as conn:
+            events_ = await conn.execute(text("SELECT id, channel, prio FROM events ORDER BY id"))
+            notes = await conn.execute(
+                text("SELECT id, event_id, gateway, encrypted FROM notifications ORDER BY id")
+            )
+            groups = await conn.execute(text("SELECT gateway, notification_ids FROM dispatches"))
+            return {
+                "events": [tuple(r) for r in events_],
+                "notifications": [(r[0], r[1], r[2], bool(r[3])) for r in notes],
+                "dispatches": sorted(
+                    (r[0], sorted(r[1] if isinstance(r[1], list) else json.loads(r[1])))
+                    for r in groups
+                ),
+            }
+    finally:
+        await db.close()
+
+
+def test_rows_alike_or_not_in_channel_prio_gateway_and_kind_are_stored_as_given(
+    database_url: str,
+) -> None:
+    seen = asyncio.run(_queue_alike_and_mixed(database_url))
+    assert seen["events"] == [
+        ("a1", "c", "high"),
+        ("a2", "c", "high"),
+        ("m1", "c", "high"),
+        ("m2", "d", "low"),
+    ]
+    assert seen["notifications"] == [
+        ("an1", "a1", GATEWAY, True),
+        ("an2", "a2", GATEWAY, True),
+        ("mn1", "m1", GATEWAY, True),
+        ("mn2", "m1", GATEWAY, False),
+        ("mn3", "m2", OTHER_GATEWAY, True),
+    ]
+    # A dispatch per call, gateway and kind.
+    assert seen["dispatches"] == [
+        (GATEWAY, ["an1", "an2"]),
+        (GATEWAY, ["mn1"]),
+        (GATEWAY, ["mn2"]),
+        (OTHER_GATEWAY, ["mn3"]),
+    ]

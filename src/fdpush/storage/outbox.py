@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from functools import partial
+from functools import cache, partial
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import TextClause
 
 from fdpush.storage.database import Database
 from fdpush.storage.schema import (
@@ -176,10 +177,7 @@ async def queue(
         await db.sqlite(partial(_sqlite_insert, event_rows, notification_rows), write=True)
         return
     if db.dialect == "postgresql":
-        await db.fetch_all(
-            _INSERT_EVENTS_AND_NOTIFICATIONS,
-            _queue_parameters(event_rows, notification_rows, notify_channel),
-        )
+        await db.fetch_all(*_queue_statement(event_rows, notification_rows, notify_channel))
         return
     async with db.write() as conn:
         await insert_event_rows(conn, event_rows, notification_rows, notify_channel=None)
@@ -241,10 +239,7 @@ async def insert_event_rows(
         if event_rows:
             # One statement, one round trip: both inserts and the wake-up (foreign keys are
             # checked at the end of the statement, when both tables have their rows).
-            await conn.execute(
-                _INSERT_EVENTS_AND_NOTIFICATIONS,
-                _queue_parameters(event_rows, notification_rows, notify_channel),
-            )
+            await conn.execute(*_queue_statement(event_rows, notification_rows, notify_channel))
         return
     if event_rows:
         await conn.execute(insert(events), list(event_rows))
@@ -292,6 +287,10 @@ _NOTIFICATION_COLUMNS = {
 # costs the driver's encoder and the server's decoder (about 0.3 µs each on the service's side).
 _EVENT_CONSTANTS = ("created_at", "history")
 _NOTIFICATION_CONSTANTS = ("status", "attempts", "next_attempt_at", "created_at")
+# And what is usually the same (a Fachdienst's batch of one kind of event, an app's devices
+# behind one gateway) goes once when it is: a statement of its own for each combination.
+_EVENT_USUALLY_ALIKE = ("channel", "prio")
+_NOTIFICATION_USUALLY_ALIKE = ("gateway", "encrypted")
 
 
 def _unnest_insert(
@@ -321,15 +320,37 @@ _INSERT_DISPATCHES = """
          AS u(id, gateway, grp)
     GROUP BY u.grp
 """
+_INSERT_DISPATCHES_OF_ONE_GATEWAY = """
+    INSERT INTO dispatches (gateway, notification_ids, next_attempt_at, created_at)
+    SELECT CAST(:n_gateway AS text), array_agg(u.id ORDER BY u.id),
+           CAST(:n_next_attempt_at AS bigint), CAST(:n_created_at AS bigint)
+    FROM unnest(CAST(:n_id AS text[]), CAST(:n_group AS integer[])) AS u(id, grp)
+    GROUP BY u.grp
+"""
 
-_INSERT_EVENTS = _unnest_insert("events", _EVENT_COLUMNS, "e_", _EVENT_CONSTANTS)
-_INSERT_NOTIFICATIONS = _unnest_insert(
-    "notifications", _NOTIFICATION_COLUMNS, "n_", _NOTIFICATION_CONSTANTS
-)
-_INSERT_EVENTS_AND_NOTIFICATIONS = text(
-    f"WITH e AS ({_INSERT_EVENTS}), n AS ({_INSERT_NOTIFICATIONS}), d AS ({_INSERT_DISPATCHES}) "
-    "SELECT CASE WHEN CAST(:wake AS boolean) THEN pg_notify(:channel, '') END"
-)
+
+@cache  # one per combination of what was alike: at most 16
+def _insert_events_and_notifications(
+    events_alike: tuple[str, ...], notifications_alike: tuple[str, ...]
+) -> TextClause:
+    """The queueing statement, with ``*_alike`` passed once instead of as arrays."""
+    inserts = (
+        _unnest_insert("events", _EVENT_COLUMNS, "e_", _EVENT_CONSTANTS + events_alike),
+        _unnest_insert(
+            "notifications",
+            _NOTIFICATION_COLUMNS,
+            "n_",
+            _NOTIFICATION_CONSTANTS + notifications_alike,
+        ),
+        _INSERT_DISPATCHES_OF_ONE_GATEWAY
+        if "gateway" in notifications_alike
+        else _INSERT_DISPATCHES,
+    )
+    return text(
+        f"WITH e AS ({inserts[0]}), n AS ({inserts[1]}), d AS ({inserts[2]}) "
+        "SELECT CASE WHEN CAST(:wake AS boolean) THEN pg_notify(:channel, '') END"
+    )
+
 
 DISPATCH_SIZE = 100  # notifications per dispatch at most: one gateway request's worth
 
@@ -370,18 +391,32 @@ def _dispatch_groups(
     return list(found.values())
 
 
-def _queue_parameters(
+def _queue_statement(
     event_rows: Sequence[Mapping[str, Any]],
     notification_rows: Sequence[Mapping[str, Any]],
     notify_channel: str | None,
-) -> dict[str, Any]:
-    return {
-        **_columns(event_rows, _EVENT_COLUMNS, "e_", _EVENT_CONSTANTS),
-        **_columns(notification_rows, _NOTIFICATION_COLUMNS, "n_", _NOTIFICATION_CONSTANTS),
+) -> tuple[TextClause, dict[str, Any]]:
+    """PostgreSQL's queueing statement for these rows, and its parameters."""
+    events_alike = _same(event_rows, _EVENT_USUALLY_ALIKE)
+    notifications_alike = _same(notification_rows, _NOTIFICATION_USUALLY_ALIKE)
+    parameters = {
+        **_columns(event_rows, _EVENT_COLUMNS, "e_", _EVENT_CONSTANTS + events_alike),
+        **_columns(
+            notification_rows,
+            _NOTIFICATION_COLUMNS,
+            "n_",
+            _NOTIFICATION_CONSTANTS + notifications_alike,
+        ),
         "n_group": _groups(notification_rows),
         "channel": notify_channel or "",
         "wake": bool(notification_rows) and notify_channel is not None,
     }
+    return _insert_events_and_notifications(events_alike, notifications_alike), parameters
+
+
+def _same(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> tuple[str, ...]:
+    """Those of ``names`` in which every row has the same value (all, without rows)."""
+    return tuple(name for name in names if len({row[name] for row in rows}) <= 1)
 
 
 def _columns(
