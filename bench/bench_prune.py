@@ -92,7 +92,7 @@ async def prune_all(url: str, now_ms: int) -> tuple[int, int, float, float, floa
     """Prune as the worker does until nothing is left: events removed, payloads forgotten, the
     forgetting's seconds and its longest chunk's, seconds in all, the longest delete chunk's
     seconds, chunks (both kinds)."""
-    db = Database(url)
+    db = Database(url, by_key=True)  # the worker's settings: planned as it plans them
     try:
         started = time.perf_counter()
         ends = [started]
