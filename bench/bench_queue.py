@@ -71,7 +71,7 @@ def _rows(tag: str, now_ms: int) -> tuple[list[dict[str, Any]], list[dict[str, A
 
 
 async def measure(url: str, calls: int, rounds: int) -> tuple[dict[str, tuple[float, float]], int]:
-    db = Database(url)
+    db = Database(url, by_key=True)  # the service's settings: planned as it plans them
     try:
         await db.migrate()
         best: dict[str, tuple[float, float]] = {}
