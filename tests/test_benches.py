@@ -54,6 +54,11 @@ def test_the_delivery_benchmark_runs_separate_worker_processes(backend: str) -> 
         backend, "--devices", "40", "--worker-processes", "1", "--idle-events", "0", "--timeline"
     )
     assert re.search(r"CPU, the worker processes used \d+%, the API \d+%", output)
+    assert re.search(
+        r"CPU per notification: fdpush \d+ us, its worker processes \d+ us, database \d+ us, "
+        r"gateway \d+ us, load \d+ us, machine \d+ us",
+        output,
+    )
     # The timeline: a row per 100 ms of the measured phase, each process's share of a core.
     after = output.split("(--timeline):\n", 1)[1].splitlines()
     header, _rule, *rows = itertools.takewhile(lambda line: line.startswith("    "), after)
