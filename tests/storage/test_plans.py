@@ -156,17 +156,23 @@ def test_what_must_scan_is_not_compiled(database_url: str) -> None:
 
 
 def test_the_operators_url_may_set_the_planner_itself(database_url: str) -> None:
-    async def setting(url: str, *, by_key: bool) -> str:
+    async def setting(url: str, *, by_key: bool, name: str = "enable_seqscan") -> str:
         db = Database(url, pool_size=1, by_key=by_key)
         try:
             async with db.engine.connect() as conn:
-                return str((await conn.execute(text("SHOW enable_seqscan"))).scalar())
+                return str((await conn.execute(text(f"SHOW {name}"))).scalar())
         finally:
             await db.close()
 
     assert asyncio.run(setting(database_url, by_key=True)) == "off"
     assert asyncio.run(setting(database_url, by_key=False)) == "on"
     assert asyncio.run(setting(database_url + "?enable_seqscan=on", by_key=True)) == "on"
+    mode = "plan_cache_mode"
+    assert asyncio.run(setting(database_url, by_key=True, name=mode)) == "force_generic_plan"
+    assert asyncio.run(setting(database_url, by_key=False, name=mode)) == "auto"
+    assert asyncio.run(setting(database_url + "?plan_cache_mode=auto", by_key=True, name=mode)) == (
+        "auto"
+    )
 
 
 def test_migrations_plan_as_postgresql_likes_and_leave_the_connection_by_key(
