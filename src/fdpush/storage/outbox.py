@@ -334,20 +334,14 @@ def _insert_events_and_notifications(
     events_alike: tuple[str, ...], notifications_alike: tuple[str, ...]
 ) -> TextClause:
     """The queueing statement, with ``*_alike`` passed once instead of as arrays."""
-    inserts = (
-        _unnest_insert("events", _EVENT_COLUMNS, "e_", _EVENT_CONSTANTS + events_alike),
-        _unnest_insert(
-            "notifications",
-            _NOTIFICATION_COLUMNS,
-            "n_",
-            _NOTIFICATION_CONSTANTS + notifications_alike,
-        ),
-        _INSERT_DISPATCHES_OF_ONE_GATEWAY
-        if "gateway" in notifications_alike
-        else _INSERT_DISPATCHES,
+    add_events = _unnest_insert("events", _EVENT_COLUMNS, "e_", _EVENT_CONSTANTS + events_alike)
+    add_notifications = _unnest_insert(
+        "notifications", _NOTIFICATION_COLUMNS, "n_", _NOTIFICATION_CONSTANTS + notifications_alike
     )
+    one_gateway = "gateway" in notifications_alike
+    add_dispatches = _INSERT_DISPATCHES_OF_ONE_GATEWAY if one_gateway else _INSERT_DISPATCHES
     return text(
-        f"WITH e AS ({inserts[0]}), n AS ({inserts[1]}), d AS ({inserts[2]}) "
+        f"WITH e AS ({add_events}), n AS ({add_notifications}), d AS ({add_dispatches}) "
         "SELECT CASE WHEN CAST(:wake AS boolean) THEN pg_notify(:channel, '') END"
     )
 
@@ -400,23 +394,31 @@ def _queue_statement(
     events_alike = _same(event_rows, _EVENT_USUALLY_ALIKE)
     notifications_alike = _same(notification_rows, _NOTIFICATION_USUALLY_ALIKE)
     parameters = {
-        **_columns(event_rows, _EVENT_COLUMNS, "e_", _EVENT_CONSTANTS + events_alike),
+        **_columns(event_rows, _EVENT_COLUMNS, "e_", _EVENT_CONSTANTS, events_alike),
         **_columns(
             notification_rows,
             _NOTIFICATION_COLUMNS,
             "n_",
-            _NOTIFICATION_CONSTANTS + notifications_alike,
+            _NOTIFICATION_CONSTANTS,
+            notifications_alike,
         ),
         "n_group": _groups(notification_rows),
         "channel": notify_channel or "",
         "wake": bool(notification_rows) and notify_channel is not None,
     }
-    return _insert_events_and_notifications(events_alike, notifications_alike), parameters
+    statement = _insert_events_and_notifications(tuple(events_alike), tuple(notifications_alike))
+    return statement, parameters
 
 
-def _same(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> tuple[str, ...]:
-    """Those of ``names`` in which every row has the same value (all, without rows)."""
-    return tuple(name for name in names if len({row[name] for row in rows}) <= 1)
+def _same(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """The value of each of ``names`` in which every row is alike (None without rows), in the
+    order of ``names``; those in which rows differ are left out."""
+    found: dict[str, Any] = {}
+    for name in names:
+        values = {row[name] for row in rows}
+        if len(values) <= 1:
+            found[name] = values.pop() if values else None
+    return found
 
 
 def _columns(
@@ -424,13 +426,16 @@ def _columns(
     columns: Mapping[str, str],
     prefix: str,
     constants: Sequence[str],
+    alike: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The statement's parameters: an array per column, one value per column in ``constants``
-    (every row must have the same there)."""
+    (every row must have the same there) and per column found ``alike`` (its value)."""
     found: dict[str, Any] = {
-        prefix + name: [row[name] for row in rows] for name in columns if name not in constants
+        prefix + name: [row[name] for row in rows]
+        for name in columns
+        if name not in constants and name not in alike
     }
-    for name, value in _alike(rows, constants).items():
+    for name, value in (_alike(rows, constants) | dict(alike)).items():
         found[prefix + name] = value
     return found
 
