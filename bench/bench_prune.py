@@ -102,21 +102,19 @@ async def prune_all(url: str, now_ms: int) -> tuple[int, int, float, float, floa
             sent_before_ms=now_ms,
             on_chunk=lambda _: ends.append(time.perf_counter()),
         )
+        forgetting, forget_chunks = ends[-1] - started, len(ends) - 1
         longest_forget = max(b - a for a, b in itertools.pairwise(ends))
-        total, longest, chunks = 0, 0.0, len(ends) - 1
-        while True:
-            t = time.perf_counter()
-            async with db.write() as conn:
-                removed = await outbox.prune(
-                    conn, history_before_ms=now_ms, outbox_before_ms=now_ms - 7 * DAY_MS
-                )
-            longest = max(longest, time.perf_counter() - t)
-            chunks += 1
-            total += removed
-            if removed < outbox.PRUNE_CHUNK:
-                break
+        ends = [time.perf_counter()]
+        total = await outbox.prune(
+            db,
+            history_before_ms=now_ms,
+            outbox_before_ms=now_ms - 7 * DAY_MS,
+            on_chunk=lambda _: ends.append(time.perf_counter()),
+        )
+        longest = max(b - a for a, b in itertools.pairwise(ends))
         seconds = time.perf_counter() - started
-        return total, forgotten, ends[-1] - started, longest_forget, seconds, longest, chunks
+        chunks = forget_chunks + len(ends) - 1
+        return total, forgotten, forgetting, longest_forget, seconds, longest, chunks
     finally:
         await db.close()
 

@@ -1,4 +1,5 @@
-"""Pruning, on both databases: payloads are forgotten a chunk at a time, never one still needed.
+"""Pruning, on both databases: payloads are forgotten and old events deleted a chunk at a time,
+never what is still needed.
 
 Forgetting every unneeded payload in one statement rewrote 129,500 event rows in a 2.8 s
 transaction after a backlog of 200,000 notifications; now each chunk of ``PRUNE_CHUNK`` is a
@@ -53,3 +54,40 @@ def test_payloads_are_forgotten_a_chunk_at_a_time_and_never_while_pending(
     chunks, sealed, sealed_pending = asyncio.run(_forget(database_url))
     assert chunks == [outbox.PRUNE_CHUNK, 30]
     assert sealed == sealed_pending == PENDING
+
+
+async def _delete(url: str) -> tuple[list[int], int, list[str], int]:
+    db = Database(url)
+    try:
+        await db.migrate()
+        events = [event(f"s{n:05d}", created_at=100) for n in range(SENT)]
+        events += [event(f"p{n:05d}", created_at=100) for n in range(PENDING)]
+        notes = [notification(f"ns{n}", f"s{n:05d}") for n in range(SENT)]
+        notes += [notification(f"np{n}", f"p{n:05d}") for n in range(PENDING)]
+        await outbox.queue(db, events, notes, notify_channel=None)
+        await outbox.queue(db, [event("recent", created_at=5000)], [], notify_channel=None)
+        await outbox.settle(db, [(f"ns{n}", "delivered", None) for n in range(SENT)], now_ms=500)
+        chunks: list[int] = []
+        deleted = await outbox.prune(
+            db, history_before_ms=1000, outbox_before_ms=1000, on_chunk=chunks.append
+        )
+        async with db.read() as conn:
+            left = await conn.execute(text("SELECT id FROM events ORDER BY id"))
+            kept = [r[0] for r in left]
+            notes_left = (
+                await conn.execute(text("SELECT count(*) FROM notifications"))
+            ).scalar_one()
+        return chunks, deleted, kept, notes_left
+    finally:
+        await db.close()
+
+
+def test_old_finished_events_are_deleted_a_chunk_at_a_time_with_their_notifications(
+    database_url: str,
+) -> None:
+    chunks, deleted, kept, notes_left = asyncio.run(_delete(database_url))
+    assert chunks == [outbox.PRUNE_CHUNK, 30]
+    assert deleted == SENT
+    # Old events with a pending notification stay, and so does a recent one.
+    assert kept == [*(f"p{n:05d}" for n in range(PENDING)), "recent"]
+    assert notes_left == PENDING

@@ -608,21 +608,15 @@ class DeliveryWorker:
         while True:
             now_ms = int(self._clock() * 1000)
             history_before_ms = now_ms - self._options.history_days * day_ms
-            removed = 0
             try:
                 await outbox.forget_payloads(
                     self._db, history_before_ms=history_before_ms, sent_before_ms=now_ms
                 )
-                while True:
-                    async with self._db.write() as conn:
-                        chunk = await outbox.prune(
-                            conn,
-                            history_before_ms=history_before_ms,
-                            outbox_before_ms=now_ms - self._options.outbox_retention_days * day_ms,
-                        )
-                    removed += chunk
-                    if chunk < outbox.PRUNE_CHUNK:
-                        break
+                removed = await outbox.prune(
+                    self._db,
+                    history_before_ms=history_before_ms,
+                    outbox_before_ms=now_ms - self._options.outbox_retention_days * day_ms,
+                )
                 if removed:
                     log.info("pruned %d finished events past their retention", removed)
             except Exception:

@@ -1196,27 +1196,36 @@ async def forget_payloads(
 
 
 async def prune(
-    conn: AsyncConnection,
+    db: Database,
     *,
     history_before_ms: int,
     outbox_before_ms: int,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> int:
-    """Delete one chunk of finished events past the retention, with their notifications.
+    """Delete the finished events past the retention, with their notifications, a chunk of
+    ``PRUNE_CHUNK`` events per transaction; how many. ``on_chunk`` hears how many each chunk
+    deleted, once it committed.
 
-    Events older than both retentions go, at most ``PRUNE_CHUNK`` a call: the caller repeats
-    while a chunk comes back full. (Their payloads went long before: :func:`forget_payloads`.)
+    Events older than both retentions go. (Their payloads went long before:
+    :func:`forget_payloads`.)
     """
     old = (
         select(events.c.id)
         .where(events.c.created_at < min(history_before_ms, outbox_before_ms), ~_PENDING)
         .limit(PRUNE_CHUNK)
     )
-    ids = [r[0] for r in await conn.execute(old)]
-    if not ids:
-        return 0
-    await conn.execute(delete(notifications).where(notifications.c.event_id.in_(ids)))
-    await conn.execute(delete(events).where(events.c.id.in_(ids)))
-    return len(ids)
+    deleted = 0
+    while True:
+        async with db.write() as conn:
+            ids = [r[0] for r in await conn.execute(old)]
+            if ids:
+                await conn.execute(delete(notifications).where(notifications.c.event_id.in_(ids)))
+                await conn.execute(delete(events).where(events.c.id.in_(ids)))
+        deleted += len(ids)
+        if on_chunk is not None:
+            on_chunk(len(ids))
+        if len(ids) < PRUNE_CHUNK:
+            return deleted
 
 
 async def resume(conn: AsyncConnection, gateway: str, marker: str, *, now_ms: int) -> int:
