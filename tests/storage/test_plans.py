@@ -24,29 +24,23 @@ from fdpush.storage import outbox
 from fdpush.storage.database import Database
 
 # The delivery's statements that read the outbox by the ids a batch names, with parameters.
-STATEMENTS: dict[str, tuple[Any, dict[str, str]]] = {
+STATEMENTS: dict[str, tuple[Any, dict[str, Any]]] = {
     "claim": (
         outbox._CLAIM_WITH_CONTEXT,
-        {"owner": "'w'", "until": "99", "now": "1", "skip": "'{}'", "limit": "3"},
+        {"owner": "w", "until": 99, "now": 1, "skip": [], "limit": 3},
     ),
     "settle alike": (
         outbox._SETTLE_ALIKE,
-        {
-            "status": "'delivered'",
-            "now": "1",
-            "error": "NULL",
-            "ids": "'{a,b}'",
-            "done": "'{1}'",
-        },
+        {"status": "delivered", "now": 1, "error": None, "ids": ["a", "b"], "done": [1]},
     ),
     "settle": (
         outbox._SETTLE,
         {
-            "now": "1",
-            "ids": "'{a,b}'",
-            "statuses": "'{delivered,failed}'",
-            "errors": "'{NULL,x}'",
-            "done": "'{1}'",
+            "now": 1,
+            "ids": ["a", "b"],
+            "statuses": ["delivered", "failed"],
+            "errors": [None, "x"],
+            "done": [1],
         },
     ),
 }
@@ -106,14 +100,9 @@ async def _generic_plans(url: str, *, by_key: bool) -> dict[str, str]:
     """The generic plan of each of STATEMENTS on an empty, analysed outbox, as EXPLAIN says."""
     plans = {}
     async with _connection(url, by_key=by_key) as (db, raw):
-        await raw.execute("ANALYZE; SET plan_cache_mode = force_generic_plan")
-        for n, (name, (statement, values)) in enumerate(STATEMENTS.items()):
-            compiled = statement.compile(dialect=db.engine.dialect)
-            order = compiled.positiontup or ()
-            await raw.execute(f"PREPARE s{n} AS {compiled}")
-            arguments = ", ".join(values[p] for p in order)
-            rows = await raw.fetch(f"EXPLAIN EXECUTE s{n}({arguments})")
-            plans[name] = "\n".join(r[0] for r in rows)
+        await raw.execute("ANALYZE")
+        for name, (statement, values) in STATEMENTS.items():
+            plans[name] = await _explain(db, raw, statement, values, generic=True)
     return plans
 
 
