@@ -8,7 +8,8 @@ What it measures
     notification still pending (payload and rows kept). Then the worker's pruning runs:
     :func:`fdpush.storage.outbox.forget_payloads` (chunks of 5,000 payloads), then
     :func:`fdpush.storage.outbox.prune` (chunks of 5,000 events) until nothing is left, each
-    chunk its own transaction. Figures: payloads forgotten, events pruned, chunks, total time,
+    chunk its own transaction. Figures: payloads forgotten, events pruned, chunks, total time, the
+    CPU this process spent (the worker's part: building, sending and reading the statements),
     events per second, the longest chunk of each kind (how long any lock is held), the tables'
     dead tuples right after and the table size before and after a plain ``VACUUM``. The recent
     rows are checked: the sent ones without payload, the pending ones untouched.
@@ -88,13 +89,15 @@ def table_stats(url: str) -> dict[str, int]:
     return stats
 
 
-async def prune_all(url: str, now_ms: int) -> tuple[int, int, float, float, float, float, int]:
+async def prune_all(
+    url: str, now_ms: int
+) -> tuple[int, int, float, float, float, float, int, float]:
     """Prune as the worker does until nothing is left: events removed, payloads forgotten, the
     forgetting's seconds and its longest chunk's, seconds in all, the longest delete chunk's
-    seconds, chunks (both kinds)."""
+    seconds, chunks (both kinds), and the CPU seconds this process (the worker's part) spent."""
     db = Database(url, by_key=True)  # the worker's settings: planned as it plans them
     try:
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         ends = [started]
         forgotten = await outbox.forget_payloads(
             db,
@@ -113,8 +116,9 @@ async def prune_all(url: str, now_ms: int) -> tuple[int, int, float, float, floa
         )
         longest = max(b - a for a, b in itertools.pairwise(ends))
         seconds = time.perf_counter() - started
+        cpu = time.process_time() - started_cpu
         chunks = forget_chunks + len(ends) - 1
-        return total, forgotten, forgetting, longest_forget, seconds, longest, chunks
+        return total, forgotten, forgetting, longest_forget, seconds, longest, chunks, cpu
     finally:
         await db.close()
 
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"filling {args.events:,} old events x {args.devices} notifications ...", flush=True)
         fill(url, args.events, args.devices, args.sent, args.keep, now_ms)
         before = table_stats(url)
-        removed, forgotten, forgetting, longest_forget, seconds, longest, chunks = asyncio.run(
+        removed, forgotten, forgetting, longest_forget, seconds, longest, chunks, cpu = asyncio.run(
             prune_all(url, now_ms)
         )
         after = table_stats(url)
@@ -163,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "forget s",
         "chunks",
         "seconds",
+        "worker CPU s",
         "events/s",
         "longest forget chunk ms",
         "longest delete chunk ms",
@@ -178,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{forgetting:.2f}",
         str(chunks),
         f"{seconds:.2f}",
+        f"{cpu:.2f}",
         f"{removed / seconds:,.0f}",
         f"{longest_forget * 1000:.0f}",
         f"{longest * 1000:.0f}",

@@ -1186,7 +1186,9 @@ async def forget_payloads(
         async with db.write() as conn:
             ids = [r[0] for r in await conn.execute(unneeded)]
             if ids:
-                await conn.execute(update(events).where(events.c.id.in_(ids)).values(payload=None))
+                await conn.execute(
+                    update(events).where(_among(conn, events.c.id, ids)).values(payload=None)
+                )
         forgotten += len(ids)
         if on_chunk is not None:
             on_chunk(len(ids))
@@ -1219,8 +1221,10 @@ async def prune(
         async with db.write() as conn:
             ids = [r[0] for r in await conn.execute(old)]
             if ids:
-                await conn.execute(delete(notifications).where(notifications.c.event_id.in_(ids)))
-                await conn.execute(delete(events).where(events.c.id.in_(ids)))
+                await conn.execute(
+                    delete(notifications).where(_among(conn, notifications.c.event_id, ids))
+                )
+                await conn.execute(delete(events).where(_among(conn, events.c.id, ids)))
         deleted += len(ids)
         if on_chunk is not None:
             on_chunk(len(ids))
