@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from sqlalchemy import text
 
 from fdpush.storage import outbox
-from fdpush.storage.database import Database
+from fdpush.storage.database import Database, lock_id
 from storage.rows import event, notification
 
 SENT = outbox.PRUNE_CHUNK + 30  # delivered: payload no longer needed
@@ -91,3 +92,51 @@ def test_old_finished_events_are_deleted_a_chunk_at_a_time_with_their_notificati
     # Old events with a pending notification stay, and so does a recent one.
     assert kept == [*(f"p{n:05d}" for n in range(PENDING)), "recent"]
     assert notes_left == PENDING
+
+
+async def _prune_while_another_prunes(url: str) -> tuple[int, int, int, int, list[int]]:
+    db = Database(url)
+    try:
+        await db.migrate()
+        events = [event(f"s{n:05d}", created_at=100) for n in range(SENT)]
+        notes = [notification(f"ns{n}", f"s{n:05d}") for n in range(SENT)]
+        await outbox.queue(db, events, notes, notify_channel=None)
+        await outbox.settle(db, [(f"ns{n}", "delivered", None) for n in range(SENT)], now_ms=500)
+        async with db.engine.connect() as other, other.begin():
+            # Another worker process in the middle of a chunk: it holds the pruning's lock.
+            await other.execute(
+                text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id(outbox.PRUNE_LOCK)}
+            )
+            async with asyncio.timeout(5):  # skipped, never waited for
+                forgotten = await outbox.forget_payloads(
+                    db, history_before_ms=0, sent_before_ms=1000
+                )
+                deleted = await outbox.prune(db, history_before_ms=1000, outbox_before_ms=1000)
+            async with db.read() as conn:
+                untouched = (
+                    await conn.execute(
+                        text("SELECT count(*) FROM events WHERE payload IS NOT NULL")
+                    )
+                ).scalar_one()
+        # Its turn over, the next pass does the work.
+        chunks: list[int] = []
+        forgotten_later = await outbox.forget_payloads(db, history_before_ms=0, sent_before_ms=1000)
+        await outbox.prune(
+            db, history_before_ms=1000, outbox_before_ms=1000, on_chunk=chunks.append
+        )
+        return forgotten, deleted, untouched, forgotten_later, chunks
+    finally:
+        await db.close()
+
+
+def test_one_process_prunes_at_a_time_the_others_skip_their_pass(
+    database_url: str, backend: str
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("several processes on one database: PostgreSQL (SQLite has one writer)")
+    forgotten, deleted, untouched, forgotten_later, chunks = asyncio.run(
+        _prune_while_another_prunes(database_url)
+    )
+    assert (forgotten, deleted, untouched) == (0, 0, SENT)
+    assert forgotten_later == SENT
+    assert chunks == [outbox.PRUNE_CHUNK, 30]

@@ -46,7 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import TextClause
 
-from fdpush.storage.database import Database
+from fdpush.storage.database import Database, lock_id
 from fdpush.storage.schema import (
     channel_states,
     dispatches,
@@ -1143,6 +1143,22 @@ async def history_entry(conn: AsyncConnection, user_id: str, identifier: str) ->
 
 
 PRUNE_CHUNK = 5000  # rows per statement: short transactions, no long locks, no bloat burst
+PRUNE_LOCK = "fdpush:pruning"
+
+_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:id)")
+
+
+async def _pruning_turn(conn: AsyncConnection) -> bool:
+    """Whether this transaction may prune a chunk: on PostgreSQL one worker process at a time.
+
+    Every worker process prunes on the same interval, and processes started together do so at
+    the same moment: side by side they selected the same chunk, one waited for the other's row
+    locks and wrote the same rows again. A process that finds another pruning skips its pass.
+    SQLite writes one transaction at a time anyway.
+    """
+    if conn.dialect.name != "postgresql":
+        return True
+    return bool((await conn.execute(_TRY_LOCK, {"id": lock_id(PRUNE_LOCK)})).scalar_one())
 
 
 # Whether an event still has a notification to send (its payload is needed until then).
@@ -1166,6 +1182,7 @@ async def forget_payloads(
     chunks walk the events that still hold a payload (revision 0009's index) in id order, each
     from where the last stopped. One statement for all of them rewrote 129,500 event rows in a
     2.8 s transaction after a backlog of 200,000 notifications, and walked every event kept.
+    While another process prunes (PostgreSQL), this pass stops and leaves the rest to it.
     """
     forgotten, after = 0, ""
     while True:
@@ -1184,6 +1201,8 @@ async def forget_payloads(
             .limit(PRUNE_CHUNK)
         )
         async with db.write() as conn:
+            if not await _pruning_turn(conn):
+                return forgotten  # another process is forgetting these payloads
             ids = [r[0] for r in await conn.execute(unneeded)]
             if ids:
                 await conn.execute(
@@ -1209,7 +1228,8 @@ async def prune(
     deleted, once it committed.
 
     Events older than both retentions go. (Their payloads went long before:
-    :func:`forget_payloads`.)
+    :func:`forget_payloads`.) While another process prunes (PostgreSQL), this pass stops and
+    leaves the rest to it.
     """
     old = (
         select(events.c.id)
@@ -1219,6 +1239,8 @@ async def prune(
     deleted = 0
     while True:
         async with db.write() as conn:
+            if not await _pruning_turn(conn):
+                return deleted  # another process is deleting these events
             ids = [r[0] for r in await conn.execute(old)]
             if ids:
                 await conn.execute(
