@@ -120,8 +120,11 @@ class EventService:
             encoded = orjson.dumps(payload)
             # A plain notification carries the payload inside four levels of the gateway request
             # ({"notifications": [{"notification": {"content": …}}]}), and orjson stops at 254
-            # levels of nesting: refuse here what could never be written there.
-            orjson.dumps([[[[payload]]]])
+            # levels of nesting: refuse here what could never be written there. Each level opens
+            # a bracket, so only a payload with that many can be so deep: the rest (every usual
+            # one) is not encoded a second time.
+            if encoded.count(b"{") + encoded.count(b"[") >= _DEEP_BRACKETS:
+                orjson.dumps([[[[payload]]]])
         except orjson.JSONEncodeError as exc:
             raise InvalidParam(f"payload cannot be sent as JSON: {exc}") from None
         if len(encoded) > self.payload_limit:
@@ -253,6 +256,9 @@ _States = dict[tuple[str, str, str], str]
 
 
 _EVENT_ID_RANDOM_BYTES = 10
+# Opening brackets from which a payload might nest too deep for orjson inside the gateway
+# request (254 levels in all, four of them the request's): well below, to be sure.
+_DEEP_BRACKETS = 200
 
 
 def _event_id(now_ms: int, randomness: str, index: int) -> str:

@@ -120,10 +120,10 @@ async def _internal_caller(
 Caller = Annotated[None, Depends(_internal_caller)]
 
 
-def _event(request: Request, body: EventBody) -> EventRequest:
+def _event(pseudonym: Callable[[str], str], body: EventBody) -> EventRequest:
     return EventRequest(
         # Only the pseudonym is stored (ZETA A_29957).
-        user_id=internal_api(request).pseudonym(body.user_id),
+        user_id=pseudonym(body.user_id),
         channel=body.channel,
         payload=body.payload,
         prio=body.prio,
@@ -133,7 +133,8 @@ def _event(request: Request, body: EventBody) -> EventRequest:
 
 async def post_event(request: Request, _caller: Caller) -> JsonResponse:
     body: EventBody = validate_body(EventBody, parse_json_object(await request.body()))
-    (result,) = await internal_api(request).events.emit([_event(request, body)])
+    api = internal_api(request)
+    (result,) = await api.events.emit([_event(api.pseudonym, body)])
     return JsonResponse(
         {"event_id": result.event_id, "notifications": result.notifications}, status_code=202
     )
@@ -141,11 +142,12 @@ async def post_event(request: Request, _caller: Caller) -> JsonResponse:
 
 async def post_event_batch(request: Request, _caller: Caller) -> JsonResponse:
     raw = parse_json_object(await request.body())
-    limit = internal_api(request).max_events_per_batch
+    api = internal_api(request)  # once, not once per event
+    limit = api.max_events_per_batch
     if isinstance(raw.get("events"), list) and not 1 <= len(raw["events"]) <= limit:
         raise InvalidParam(f"events: 1 to {limit} events per batch")
     body: EventBatchBody = validate_body(EventBatchBody, raw)
-    results = await internal_api(request).events.emit([_event(request, e) for e in body.events])
+    results = await api.events.emit([_event(api.pseudonym, e) for e in body.events])
     return JsonResponse(
         {"results": [{"event_id": r.event_id, "notifications": r.notifications} for r in results]},
         status_code=202,
