@@ -316,3 +316,31 @@ def test_a_claim_is_sealed_a_gateway_request_at_a_time() -> None:
     assert [r.id for g in groups for r in g] == [
         r.id for gateway in (other, GATEWAY) for r in rows if r.gateway == gateway
     ]
+
+
+def test_a_payload_is_parsed_only_for_a_plain_pusher_and_kept_when_it_is_not_json() -> None:
+    """An encrypted pusher gets the stored payload's bytes inside its frame (nothing parses
+    them); a plain one gets them as the notification's JSON ``content``. Stored bytes that open
+    but are not JSON (the service never writes such) keep the plain pusher's row pending."""
+    vault = KeyVault(MASTER)
+    [g] = chain(os.urandom(32), "2026-11", 1)
+    sealed = vault.seal_record("event-payload", "e2", b"{")
+    bodies = {
+        "e1": event(vault, {"a": [1, 2]}),
+        "e2": EventBody("e2", "high", None, sealed, OWNER[0]),
+    }
+    plain = target(vault, g, pusher_id=2, key_identifier=None)
+    out = compose(
+        [row(1), row(2, pusher_id=2), row(3, event_id="e2"), row(4, pusher_id=2, event_id="e2")],
+        {1: target(vault, g), 2: plain},
+        bodies,
+        vault=vault,
+        period="2026-11",
+        gateway_refusal=lambda _url: None,
+    )
+    sent = {r.row.id: r.item.item["notification"] for r in out.ready}
+    assert set(sent) == {"n1", "n2", "n3"} and out.failed == {}
+    assert orjson.loads(crypto.open_notification(g.key, sent["n1"]["ciphertext"])) == {"a": [1, 2]}
+    assert sent["n2"]["content"] == {"a": [1, 2]}
+    assert crypto.open_notification(g.key, sent["n3"]["ciphertext"]) == b"{"
+    assert [r.id for r in out.unreadable] == ["n4"]

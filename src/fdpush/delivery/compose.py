@@ -78,7 +78,8 @@ def compose(
     ``gateway_refusal(base_url)`` says why a gateway may no longer be sent to (None: allowed).
     """
     out = Composition()
-    payloads: dict[str, tuple[bytes, Any] | None] = {}
+    payloads: dict[str, bytes | None] = {}
+    contents: dict[str, Any] = {}  # the payloads parsed, for plain pushers only
     pushkeys: dict[int, str | None] = {}
     devices: dict[int, Device] = {}
     keys: dict[int, Advance | None] = {}
@@ -114,16 +115,21 @@ def compose(
             continue
         if row.event_id not in payloads:
             payloads[row.event_id] = _open_payload(vault, body)
-        opened = payloads[row.event_id]
-        if opened is None:
+        payload = payloads[row.event_id]
+        if payload is None:
             out.unreadable.append(row)
             continue
-        payload, content = opened
         device = devices.get(target.pusher_id)
         if device is None:
             device = devices[target.pusher_id] = _device(target, pushkey)
         prio: Priority = "low" if body.prio == "low" else "high"
         if target.key_identifier is None:
+            if row.event_id not in contents:
+                contents[row.event_id] = _parse(payload)
+            content = contents[row.event_id]
+            if content is _NOT_JSON:
+                out.unreadable.append(row)
+                continue
             plain: PlainBatchItem = {
                 "id": row.id,
                 "notification": {
@@ -176,13 +182,25 @@ def _device(target: Target, pushkey: str) -> Device:
     }
 
 
-def _open_payload(vault: KeyVault, body: EventBody) -> tuple[bytes, Any] | None:
+def _open_payload(vault: KeyVault, body: EventBody) -> bytes | None:
+    """The event's payload (JSON the service wrote), or None when it does not open."""
     assert body.payload is not None
     try:
-        payload = vault.open_record("event-payload", body.id, body.payload)
-        return payload, orjson.loads(payload)
-    except (crypto.CryptoError, orjson.JSONDecodeError):
+        return vault.open_record("event-payload", body.id, body.payload)
+    except crypto.CryptoError:
         return None
+
+
+_NOT_JSON = object()
+
+
+def _parse(payload: bytes) -> Any:
+    """The payload as the JSON content of a plain notification (``_NOT_JSON`` if it is not):
+    parsed only for plain pushers, an encrypted one sends the bytes inside its frame."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return _NOT_JSON
 
 
 def _open_pushkey(vault: KeyVault, target: Target) -> str | None:
