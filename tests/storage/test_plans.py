@@ -281,3 +281,34 @@ def test_settling_looks_notifications_up_by_id_while_statistics_see_none_pending
 
     for name, plan in asyncio.run(plans()).items():
         assert not _walks_the_whole_index(plan, "pk_notifications"), (name, plan)
+
+
+def test_pruning_looks_up_each_events_pending_notifications_by_index(database_url: str) -> None:
+    """A chunk of pruning asks, for each event it walks, whether a notification of it is still
+    pending: by the event_id index, one event at a time. As an anti join the planner merged the
+    whole index with the events instead (measured: 256 ms a chunk, against 80)."""
+
+    async def plans() -> dict[str, str]:
+        async with _connection(database_url) as (db, raw):
+            await raw.execute(
+                "INSERT INTO events (id, user_id, channel, prio, created_at, payload, history) "
+                "SELECT lpad(n::text, 32, '0'), 'u', 'c', 'high', 0, '\\x00', false "
+                "FROM generate_series(1, 3000) n;"
+                "INSERT INTO notifications (id, event_id, gateway, encrypted, status, "
+                "attempts, next_attempt_at, created_at) SELECT lpad(n::text, 32, '0'), "
+                "lpad((n % 3000 + 1)::text, 32, '0'), 'g', true, 'delivered', 0, 0, 0 "
+                "FROM generate_series(1, 9000) n;"
+                "ANALYZE"
+            )
+            common = {"lock": 1, "after": "", "limit": outbox.PRUNE_CHUNK}
+            forget = {**common, "history_before": 10, "sent_before": 10}
+            return {
+                "forget": await _explain(db, raw, outbox._FORGET_CHUNK, forget, generic=True),
+                "prune": await _explain(
+                    db, raw, outbox._PRUNE_CHUNK, {**common, "before": 10}, generic=True
+                ),
+            }
+
+    for name, plan in asyncio.run(plans()).items():
+        assert "ix_notifications_event_id" in plan, (name, plan)
+        assert not _walks_the_whole_index(plan, "ix_notifications_event_id"), (name, plan)

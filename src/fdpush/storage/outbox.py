@@ -1182,8 +1182,16 @@ async def forget_payloads(
     chunks walk the events that still hold a payload (revision 0009's index) in id order, each
     from where the last stopped. One statement for all of them rewrote 129,500 event rows in a
     2.8 s transaction after a backlog of 200,000 notifications, and walked every event kept.
-    While another process prunes (PostgreSQL), this pass stops and leaves the rest to it.
+    On PostgreSQL each chunk is one statement (``_FORGET_CHUNK``); while another process prunes,
+    this pass stops and leaves the rest to it.
     """
+    if db.dialect == "postgresql":
+        return await _chunk_by_chunk(
+            db,
+            _FORGET_CHUNK,
+            {"history_before": history_before_ms, "sent_before": sent_before_ms},
+            on_chunk,
+        )
     forgotten, after = 0, ""
     while True:
         unneeded = (
@@ -1228,14 +1236,13 @@ async def prune(
     deleted, once it committed.
 
     Events older than both retentions go. (Their payloads went long before:
-    :func:`forget_payloads`.) While another process prunes (PostgreSQL), this pass stops and
-    leaves the rest to it.
+    :func:`forget_payloads`.) On PostgreSQL each chunk is one statement (``_PRUNE_CHUNK``);
+    while another process prunes, this pass stops and leaves the rest to it.
     """
-    old = (
-        select(events.c.id)
-        .where(events.c.created_at < min(history_before_ms, outbox_before_ms), ~_PENDING)
-        .limit(PRUNE_CHUNK)
-    )
+    before = min(history_before_ms, outbox_before_ms)
+    if db.dialect == "postgresql":
+        return await _chunk_by_chunk(db, _PRUNE_CHUNK, {"before": before}, on_chunk)
+    old = select(events.c.id).where(events.c.created_at < before, ~_PENDING).limit(PRUNE_CHUNK)
     deleted = 0
     while True:
         async with db.write() as conn:
@@ -1252,6 +1259,74 @@ async def prune(
             on_chunk(len(ids))
         if len(ids) < PRUNE_CHUNK:
             return deleted
+
+
+# PostgreSQL: a chunk of the pruning as one statement that commits on its own. It finds its
+# rows and changes them in the database, one round trip, no ids sent back and forth. ``turn``
+# is :func:`_pruning_turn`'s lock; without it the chunk is empty. The answer: whether this
+# process had its turn, how many rows, and the last id (where the next chunk of forgetting
+# starts; deleted events are gone, so the next chunk of deleting finds the rest by age).
+_TURN = "turn AS (SELECT pg_try_advisory_xact_lock(CAST(:lock AS bigint)) AS mine)"
+# ``OFFSET 0`` keeps this a lookup per event (by the event_id index): as an anti join, the
+# planner merged the whole index of notifications with the events for every chunk.
+_NOT_PENDING = """NOT EXISTS (
+    SELECT 1 FROM notifications n WHERE n.event_id = e.id AND n.status = 'pending' OFFSET 0
+)"""
+_FORGET_CHUNK = text(
+    f"""
+    WITH {_TURN}, chunk AS (
+        SELECT e.id FROM events e
+        WHERE (SELECT mine FROM turn) AND e.payload IS NOT NULL AND e.id > CAST(:after AS text)
+          AND CASE WHEN e.history THEN e.created_at < CAST(:history_before AS bigint)
+                   ELSE e.created_at < CAST(:sent_before AS bigint) END
+          AND {_NOT_PENDING}
+        ORDER BY e.id
+        LIMIT CAST(:limit AS integer)
+    ), forgotten AS (
+        UPDATE events SET payload = NULL WHERE id IN (SELECT id FROM chunk)
+    )
+    SELECT (SELECT mine FROM turn), count(*), max(id) FROM chunk
+    """  # noqa: S608 (our own text only)
+)
+_PRUNE_CHUNK = text(
+    f"""
+    WITH {_TURN}, chunk AS (
+        SELECT e.id FROM events e
+        WHERE (SELECT mine FROM turn) AND e.created_at < CAST(:before AS bigint)
+          AND {_NOT_PENDING}
+        LIMIT CAST(:limit AS integer)
+    ), n AS (
+        DELETE FROM notifications WHERE event_id IN (SELECT id FROM chunk)
+    ), gone AS (
+        DELETE FROM events WHERE id IN (SELECT id FROM chunk)
+    )
+    SELECT (SELECT mine FROM turn), count(*), max(id) FROM chunk
+    """  # noqa: S608 (our own text only)
+)
+
+
+async def _chunk_by_chunk(
+    db: Database,
+    statement: TextClause,
+    params: Mapping[str, Any],
+    on_chunk: Callable[[int], None] | None,
+) -> int:
+    """Run a pruning chunk statement until a chunk is short; the rows it changed in all."""
+    done, after = 0, ""
+    while True:
+        [(mine, found, last)] = await db.fetch_all(
+            statement,
+            {**params, "lock": lock_id(PRUNE_LOCK), "after": after, "limit": PRUNE_CHUNK},
+        )
+        if not mine:
+            return done  # another process is pruning: the rest is left to it
+        count = int(found)
+        done += count
+        if on_chunk is not None:
+            on_chunk(count)
+        if count < PRUNE_CHUNK:
+            return done
+        after = last
 
 
 async def resume(conn: AsyncConnection, gateway: str, marker: str, *, now_ms: int) -> int:
