@@ -1147,22 +1147,12 @@ async def history_entry(conn: AsyncConnection, user_id: str, identifier: str) ->
 
 
 PRUNE_CHUNK = 5000  # rows per statement: short transactions, no long locks, no bloat burst
+# On PostgreSQL one worker process prunes at a time (each chunk tries this advisory lock first).
+# Every worker process prunes on the same interval, and processes started together do so at the
+# same moment: side by side they selected the same chunk, one waited for the other's row locks
+# and wrote the same rows again. A process that finds another pruning skips its pass. SQLite
+# writes one transaction at a time anyway.
 PRUNE_LOCK = "fdpush:pruning"
-
-_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:id)")
-
-
-async def _pruning_turn(conn: AsyncConnection) -> bool:
-    """Whether this transaction may prune a chunk: on PostgreSQL one worker process at a time.
-
-    Every worker process prunes on the same interval, and processes started together do so at
-    the same moment: side by side they selected the same chunk, one waited for the other's row
-    locks and wrote the same rows again. A process that finds another pruning skips its pass.
-    SQLite writes one transaction at a time anyway.
-    """
-    if conn.dialect.name != "postgresql":
-        return True
-    return bool((await conn.execute(_TRY_LOCK, {"id": lock_id(PRUNE_LOCK)})).scalar_one())
 
 
 # Whether an event still has a notification to send (its payload is needed until then).
@@ -1213,8 +1203,6 @@ async def forget_payloads(
             .limit(PRUNE_CHUNK)
         )
         async with db.write() as conn:
-            if not await _pruning_turn(conn):
-                return forgotten  # another process is forgetting these payloads
             ids = [r[0] for r in await conn.execute(unneeded)]
             if ids:
                 await conn.execute(
@@ -1250,8 +1238,6 @@ async def prune(
     deleted = 0
     while True:
         async with db.write() as conn:
-            if not await _pruning_turn(conn):
-                return deleted  # another process is deleting these events
             ids = [r[0] for r in await conn.execute(old)]
             if ids:
                 await conn.execute(
@@ -1267,7 +1253,7 @@ async def prune(
 
 # PostgreSQL: a chunk of the pruning as one statement that commits on its own. It finds its
 # rows and changes them in the database, one round trip, no ids sent back and forth. ``turn``
-# is :func:`_pruning_turn`'s lock; without it the chunk is empty. The answer: whether this
+# tries ``PRUNE_LOCK``; without it the chunk is empty. The answer: whether this
 # process had its turn, how many rows, and the last id (where the next chunk of forgetting
 # starts; deleted events are gone, so the next chunk of deleting finds the rest by age).
 _TURN = "turn AS (SELECT pg_try_advisory_xact_lock(CAST(:lock AS bigint)) AS mine)"
