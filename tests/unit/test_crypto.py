@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from fdpush import crypto
 from fdpush.crypto import CryptoError, KeyGeneration
-from fdpush.domain.keys import KeyVault, current_period
+from fdpush.domain.keys import Advance, KeyVault, current_period
 
 # docs/concept.md, "Sealing" (the test vector).
 ISS = bytes.fromhex("f2ca1bb6c7e907d06dafe4687e579fce76b37e4e93b7605022da52e6ccc26fd2")
@@ -514,3 +514,14 @@ def test_key_generation_compares_by_value() -> None:
     assert crypto.derive_generation(ISS, "2023-10") == KeyGeneration(
         "2023-10", bytes.fromhex(OCT_SECRET), bytes.fromhex(OCT_KEY)
     )
+
+
+def test_a_key_generation_and_a_schedule_step_cannot_be_changed() -> None:
+    """Both are made for every pusher a claim sends to and passed around: immutable."""
+    generation = crypto.derive_generation(ISS, "2023-10")
+    step = Advance(generation, (), ())
+    with pytest.raises(AttributeError):
+        generation.key = bytes(32)  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        step.generation = generation  # type: ignore[misc]
+    assert not step.changes
