@@ -21,16 +21,22 @@ SENT = outbox.PRUNE_CHUNK + 30  # delivered: payload no longer needed
 PENDING = 20  # still to be sent: payload kept
 
 
+async def _fill(db: Database, pending: int = PENDING) -> None:
+    """Migrate, then old events: SENT delivered (payload no longer needed), ``pending`` with a
+    notification still to send."""
+    await db.migrate()
+    events = [event(f"s{n:05d}", created_at=100) for n in range(SENT)]
+    events += [event(f"p{n:05d}", created_at=100) for n in range(pending)]
+    notes = [notification(f"ns{n}", f"s{n:05d}") for n in range(SENT)]
+    notes += [notification(f"np{n}", f"p{n:05d}") for n in range(pending)]
+    await outbox.queue(db, events, notes, notify_channel=None)
+    await outbox.settle(db, [(f"ns{n}", "delivered", None) for n in range(SENT)], now_ms=500)
+
+
 async def _forget(url: str) -> tuple[list[int], int, int]:
     db = Database(url)
     try:
-        await db.migrate()
-        events = [event(f"s{n:05d}", created_at=100) for n in range(SENT)]
-        events += [event(f"p{n:05d}", created_at=100) for n in range(PENDING)]
-        notes = [notification(f"ns{n}", f"s{n:05d}") for n in range(SENT)]
-        notes += [notification(f"np{n}", f"p{n:05d}") for n in range(PENDING)]
-        await outbox.queue(db, events, notes, notify_channel=None)
-        await outbox.settle(db, [(f"ns{n}", "delivered", None) for n in range(SENT)], now_ms=500)
+        await _fill(db)
         chunks: list[int] = []
         await outbox.forget_payloads(
             db, history_before_ms=0, sent_before_ms=1000, on_chunk=chunks.append
@@ -60,14 +66,8 @@ def test_payloads_are_forgotten_a_chunk_at_a_time_and_never_while_pending(
 async def _delete(url: str) -> tuple[list[int], int, list[str], int]:
     db = Database(url)
     try:
-        await db.migrate()
-        events = [event(f"s{n:05d}", created_at=100) for n in range(SENT)]
-        events += [event(f"p{n:05d}", created_at=100) for n in range(PENDING)]
-        notes = [notification(f"ns{n}", f"s{n:05d}") for n in range(SENT)]
-        notes += [notification(f"np{n}", f"p{n:05d}") for n in range(PENDING)]
-        await outbox.queue(db, events, notes, notify_channel=None)
+        await _fill(db)
         await outbox.queue(db, [event("recent", created_at=5000)], [], notify_channel=None)
-        await outbox.settle(db, [(f"ns{n}", "delivered", None) for n in range(SENT)], now_ms=500)
         chunks: list[int] = []
         deleted = await outbox.prune(
             db, history_before_ms=1000, outbox_before_ms=1000, on_chunk=chunks.append
@@ -97,11 +97,7 @@ def test_old_finished_events_are_deleted_a_chunk_at_a_time_with_their_notificati
 async def _prune_while_another_prunes(url: str) -> tuple[int, int, int, int, list[int]]:
     db = Database(url)
     try:
-        await db.migrate()
-        events = [event(f"s{n:05d}", created_at=100) for n in range(SENT)]
-        notes = [notification(f"ns{n}", f"s{n:05d}") for n in range(SENT)]
-        await outbox.queue(db, events, notes, notify_channel=None)
-        await outbox.settle(db, [(f"ns{n}", "delivered", None) for n in range(SENT)], now_ms=500)
+        await _fill(db, pending=0)
         async with db.engine.connect() as other, other.begin():
             # Another worker process in the middle of a chunk: it holds the pruning's lock.
             await other.execute(
