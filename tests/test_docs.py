@@ -44,3 +44,22 @@ def test_relative_links_in_the_docs_resolve() -> None:
         if not (page.parent / target).exists()
     ]
     assert broken == []
+
+
+def _anchors(page: Path) -> set[str]:
+    """The fragments GitHub makes of a page's headings: lower case, punctuation dropped, spaces
+    turned into hyphens."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_links_to_a_section_name_one_that_exists() -> None:
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    broken = [
+        f"{page.relative_to(REPO)}: {target}#{fragment}"
+        for page in pages
+        for target, fragment in re.findall(r"\]\(([^)#:]*)#([^)]+)\)", page.read_text())
+        if (page.parent / target if target else page).suffix == ".md"
+        and fragment not in _anchors(page.parent / target if target else page)
+    ]
+    assert broken == []
