@@ -234,3 +234,33 @@ def test_rows_alike_or_not_in_channel_prio_gateway_and_kind_are_stored_as_given(
         (GATEWAY, ["mn2"]),
         (OTHER_GATEWAY, ["mn3"]),
     ]
+
+
+async def _due_times(url: str) -> list[int | None]:
+    """``next_due`` on an empty outbox, with two dispatches (due at 0 and at 5000), while the
+    first is leased until 1010, and once that lease ran out."""
+    db = Database(url)
+    try:
+        await db.migrate()
+        seen = [await outbox.next_due(db, now_ms=10)]
+        await outbox.queue(db, [event("e1")], [notification("n0", "e1")], notify_channel=None)
+        late = [notification("n1", "e2", next_attempt_at=5000)]
+        await outbox.queue(db, [event("e2")], late, notify_channel=None)
+        seen.append(await outbox.next_due(db, now_ms=10))
+        claimed, _, _ = await outbox.claim_with_context(
+            db, owner=OWNER, now_ms=10, lease_ms=1000, limit=1
+        )
+        assert [r.id for r in claimed] == ["n0"]
+        seen.append(await outbox.next_due(db, now_ms=20))
+        seen.append(await outbox.next_due(db, now_ms=1010))
+        return seen
+    finally:
+        await db.close()
+
+
+def test_the_next_due_time_is_the_earliest_of_the_dispatches_no_worker_holds(
+    database_url: str,
+) -> None:
+    """What an idle worker waits for: a leased dispatch does not count until its lease ran
+    out (then a dead worker's claims come back at once)."""
+    assert asyncio.run(_due_times(database_url)) == [None, 0, 5000, 0]

@@ -240,13 +240,17 @@ class DeliveryWorker:
         full = [gw for gw, ids in self._in_flight.items() if len(ids) >= self._per_gateway_cap]
         return sorted(set(full) | set(self._circuits.blocked()))
 
+    def _claim_budget(self) -> int:
+        """How many rows a claim may take now: what the cap on rows in flight leaves."""
+        in_flight = sum(len(ids) for ids in self._in_flight.values())
+        return min(self._options.claim_limit, self._per_gateway_cap * 8 - in_flight)
+
     async def _claim(self) -> _Claim | None:
         """Lease due rows, with what sending them needs (None: nothing is due)."""
         self.last_progress = time.monotonic()
         if self._metrics is not None:
             self._metrics.progress.set(self._clock())
-        in_flight = sum(len(ids) for ids in self._in_flight.values())
-        limit = min(self._options.claim_limit, self._per_gateway_cap * 8 - in_flight)
+        limit = self._claim_budget()
         if limit <= 0:
             return None
         now = self._clock()
@@ -371,12 +375,15 @@ class DeliveryWorker:
             await outbox.save_generations(conn, added, removed)
 
     async def _idle(self) -> None:
+        """Wait until work may be due: woken by new work or a finished send, or at the time
+        the earliest waiting dispatch is due, or a closed circuit reopens."""
         timeout = _IDLE_POLL_SECONDS
-        try:
-            async with self._db.read() as conn:
-                due = await outbox.next_due(conn, int(self._clock() * 1000))
-        except Exception:  # noqa: BLE001
-            due = None
+        due = None
+        # With the cap on rows in flight reached, a send in flight wakes the loop when it ends:
+        # asking the database when the next dispatch is due would not change that.
+        if self._claim_budget() > 0:
+            with contextlib.suppress(Exception):
+                due = await outbox.next_due(self._db, int(self._clock() * 1000))
         if due is not None:
             timeout = min(timeout, max(due / 1000 - self._clock(), _MIN_WAIT_SECONDS))
         blocked = [self._circuits.get(gw).reopens_in() for gw in self._circuits.blocked()]
