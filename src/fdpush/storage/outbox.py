@@ -1026,7 +1026,7 @@ async def next_due(db: Database, now_ms: int) -> int | None:
     One statement on its own (no BEGIN and COMMIT): a busy worker asks this each time it finds
     nothing to claim, several times a second."""
     rows = await db.fetch_all(_NEXT_DUE, {"now": now_ms})
-    return None if not rows or rows[0][0] is None else int(rows[0][0])
+    return int(rows[0][0]) if rows else None  # next_attempt_at is NOT NULL
 
 
 def _id_count(conn: AsyncConnection) -> Any:
