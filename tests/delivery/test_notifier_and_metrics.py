@@ -250,6 +250,33 @@ def test_metrics_count_deliveries_and_batch_sizes(rig: Rig, gw: dict[str, Gatewa
     )
 
 
+def test_an_idle_worker_claims_once_per_lone_event(rig: Rig, gw: dict[str, GatewayThread]) -> None:
+    """Events one at a time, each delivered before the next: the worker claims once for each
+    (``fdpush_delivery_claims_total{found="rows"}``) and hardly ever finds nothing. It used to
+    claim three times per lone event: again at once after a claim that had taken every due
+    dispatch, again after each send, and again when PostgreSQL's NOTIFY from its own process
+    arrived after it had been woken directly."""
+    gateway = gw["main"]
+    wait_for(lambda: quiet(rig.service), timeout=15, interval=0.1, what="a quiet service")
+    user = new_user()
+    phone = AppDevice(user, gateway)
+    rig.register(phone)
+    before = metrics(rig.service)
+    lone = 10
+    for n in range(lone):
+        answer = rig.emit(user, ACTIVATE, {"lone": n})
+        rig.delivered(answer["event_id"], 1)
+    wait_for(lambda: outcomes_agree_with_the_database(rig.service), timeout=10, what="counted")
+    after = metrics(rig.service)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("fdpush_delivery_claims_total", found="rows") == lone
+    # The idle wait's 5 s poll may claim in between; three claims per event made 20 or more.
+    assert delta("fdpush_delivery_claims_total", found="nothing") <= 3
+
+
 def test_metrics_show_a_waiting_outbox_and_an_open_circuit_until_the_gateway_recovers(
     rig: Rig, gw: dict[str, GatewayThread]
 ) -> None:

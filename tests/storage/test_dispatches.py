@@ -40,9 +40,9 @@ async def _give_back_one_then_settle(url: str) -> dict[str, Any]:
         notes = [notification(f"n{n}", "e1") for n in range(3)]
         await outbox.queue(db, [event("e1")], notes, notify_channel=None)
         queued = await _dispatches(db)
-        claimed, _, _ = await outbox.claim_with_context(
-            db, owner=OWNER, now_ms=10, lease_ms=1000, limit=100
-        )
+        claimed = (
+            await outbox.claim_with_context(db, owner=OWNER, now_ms=10, lease_ms=1000, limit=100)
+        ).rows
         dispatch = claimed[0].dispatch
         back = [r for r in claimed if r.id == "n0"]
         async with db.write() as conn:
@@ -59,9 +59,9 @@ async def _give_back_one_then_settle(url: str) -> dict[str, Any]:
             db, [("n1", "delivered", None), ("n2", "delivered", None)], now_ms=20, done=[dispatch]
         )
         after_settle = await _dispatches(db)
-        again, _, _ = await outbox.claim_with_context(
-            db, owner=OWNER, now_ms=6000, lease_ms=1000, limit=100
-        )
+        again = (
+            await outbox.claim_with_context(db, owner=OWNER, now_ms=6000, lease_ms=1000, limit=100)
+        ).rows
         async with db.read() as conn:
             attempts = (
                 await conn.execute(text("SELECT attempts FROM notifications WHERE id = 'n0'"))
@@ -98,9 +98,9 @@ async def _settle_two_batches(url: str) -> dict[str, Any]:
         await db.migrate()
         first_notes = [notification(f"n{n}", "e1") for n in range(3)]
         await outbox.queue(db, [event("e1")], first_notes, notify_channel=None)
-        first, _, _ = await outbox.claim_with_context(
-            db, owner=OWNER, now_ms=10, lease_ms=1000, limit=100
-        )
+        first = (
+            await outbox.claim_with_context(db, owner=OWNER, now_ms=10, lease_ms=1000, limit=100)
+        ).rows
         await outbox.settle(
             db,
             [(r.id, "failed", "the gateway refused it") for r in first],
@@ -109,9 +109,9 @@ async def _settle_two_batches(url: str) -> dict[str, Any]:
         )
         second_notes = [notification(f"mn{n}", "e2") for n in range(3)]
         await outbox.queue(db, [event("e2")], second_notes, notify_channel=None)
-        second, _, _ = await outbox.claim_with_context(
-            db, owner=OWNER, now_ms=30, lease_ms=1000, limit=100
-        )
+        second = (
+            await outbox.claim_with_context(db, owner=OWNER, now_ms=30, lease_ms=1000, limit=100)
+        ).rows
         await outbox.settle(
             db,
             [
@@ -247,9 +247,9 @@ async def _due_times(url: str) -> list[int | None]:
         late = [notification("n1", "e2", next_attempt_at=5000)]
         await outbox.queue(db, [event("e2")], late, notify_channel=None)
         seen.append(await outbox.next_due(db, now_ms=10))
-        claimed, _, _ = await outbox.claim_with_context(
-            db, owner=OWNER, now_ms=10, lease_ms=1000, limit=1
-        )
+        claimed = (
+            await outbox.claim_with_context(db, owner=OWNER, now_ms=10, lease_ms=1000, limit=1)
+        ).rows
         assert [r.id for r in claimed] == ["n0"]
         seen.append(await outbox.next_due(db, now_ms=20))
         seen.append(await outbox.next_due(db, now_ms=1010))
@@ -264,3 +264,32 @@ def test_the_next_due_time_is_the_earliest_of_the_dispatches_no_worker_holds(
     """What an idle worker waits for: a leased dispatch does not count until its lease ran
     out (then a dead worker's claims come back at once)."""
     assert asyncio.run(_due_times(database_url)) == [None, 0, 5000, 0]
+
+
+async def _claims_and_whether_full(url: str) -> list[tuple[list[str], bool]]:
+    """Three dispatches due (a call each); claims that may take two dispatches at a time."""
+    db = Database(url)
+    try:
+        await db.migrate()
+        for n in range(3):
+            notes = [notification(f"n{n}", f"e{n}")]
+            await outbox.queue(db, [event(f"e{n}")], notes, notify_channel=None)
+        seen = []
+        for _ in range(3):
+            leased = await outbox.claim_with_context(
+                db, owner=OWNER, now_ms=10, lease_ms=1000, limit=2 * outbox.DISPATCH_SIZE
+            )
+            seen.append((sorted(r.id for r in leased.rows), leased.full))
+        return seen
+    finally:
+        await db.close()
+
+
+def test_a_claim_says_whether_it_took_as_many_dispatches_as_it_may(database_url: str) -> None:
+    """A worker claims again at once only after a full claim: one that leased fewer
+    dispatches than it may took every one due, and a second would find nothing."""
+    assert asyncio.run(_claims_and_whether_full(database_url)) == [
+        (["n0", "n1"], True),
+        (["n2"], False),
+        ([], False),
+    ]

@@ -33,9 +33,9 @@ async def _fill(db: Database, count: int) -> list[str]:
     events = [event(f"e{n:031d}") for n in range(count)]
     notes = [notification(f"n{n:031d}", f"e{n:031d}") for n in range(count)]
     await outbox.queue(db, events, notes, notify_channel=None)
-    claimed, _, _ = await outbox.claim_with_context(
-        db, owner=OWNER, now_ms=10, lease_ms=1000, limit=count
-    )
+    claimed = (
+        await outbox.claim_with_context(db, owner=OWNER, now_ms=10, lease_ms=1000, limit=count)
+    ).rows
     return sorted(r.id for r in claimed)
 
 

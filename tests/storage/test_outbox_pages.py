@@ -49,9 +49,11 @@ async def _queue_claim_settle_and_count(url: str) -> tuple[int, int, int]:
             await outbox.queue(db, events[chunk], notes[chunk], notify_channel=None)
         claimed = 0
         while True:
-            rows, _, _ = await outbox.claim_with_context(
-                db, owner="w", now_ms=10, lease_ms=60_000, limit=100
-            )
+            rows = (
+                await outbox.claim_with_context(
+                    db, owner="w", now_ms=10, lease_ms=60_000, limit=100
+                )
+            ).rows
             if not rows:
                 break
             claimed += len(rows)

@@ -116,6 +116,12 @@ class DeliveryMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.claims = Counter(
+            "fdpush_delivery_claims",
+            "Claims of due notifications by what they found: rows, or nothing",
+            ["found"],
+            registry=registry,
+        )
         self.progress = Gauge(
             PROGRESS_METRIC,
             "When this worker process last looked for work (Unix time)",
@@ -221,8 +227,11 @@ class DeliveryWorker:
                     log.exception("claiming or preparing notifications failed; retrying shortly")
                     claimed = None
                     await asyncio.sleep(1.0)
-                if claimed is not None:
-                    continue
+                if claimed is not None and claimed.full:
+                    continue  # more may be due
+                # Nothing due, or every due dispatch it could lease was leased: claiming again
+                # at once would find nothing. New work, a send that frees room, or rows given
+                # back wake the loop; the next retry's time bounds the wait.
                 await self._idle()
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=self._options.lease_seconds)
@@ -254,7 +263,7 @@ class DeliveryWorker:
         if limit <= 0:
             return None
         now = self._clock()
-        rows, targets, bodies = await outbox.claim_with_context(
+        leased = await outbox.claim_with_context(
             self._db,
             owner=self.worker_id,
             now_ms=int(now * 1000),
@@ -262,11 +271,14 @@ class DeliveryWorker:
             limit=limit,
             skip_gateways=self._busy_gateways(),
         )
-        if not rows:
+        if self._metrics is not None:
+            self._metrics.claims.labels("rows" if leased.rows else "nothing").inc()
+        if not leased.rows:
             return None
-        for row in rows:
+        for row in leased.rows:
             self._claimed.setdefault(row.dispatch, set()).add(row.id)
-        return _Claim(rows, targets, bodies, current_period(datetime.fromtimestamp(now, BERLIN)))
+        period = current_period(datetime.fromtimestamp(now, BERLIN))
+        return _Claim(leased.rows, leased.targets, leased.bodies, period, leased.full)
 
     async def _send_claimed(self, claimed: _Claim) -> None:
         """Seal and send what was claimed a gateway request's worth at a time, letting the
@@ -443,8 +455,14 @@ class DeliveryWorker:
             with contextlib.suppress(Exception):
                 await self._release(rows, delay=30.0, error="internal error", count=True)
         finally:
+            # Wake the loop only if this send held it back: its gateway was skipped (full) or
+            # the cap on rows in flight was reached. Rows given back wake it in _release.
+            held_back = (
+                len(self._in_flight[gateway]) >= self._per_gateway_cap or self._claim_budget() <= 0
+            )
             self._in_flight[gateway].difference_update(r.id for r in rows)
-            self._wake.set()
+            if held_back:
+                self._wake.set()
 
     async def _record(self, gateway: str, batch: list[Ready], outcome: BatchOutcome) -> None:
         """Apply a gateway's verdicts; items without one go back, after a backoff."""
@@ -564,6 +582,7 @@ class DeliveryWorker:
                 self._metrics.outcomes.labels("retried").inc(len(again))
         if too_old:
             log.error("gave up on %d notifications: %s", len(too_old), error or "undeliverable")
+        self._wake.set()  # a new due time: the loop's wait is measured again
 
     def _keeps(self, rows: Sequence[outbox.Claimed]) -> dict[int, set[str]]:
         """What each dispatch of ``rows`` still holds claimed once they end or go back; an empty
@@ -679,6 +698,7 @@ class _Claim:
     targets: dict[int, outbox.Target]
     bodies: dict[str, outbox.EventBody]
     period: str
+    full: bool  # as many dispatches as a claim may take: more may be due
 
 
 def _per_request(rows: Sequence[outbox.Claimed], size: int) -> list[list[outbox.Claimed]]:

@@ -77,6 +77,7 @@ __all__ = [
     "DISPATCH_SIZE",
     "Claimed",
     "EventBody",
+    "Leased",
     "Recipient",
     "Target",
     "claim",
@@ -495,6 +496,19 @@ class EventBody(NamedTuple):
     user_id: str
 
 
+class Leased(NamedTuple):
+    """What a claim leased: the pending rows, with the pushers and events they refer to.
+
+    ``full``: it leased as many dispatches as it may, so more may be due; otherwise it took
+    every dispatch it could lease then, and a worker need not claim again until woken.
+    """
+
+    rows: list[Claimed]
+    targets: dict[int, Target]
+    bodies: dict[str, EventBody]
+    full: bool
+
+
 async def claim(
     conn: AsyncConnection,
     *,
@@ -623,7 +637,7 @@ async def claim_with_context(
     lease_ms: int,
     limit: int,
     skip_gateways: Sequence[str] = (),
-) -> tuple[list[Claimed], dict[int, Target], dict[str, EventBody]]:
+) -> Leased:
     """:func:`claim` and :func:`sending_context` at once (PostgreSQL: one statement, which
     commits on its own)."""
     if db.sqlite_direct:
@@ -641,14 +655,17 @@ async def claim_with_context(
                 limit=limit,
                 skip_gateways=skip_gateways,
             )
+            # Dispatches emptied meanwhile are not among the rows' (claim deleted them): such a
+            # claim may look partial, and the worker then asks when the next is due.
+            full = len({r.dispatch for r in rows}) >= _dispatch_limit(limit)
             if not rows:
-                return [], {}, {}
+                return Leased([], {}, {}, full)
             targets, bodies = await sending_context(
                 conn,
                 (r.pusher_id for r in rows if r.pusher_id is not None),
                 (r.event_id for r in rows),
             )
-        return rows, targets, bodies
+        return Leased(rows, targets, bodies, full)
     result = await db.fetch_all(
         _CLAIM_WITH_CONTEXT,
         {
@@ -680,7 +697,7 @@ async def claim_with_context(
     empty = leased - {c.dispatch for c in claimed}
     if empty:
         await db.fetch_all(_DROP_DISPATCHES, {"ids": sorted(empty), "owner": owner})
-    return claimed, found, events_found
+    return Leased(claimed, found, events_found, len(leased) >= _dispatch_limit(limit))
 
 
 async def sending_context(
@@ -1442,12 +1459,13 @@ def _sqlite_insert(
 
 def _sqlite_claim(
     owner: str, now_ms: int, until_ms: int, limit: int, skip: list[str], conn: sqlite3.Connection
-) -> tuple[list[Claimed], dict[int, Target], dict[str, EventBody]]:
+) -> Leased:
     leased = conn.execute(
         _SQLITE_CLAIM, (owner, until_ms, now_ms, now_ms, _json_list(skip), _dispatch_limit(limit))
     ).fetchall()
+    full = len(leased) >= _dispatch_limit(limit)
     if not leased:
-        return [], {}, {}
+        return Leased([], {}, {}, full)
     of: dict[str, int] = {}
     for dispatch_id, ids in leased:
         for ident in orjson.loads(ids):
@@ -1460,7 +1478,7 @@ def _sqlite_claim(
     if empty:
         conn.execute(_SQLITE_DROP_DISPATCHES, (_json_list(sorted(empty)),))
     if not claimed:
-        return [], {}, {}
+        return Leased([], {}, {}, full)
     pusher_ids = _json_list(sorted({r.pusher_id for r in claimed if r.pusher_id is not None}))
     generations: dict[int, list[tuple[str, bytes]]] = {}
     for pusher_id, period, material in conn.execute(_SQLITE_GENERATIONS, (pusher_ids,)):
@@ -1473,7 +1491,7 @@ def _sqlite_claim(
     }
     event_ids = _json_list(sorted({r.event_id for r in claimed}))
     bodies = {r[0]: EventBody(*r) for r in conn.execute(_SQLITE_EVENT_BODIES, (event_ids,))}
-    return claimed, targets, bodies
+    return Leased(claimed, targets, bodies, full)
 
 
 def _sqlite_settle(
