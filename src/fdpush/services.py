@@ -129,6 +129,7 @@ class Services:
             encryption_mode=settings.encryption,
             # A new event in this process wakes its worker at once (others hear NOTIFY).
             on_new_work=delivery.wake if delivery is not None else lambda: None,
+            woken_worker=delivery.worker_id if delivery is not None else "",
         )
         return cls(
             settings=settings,

@@ -389,6 +389,8 @@ class DeliveryWorker:
     async def _idle(self) -> None:
         """Wait until work may be due: woken by new work or a finished send, or at the time
         the earliest waiting dispatch is due, or a closed circuit reopens."""
+        if self._wake.is_set():
+            return  # woken while it worked: new work or room, claim at once
         timeout = _IDLE_POLL_SECONDS
         due = None
         # With the cap on rows in flight reached, a send in flight wakes the loop when it ends:
@@ -676,8 +678,9 @@ class DeliveryWorker:
                 ) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     backoff = 1.0
-                    async for _ in conn.notifies():
-                        self._wake.set()
+                    async for note in conn.notifies():
+                        if note.payload != self.worker_id:  # its own: woken in-process
+                            self._wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -90,6 +90,7 @@ class EventService:
         history_days: int,
         encryption_mode: str,
         on_new_work: Callable[[], None] = lambda: None,
+        woken_worker: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
@@ -101,6 +102,9 @@ class EventService:
         )
         self._history = history_days > 0
         self._on_new_work = on_new_work
+        # The NOTIFY names the worker ``on_new_work`` wakes, which passes over it: woken twice
+        # for one event, it claimed a second time and found nothing.
+        self._woken_worker = woken_worker
         self._clock = clock
 
     def check(self, event: EventRequest) -> bytes:
@@ -163,6 +167,7 @@ class EventService:
             plan.event_rows,
             plan.notification_rows,
             notify_channel=NOTIFY_CHANNEL if self._db.dialect == "postgresql" else None,
+            notify_payload=self._woken_worker,
         )
         if plan.notification_rows:
             self._on_new_work()

@@ -161,6 +161,7 @@ async def queue(
     notification_rows: Sequence[Mapping[str, Any]],
     *,
     notify_channel: str | None,
+    notify_payload: str = "",
 ) -> None:
     """Store events and their notifications durably (committed on return), waking workers.
 
@@ -168,7 +169,8 @@ async def queue(
     notification the same ``status``, ``attempts``, ``next_attempt_at`` and ``created_at``
     (ValueError otherwise).
 
-    PostgreSQL: one statement, which commits on its own. SQLite: one write transaction.
+    PostgreSQL: one statement, which commits on its own and, with ``notify_channel``, sends a
+    NOTIFY whose payload is ``notify_payload``. SQLite: one write transaction.
     """
     if not event_rows:
         return
@@ -178,7 +180,9 @@ async def queue(
         await db.sqlite(partial(_sqlite_insert, event_rows, notification_rows), write=True)
         return
     if db.dialect == "postgresql":
-        await db.fetch_all(*_queue_statement(event_rows, notification_rows, notify_channel))
+        await db.fetch_all(
+            *_queue_statement(event_rows, notification_rows, notify_channel, notify_payload)
+        )
         return
     async with db.write() as conn:
         await insert_event_rows(conn, event_rows, notification_rows, notify_channel=None)
@@ -343,7 +347,7 @@ def _insert_events_and_notifications(
     add_dispatches = _INSERT_DISPATCHES_OF_ONE_GATEWAY if one_gateway else _INSERT_DISPATCHES
     return text(
         f"WITH e AS ({add_events}), n AS ({add_notifications}), d AS ({add_dispatches}) "
-        "SELECT CASE WHEN CAST(:wake AS boolean) THEN pg_notify(:channel, '') END"
+        "SELECT CASE WHEN CAST(:wake AS boolean) THEN pg_notify(:channel, :payload) END"
     )
 
 
@@ -390,6 +394,7 @@ def _queue_statement(
     event_rows: Sequence[Mapping[str, Any]],
     notification_rows: Sequence[Mapping[str, Any]],
     notify_channel: str | None,
+    notify_payload: str = "",
 ) -> tuple[TextClause, dict[str, Any]]:
     """PostgreSQL's queueing statement for these rows, and its parameters."""
     events_alike = _same(event_rows, _EVENT_USUALLY_ALIKE)
@@ -405,6 +410,7 @@ def _queue_statement(
         ),
         "n_group": _groups(notification_rows),
         "channel": notify_channel or "",
+        "payload": notify_payload,
         "wake": bool(notification_rows) and notify_channel is not None,
     }
     statement = _insert_events_and_notifications(tuple(events_alike), tuple(notifications_alike))
