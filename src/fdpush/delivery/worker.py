@@ -387,8 +387,9 @@ class DeliveryWorker:
             await outbox.save_generations(conn, added, removed)
 
     async def _idle(self) -> None:
-        """Wait until work may be due: woken by new work or a finished send, or at the time
-        the earliest waiting dispatch is due, or a closed circuit reopens."""
+        """Wait until work may be due: woken by new work, rows given back or a finished send
+        that held the loop back, or at the time the earliest waiting dispatch is due, or a
+        closed circuit reopens. Woken already (while it worked): at once."""
         if self._wake.is_set():
             return  # woken while it worked: new work or room, claim at once
         timeout = _IDLE_POLL_SECONDS
