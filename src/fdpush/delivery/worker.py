@@ -227,7 +227,7 @@ class DeliveryWorker:
                     log.exception("claiming or preparing notifications failed; retrying shortly")
                     claimed = None
                     await asyncio.sleep(1.0)
-                if claimed is not None and claimed.full:
+                if claimed is not None and claimed.leased.full:
                     continue  # more may be due
                 # Nothing due, or every due dispatch it could lease was leased: claiming again
                 # at once would find nothing. New work, a send that frees room, or rows given
@@ -277,15 +277,15 @@ class DeliveryWorker:
             return None
         for row in leased.rows:
             self._claimed.setdefault(row.dispatch, set()).add(row.id)
-        period = current_period(datetime.fromtimestamp(now, BERLIN))
-        return _Claim(leased.rows, leased.targets, leased.bodies, period, leased.full)
+        return _Claim(leased, current_period(datetime.fromtimestamp(now, BERLIN)))
 
     async def _send_claimed(self, claimed: _Claim) -> None:
         """Seal and send what was claimed a gateway request's worth at a time, letting the
         gateways' answers and their settling in between: sealing a whole claim at once kept
         the event loop from them, and left the gateway and the database idle meanwhile."""
-        for rows in _per_request(claimed.rows, self._options.batch_size):
-            ready = await self._prepare(rows, claimed.targets, claimed.bodies, claimed.period)
+        leased = claimed.leased
+        for rows in _per_request(leased.rows, self._options.batch_size):
+            ready = await self._prepare(rows, leased.targets, leased.bodies, claimed.period)
             if ready:
                 self._dispatch(ready)
             await asyncio.sleep(0)
@@ -696,13 +696,10 @@ def _emptied(keeps: dict[int, set[str]]) -> list[int]:
 
 @dataclass(frozen=True, slots=True)
 class _Claim:
-    """Leased rows, with their pushers and events, and the month to seal for."""
+    """What a claim leased (rows, with their pushers and events), and the month to seal for."""
 
-    rows: list[outbox.Claimed]
-    targets: dict[int, outbox.Target]
-    bodies: dict[str, outbox.EventBody]
+    leased: outbox.Leased
     period: str
-    full: bool  # as many dispatches as a claim may take: more may be due
 
 
 def _per_request(rows: Sequence[outbox.Claimed], size: int) -> list[list[outbox.Claimed]]:
