@@ -380,13 +380,24 @@ def postgres_version(admin_url: str) -> str:
 
 
 @contextmanager
-def postgres_database(admin_url: str) -> Iterator[str]:
-    """A fresh, empty database for one run; dropped on the way out. Yields its URL."""
+def postgres_database(admin_url: str, locale: str | None = None) -> Iterator[str]:
+    """A fresh, empty database for one run; dropped on the way out. Yields its URL. With
+    ``locale`` the database compares text under it, as one created for a German deployment
+    may: a libc locale the server has (``de_DE.UTF-8``), or ``icu:`` and an ICU locale
+    (``icu:de-DE``); otherwise it takes the server's default."""
     import psycopg
+    from psycopg import sql
 
     name = f"fdpush_bench_{uuid.uuid4().hex[:12]}"
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if locale is not None and locale.startswith("icu:"):
+        create = sql.SQL("{} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE {}").format(
+            create, sql.Literal(locale.removeprefix("icu:"))
+        )
+    elif locale is not None:
+        create = sql.SQL("{} TEMPLATE template0 LOCALE {}").format(create, sql.Literal(locale))
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(create)
     try:
         yield urllib.parse.urlsplit(admin_url)._replace(path=f"/{name}").geturl()
     finally:

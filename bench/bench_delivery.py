@@ -158,6 +158,7 @@ class Options:
     worker_processes: int = 0
     mixed_channels: bool = False
     rounds: int = 1
+    postgres_locale: str | None = None
     timeline: bool = False
 
     @property
@@ -249,6 +250,13 @@ def parse_options(argv: list[str] | None = None) -> Options:
         default=DEFAULT_POSTGRES_URL,
         help=f"an admin URL of the PostgreSQL server to create the database on "
         f"(default {DEFAULT_POSTGRES_URL})",
+    )
+    parser.add_argument(
+        "--postgres-locale",
+        metavar="LOCALE",
+        help="create the PostgreSQL database with this locale instead of the server's default, "
+        "as a German deployment's may be: a libc locale the server has (de_DE.UTF-8) or icu: "
+        "and an ICU locale (icu:de-DE)",
     )
     parser.add_argument(
         "--python",
@@ -343,6 +351,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         worker_processes=args.worker_processes,
         mixed_channels=args.mixed_channels,
         rounds=args.rounds,
+        postgres_locale=args.postgres_locale,
         timeline=args.timeline,
     )
 
@@ -1637,7 +1646,7 @@ def database_for(backend: str, options: Options, workdir: Path) -> Iterator[str]
     if backend == "sqlite":
         yield f"sqlite:///{workdir / 'fdpush.db'}"
     else:
-        with postgres_database(options.postgres_url) as url:
+        with postgres_database(options.postgres_url, options.postgres_locale) as url:
             yield url
 
 
@@ -1840,6 +1849,11 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     machine["cryptography"] = _version("cryptography")
     databases, skipped = describe_databases(options.backends, options.postgres_url, machine)
+    if options.postgres_locale is not None:
+        databases = [
+            f"{d}, locale {options.postgres_locale}" if d.startswith("PostgreSQL") else d
+            for d in databases
+        ]
     announce(header_lines(command, machine, databases, options), machine, skipped)
 
     sample_payload = orjson.dumps(_sample_payload())

@@ -130,8 +130,14 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=200, help="calls per round (default 200)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument(
+        "--postgres-locale",
+        metavar="LOCALE",
+        help="create the database with this locale, not the server's default: a libc locale "
+        "the server has (de_DE.UTF-8) or icu: and an ICU locale (icu:de-DE)",
+    )
     args = parser.parse_args()
-    with postgres_database(args.postgres_url) as url:
+    with postgres_database(args.postgres_url, args.postgres_locale) as url:
         figures, pending = asyncio.run(measure(url, args.calls, args.rounds))
     print(
         f"outbox writes on PostgreSQL, {BATCH} notifications per call, best of {args.rounds} "

@@ -172,3 +172,48 @@ def test_0008_gives_every_pending_notification_a_dispatch(database_url: str) -> 
             assert "ix_notifications_pending_due" in indexes
     finally:
         engine.dispose()
+
+
+def _indexed_text_columns(connection: Connection) -> dict[str, str]:
+    """``table.column`` → collation of every text column that an index holds."""
+    from sqlalchemy import text
+
+    rows = connection.execute(
+        text(
+            "SELECT DISTINCT c.relname, a.attname, coll.collname"
+            " FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indrelid"
+            " JOIN pg_namespace ns ON ns.oid = c.relnamespace AND ns.nspname = current_schema()"
+            " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)"
+            " JOIN pg_collation coll ON coll.oid = a.attcollation"
+            " WHERE c.relname <> 'alembic_version'"
+        )
+    )
+    return {f"{table}.{column}": collation for table, column, collation in rows}
+
+
+def test_every_indexed_text_column_compares_bytes_whatever_the_locale(
+    database_url: str, backend: str
+) -> None:
+    """An index walk compares keys; under a database's language locale each comparison of a
+    hex id would follow that language's rules (under de_DE.UTF-8 that doubled the queueing
+    statement's time, 0010). The downgrade gives the columns the database's collation back."""
+    if backend != "postgresql":
+        pytest.skip("SQLite compares text byte by byte")
+    from sqlalchemy import create_engine
+
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.begin() as conn:
+            _run(conn, "head")
+            keys = _indexed_text_columns(conn)
+            _run(conn, "0009", down=True)
+            before = _indexed_text_columns(conn)
+    finally:
+        engine.dispose()
+    assert {"events.id", "notifications.id", "pushers.user_id", "channel_states.pushkey"} <= set(
+        keys
+    )
+    assert {column for column, collation in keys.items() if collation != "C"} == set()
+    assert set(before) == set(keys)
+    assert set(before.values()) == {"default"}

@@ -266,7 +266,7 @@ def test_migrate_and_a_worker_convert_a_database_before_any_service_starts(
     else:
         WorkerProcess(service, tmp_path_factory.mktemp("worker")).stop()
     assert_converted(service, user, devices)
-    assert service.query("SELECT version_num FROM alembic_version") == [("0009",)]
+    assert service.query("SELECT version_num FROM alembic_version") == [("0010",)]
 
 
 def test_a_database_is_not_converted_with_another_master_key(

@@ -316,10 +316,13 @@ def _unnest_insert(
 
 
 # The notifications' dispatches come from the same arrays: the rows of one group (``:n_group``,
-# numbered by _dispatch_groups) make one dispatch.
+# numbered by _dispatch_groups) make one dispatch. The arrays' text compares byte by byte, as
+# the columns do (schema._key): under the database's locale every comparison of the sort would
+# follow its language's rules.
 _INSERT_DISPATCHES = """
     INSERT INTO dispatches (gateway, notification_ids, next_attempt_at, created_at)
-    SELECT min(u.gateway), array_agg(u.id ORDER BY u.id), CAST(:n_next_attempt_at AS bigint),
+    SELECT min(u.gateway COLLATE "C"), array_agg(u.id ORDER BY u.id COLLATE "C"),
+           CAST(:n_next_attempt_at AS bigint),
            CAST(:n_created_at AS bigint)
     FROM unnest(CAST(:n_id AS text[]), CAST(:n_gateway AS text[]), CAST(:n_group AS integer[]))
          AS u(id, gateway, grp)
@@ -327,7 +330,7 @@ _INSERT_DISPATCHES = """
 """
 _INSERT_DISPATCHES_OF_ONE_GATEWAY = """
     INSERT INTO dispatches (gateway, notification_ids, next_attempt_at, created_at)
-    SELECT CAST(:n_gateway AS text), array_agg(u.id ORDER BY u.id),
+    SELECT CAST(:n_gateway AS text), array_agg(u.id ORDER BY u.id COLLATE "C"),
            CAST(:n_next_attempt_at AS bigint), CAST(:n_created_at AS bigint)
     FROM unnest(CAST(:n_id AS text[]), CAST(:n_group AS integer[])) AS u(id, grp)
     GROUP BY u.grp

@@ -29,6 +29,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.types import TypeEngine
 
 metadata = MetaData(
     naming_convention={
@@ -43,13 +44,23 @@ metadata = MetaData(
 _ID = BigInteger().with_variant(Integer(), "sqlite")
 _ID_LIST = Text().with_variant(postgresql.ARRAY(Text()), "postgresql")
 
+
+def _key(length: int) -> TypeEngine[str]:
+    """A text column that an index holds. Every such column holds ids, keyed pseudonyms and
+    indexes in hex, or names, and is only ever looked up, never sorted for a reader: on
+    PostgreSQL it compares byte by byte (collation ``C``, 0010) whatever the database's
+    locale, which would otherwise compare every key the indexes walk under its language's
+    rules (SQLite compares bytes anyway)."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
 pushers = Table(
     "pushers",
     metadata,
     Column("id", _ID, primary_key=True, autoincrement=True),
-    Column("user_id", String(255), nullable=False),
-    Column("app_id", String(64), nullable=False),
-    Column("pushkey", String(512), nullable=False),  # the keyed index (64 hex digits)
+    Column("user_id", _key(255), nullable=False),
+    Column("app_id", _key(64), nullable=False),
+    Column("pushkey", _key(512), nullable=False),  # the keyed index (64 hex digits)
     Column("kind", String(16), nullable=False),
     Column("app_display_name", String(256), nullable=False),
     Column("device_display_name", String(256), nullable=False),
@@ -80,7 +91,7 @@ pusher_keys = Table(
         ForeignKey("pushers.id", ondelete="CASCADE"),
         primary_key=True,
     ),
-    Column("period", String(7), primary_key=True),
+    Column("period", _key(7), primary_key=True),
     Column("material", LargeBinary, nullable=False),
 )
 
@@ -89,9 +100,9 @@ pusher_keys = Table(
 channel_states = Table(
     "channel_states",
     metadata,
-    Column("user_id", String(255), primary_key=True),
-    Column("pushkey", String(512), primary_key=True),
-    Column("channel_id", String(128), primary_key=True),
+    Column("user_id", _key(255), primary_key=True),
+    Column("pushkey", _key(512), primary_key=True),
+    Column("channel_id", _key(128), primary_key=True),
     Column("status", String(16), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
@@ -103,7 +114,7 @@ audit_log = Table(
     Column("at", DateTime(timezone=True), nullable=False),
     Column("action", String(64), nullable=False),
     Column("actor", String(255), nullable=False),  # the user (or "system") that caused it
-    Column("user_id", String(255), nullable=False),  # whose pusher it was
+    Column("user_id", _key(255), nullable=False),  # whose pusher it was
     Column("app_id", String(64), nullable=False),
     Column("pushkey_hash", String(64), nullable=False),  # the pushkey's keyed index
     Column("detail", Text, nullable=True),
@@ -116,7 +127,7 @@ audit_log = Table(
 events = Table(
     "events",
     metadata,
-    Column("id", String(32), primary_key=True),
+    Column("id", _key(32), primary_key=True),
     Column("user_id", String(255), nullable=False),
     Column("channel", String(128), nullable=False),
     Column("prio", String(4), nullable=False),
@@ -142,11 +153,11 @@ events = Table(
 notifications = Table(
     "notifications",
     metadata,
-    Column("id", String(32), primary_key=True),  # also the gateway batch item id
+    Column("id", _key(32), primary_key=True),  # also the gateway batch item id
     # No foreign keys (0006): checking them cost as much as writing the row. The event and its
     # notifications are written and removed together; a deleted pusher's id refers to nothing
     # (PostgreSQL never reuses it; on SQLite, which may, a trigger sets it NULL).
-    Column("event_id", String(32), nullable=False),
+    Column("event_id", _key(32), nullable=False),
     Column("gateway", String(1024), nullable=False),  # the gateway API base, …/push/v1/
     Column("encrypted", Boolean, nullable=False),
     Column("body", LargeBinary, nullable=True),
@@ -192,8 +203,8 @@ dispatches = Table(
 rs_idempotency = Table(
     "rs_idempotency",
     metadata,
-    Column("client", String(255), primary_key=True),
-    Column("key", String(64), primary_key=True),
+    Column("client", _key(255), primary_key=True),
+    Column("key", _key(64), primary_key=True),
     Column("fingerprint", String(64), nullable=False),  # HMAC of the parsed request (identity key)
     Column("notification_id", String(36), nullable=True),  # NULL while the first is in flight
     Column("status", String(32), nullable=True),
@@ -207,7 +218,7 @@ rs_idempotency = Table(
 data_steps = Table(
     "data_steps",
     metadata,
-    Column("name", String(64), primary_key=True),
+    Column("name", _key(64), primary_key=True),
     Column("done_at", BigInteger, nullable=False),  # epoch ms
 )
 
@@ -218,7 +229,7 @@ data_steps = Table(
 keyring = Table(
     "keyring",
     metadata,
-    Column("name", String(32), primary_key=True),
+    Column("name", _key(32), primary_key=True),
     Column("material", LargeBinary, nullable=False),
     Column("created_at", BigInteger, nullable=False),  # epoch ms
 )
