@@ -121,6 +121,7 @@ class Options:
     python: str
     json_path: Path | None
     service_env: tuple[tuple[str, str], ...] = ()
+    postgres_locale: str | None = None
 
 
 def parse_service_env(
@@ -192,6 +193,13 @@ def parse_options(argv: list[str] | None = None) -> Options:
         f"(default {DEFAULT_POSTGRES_URL})",
     )
     parser.add_argument(
+        "--postgres-locale",
+        metavar="LOCALE",
+        help="create the PostgreSQL database with this locale instead of the server's default, "
+        "as a German deployment's may be: a libc locale the server has (de_DE.UTF-8) or icu: "
+        "and an ICU locale (icu:de-DE)",
+    )
+    parser.add_argument(
         "--python",
         default=sys.executable,
         help="the interpreter that runs `-m fdpush serve` (default: this one)",
@@ -245,6 +253,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         devices_per_user=args.devices_per_user,
         time_limit=args.time_limit,
         postgres_url=args.postgres_url,
+        postgres_locale=args.postgres_locale,
         python=args.python,
         json_path=args.json_path,
         service_env=service_env,
@@ -962,7 +971,7 @@ def database_for(backend: str, options: Options, workdir: Path) -> Iterator[str]
     if backend == "sqlite":
         yield f"sqlite:///{workdir / 'fdpush.db'}"
     else:
-        with postgres_database(options.postgres_url) as url:
+        with postgres_database(options.postgres_url, options.postgres_locale) as url:
             yield url
 
 
@@ -1128,7 +1137,10 @@ def report_errors(figures: list[ScenarioFigures]) -> None:
 
 
 def describe_databases(
-    backends: tuple[str, ...], postgres_url: str, machine: dict[str, Any]
+    backends: tuple[str, ...],
+    postgres_url: str,
+    machine: dict[str, Any],
+    locale: str | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """What each backend runs on (for the header), and the backends skipped with why; also
     records how busy the machine is before the run in ``machine``."""
@@ -1141,7 +1153,8 @@ def describe_databases(
         shown_url = _without_password(postgres_url)
         if problem is None:
             server = postgres_version(postgres_url)
-            databases.append(f"PostgreSQL {server} (a fresh database on {shown_url})")
+            in_locale = "" if locale is None else f", locale {locale}"
+            databases.append(f"PostgreSQL {server} (a fresh database on {shown_url}{in_locale})")
         else:
             skipped["postgresql"] = f"unreachable at {shown_url}: {problem}"
     machine["busy_percent_before"] = machine_busy_percent()
@@ -1167,7 +1180,9 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
     command = shlex.join(sys.orig_argv) if argv is None else shlex.join(["bench_api.py", *argv])
     machine = machine_info()
-    databases, skipped = describe_databases(options.backends, options.postgres_url, machine)
+    databases, skipped = describe_databases(
+        options.backends, options.postgres_url, machine, options.postgres_locale
+    )
     announce(header_lines(command, machine, databases, options), machine, skipped)
 
     figures: list[ScenarioFigures] = []

@@ -1848,12 +1848,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     machine = machine_info()
     machine["cryptography"] = _version("cryptography")
-    databases, skipped = describe_databases(options.backends, options.postgres_url, machine)
-    if options.postgres_locale is not None:
-        databases = [
-            f"{d}, locale {options.postgres_locale}" if d.startswith("PostgreSQL") else d
-            for d in databases
-        ]
+    databases, skipped = describe_databases(
+        options.backends, options.postgres_url, machine, options.postgres_locale
+    )
     announce(header_lines(command, machine, databases, options), machine, skipped)
 
     sample_payload = orjson.dumps(_sample_payload())
